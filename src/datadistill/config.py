@@ -1,0 +1,136 @@
+"""Run configuration: frozen dataclasses, one per concern, validated once when built.
+
+The CLI builds these from flags; the Python API builds them directly. Nothing mutates them: a
+changed setting is a new config (``dataclasses.replace``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+MODES = ("distill_basic",)
+TRAIN_NETS_TYPES = ("known_init", "unknown_init")
+TEST_NETS_TYPES = ("same_as_train", "unknown_init")
+INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
+
+
+def _choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+
+
+def _positive(what: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{what} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and where its files live."""
+
+    dataset: str = "MNIST"
+    root: str | None = None  # None: ./data
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and how fresh weights are drawn."""
+
+    arch: str = "LeNet"
+    init: str = "xavier"
+    init_param: float = 1.0  # gain for xavier/orthogonal, negative slope for kaiming
+
+    def __post_init__(self):
+        _choice("init", self.init, INITS)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Shape of the distilled set and the inner GD it drives.
+
+    The inner loop takes ``steps * epochs`` GD steps: ``epochs`` passes over ``steps`` batches of
+    ``images_per_class_per_step * num_classes`` images, each step with its own learned step size.
+    """
+
+    steps: int = 10
+    epochs: int = 3
+    images_per_class_per_step: int = 1
+    init_lr: float = 0.02
+
+    def __post_init__(self):
+        _positive("--distill_steps", self.steps)
+        _positive("--distill_epochs", self.epochs)
+        _positive("--distilled_images_per_class_per_step", self.images_per_class_per_step)
+        _positive("--distill_lr", self.init_lr)
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    """The outer optimisation of images and step sizes (Adam with a step decay)."""
+
+    epochs: int = 30  # passes over the training split
+    decay_epochs: int = 10
+    decay_factor: float = 0.5
+    lr: float = 0.01
+    batch_size: int = 256  # real images per outer step
+
+    def __post_init__(self):
+        _positive("--epochs", self.epochs)
+        _positive("--decay_epochs", self.decay_epochs)
+        _positive("--decay_factor", self.decay_factor)
+        _positive("--lr", self.lr)
+        _positive("--batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class NetsConfig:
+    """Which networks the images are distilled against and scored on."""
+
+    train_nets_type: str = "unknown_init"
+    n_nets: int = 1  # networks per outer iteration
+    test_nets_type: str = "unknown_init"
+    test_n_nets: int = 1
+
+    def __post_init__(self):
+        _choice("--train_nets_type", self.train_nets_type, TRAIN_NETS_TYPES)
+        _choice("--test_nets_type", self.test_nets_type, TEST_NETS_TYPES)
+        _positive("--n_nets", self.n_nets)
+        _positive("--test_n_nets", self.test_n_nets)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; ``to_dict`` is what goes into result files."""
+
+    mode: str = "distill_basic"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    nets: NetsConfig = field(default_factory=NetsConfig)
+    eval_every: int = 0  # evaluate every N outer epochs; 0 picks about five times per run
+    results_dir: str = "./results"
+    seed: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self):
+        _choice("mode", self.mode, MODES)
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval_every must be >= 0, got {self.eval_every}")
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every or max(1, self.outer.epochs // 5)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        sections = {"data": DataConfig, "model": ModelConfig, "synthetic": SyntheticConfig,
+                    "outer": OuterConfig, "nets": NetsConfig}
+        kwargs = {k: (sections[k](**v) if k in sections else v) for k, v in d.items()}
+        return cls(**kwargs)

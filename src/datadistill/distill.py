@@ -1,0 +1,195 @@
+"""The outer loop of basic distillation: Adam on the synthetic images and log step sizes.
+
+Each outer iteration draws a batch of real training images, trains ``n_nets`` networks on the
+synthetic set by unrolled GD (``inner``), and descends the mean loss of the trained networks on
+the real batch. The loop reports through callbacks and never writes files or prints.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .config import RunConfig
+from .data import Split, batches_per_epoch, shuffled_batches
+from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
+from .inner import batched_unrolled_loss
+from .models import Params
+from .synthetic import SyntheticSet, initial_set
+
+
+class Callback:
+    """Hooks the outer loop calls; subclass and override what you need."""
+
+    def on_start(self, run: "Distillation") -> None: ...
+    def on_iteration(self, run: "Distillation", loss: torch.Tensor) -> None: ...
+    def on_evaluation(self, run: "Distillation", result: EvalResult) -> None: ...
+    def on_epoch_end(self, run: "Distillation") -> None: ...
+    def on_end(self, run: "Distillation") -> None: ...
+
+
+@dataclass
+class History:
+    """What happened so far; goes into checkpoints and metrics.json."""
+
+    evaluations: list[dict] = field(default_factory=list)  # {"epoch", "iteration", "mean", "std", "n"}
+    losses: list[dict] = field(default_factory=list)  # {"epoch", "loss"}: mean outer loss per epoch
+    seconds: float = 0.0  # distillation wall time, evaluation included, across resumes
+
+
+class Distillation:
+    """One distillation run: owns the synthetic set, its optimiser, the networks, and the RNG.
+
+    ``train`` is the only data the optimisation reads; ``test`` is used by ``evaluate`` alone.
+    """
+
+    def __init__(self, config: RunConfig, model: nn.Module, train: Split, test: Split | None,
+                 num_classes: int, mean, std, device: torch.device | str = "cpu"):
+        self.config, self.model, self.train, self.test = config, model, train, test
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        syn, nets = config.synthetic, config.nets
+        self.synthetic = initial_set(num_classes, train.x.shape[1], train.x.shape[-1], syn.steps,
+                                     syn.epochs, syn.images_per_class_per_step, syn.init_lr,
+                                     mean, std, self.generator)
+        self.synthetic.images = self.synthetic.images.to(self.device).requires_grad_()
+        self.synthetic.labels = self.synthetic.labels.to(self.device)
+        # step sizes are optimised in log space: positive by construction, and Adam's
+        # scale-free updates suit a quantity whose useful range spans orders of magnitude
+        self.log_lrs = self.synthetic.lrs.log().to(self.device).requires_grad_()
+        self.optimizer = torch.optim.Adam([self.synthetic.images, self.log_lrs],
+                                          lr=config.outer.lr, betas=(0.5, 0.999))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.outer.decay_epochs, gamma=config.outer.decay_factor)
+        self.fixed_nets: Params | None = None
+        if nets.train_nets_type == "known_init":
+            self.fixed_nets = self._draw_nets(nets.n_nets)
+        self.epoch = 0
+        self.iteration = 0
+        self.history = History()
+
+    # -- networks ---------------------------------------------------------------------------
+    def _draw_nets(self, n: int) -> Params:
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=self.generator).tolist()
+        m = self.config.model
+        return fresh_nets(self.model, m.init, m.init_param, seeds, self.device)
+
+    def train_nets(self) -> Params:
+        """Initial weights for this iteration: the fixed ones, or fresh ones every time."""
+        if self.fixed_nets is not None:
+            return self.fixed_nets
+        return self._draw_nets(self.config.nets.n_nets)
+
+    def test_nets(self) -> Params:
+        nets = self.config.nets
+        if nets.test_nets_type == "same_as_train" and self.fixed_nets is not None:
+            return self.fixed_nets
+        m = self.config.model
+        return fresh_nets(self.model, m.init, m.init_param,
+                          eval_seeds(self.config.seed, nets.test_n_nets), self.device)
+
+    # -- the synthetic set ------------------------------------------------------------------
+    def current(self) -> SyntheticSet:
+        """A detached snapshot of the synthetic set with its step sizes."""
+        s = self.synthetic
+        return SyntheticSet(s.images.detach().clone(), s.labels.clone(), self.log_lrs.detach().exp(),
+                            s.mean, s.std, s.num_classes, dict(s.meta))
+
+    def step(self, real_x: torch.Tensor, real_y: torch.Tensor) -> torch.Tensor:
+        """One outer iteration on a real batch; returns the mean loss (a tensor, not synced)."""
+        s = self.synthetic
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = batched_unrolled_loss(self.model, self.train_nets(), s.images, s.labels,
+                                       self.log_lrs.exp(), real_x, real_y)  # (n_nets,)
+        loss = losses.mean()
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return loss.detach()
+
+    def evaluate(self) -> EvalResult:
+        if self.test is None:
+            raise RuntimeError("this run has no test split to evaluate on")
+        return evaluate_synthetic(self.model, self.current(), self.test_nets(), self.test)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, callbacks: list[Callback] = ()) -> SyntheticSet:
+        """Optimise until ``config.outer.epochs``; resumes from wherever ``self.epoch`` stands."""
+        outer = self.config.outer
+        for cb in callbacks:
+            cb.on_start(self)
+        while self.epoch < outer.epochs:
+            t0 = time.perf_counter()
+            if self.epoch % self.config.eval_interval == 0 and self.test is not None:
+                self._record_evaluation(callbacks)
+            total = torch.zeros((), device=self.device)
+            count = 0
+            for real_x, real_y in shuffled_batches(self.train, outer.batch_size, self.generator):
+                loss = self.step(real_x, real_y)
+                total += loss
+                count += 1
+                for cb in callbacks:
+                    cb.on_iteration(self, loss)
+            self.scheduler.step()
+            self.epoch += 1
+            mean_loss = float(total / count)
+            if mean_loss != mean_loss:
+                raise FloatingPointError(f"outer loss became NaN in epoch {self.epoch}; "
+                                         f"try a smaller --lr or --distill_lr")
+            self.history.losses.append({"epoch": self.epoch, "loss": mean_loss})
+            self.history.seconds += time.perf_counter() - t0
+            for cb in callbacks:
+                cb.on_epoch_end(self)
+        if self.test is not None:
+            t0 = time.perf_counter()
+            self._record_evaluation(callbacks)
+            self.history.seconds += time.perf_counter() - t0
+        for cb in callbacks:
+            cb.on_end(self)
+        return self.current()
+
+    def _record_evaluation(self, callbacks) -> EvalResult:
+        result = self.evaluate()
+        self.history.evaluations.append({"epoch": self.epoch, "iteration": self.iteration,
+                                         **{k: v for k, v in result.to_dict().items()}})
+        for cb in callbacks:
+            cb.on_evaluation(self, result)
+        return result
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return batches_per_epoch(len(self.train), self.config.outer.batch_size)
+
+    @property
+    def final_result(self) -> dict | None:
+        return self.history.evaluations[-1] if self.history.evaluations else None
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "images": self.synthetic.images.detach().cpu(),
+            "log_lrs": self.log_lrs.detach().cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "fixed_nets": None if self.fixed_nets is None else {k: v.cpu() for k, v in self.fixed_nets.items()},
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "history": {"evaluations": self.history.evaluations, "losses": self.history.losses,
+                        "seconds": self.history.seconds},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.synthetic.images.copy_(state["images"])
+            self.log_lrs.copy_(state["log_lrs"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        if state["fixed_nets"] is not None:
+            self.fixed_nets = {k: v.to(self.device) for k, v in state["fixed_nets"].items()}
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.history = History(**state["history"])

@@ -1,0 +1,74 @@
+"""The math of the inner loop: plain gradient descent on a synthetic set, written with torch.func.
+
+Pure functions, no I/O. Weights are dicts of tensors (see ``models``). Every function here is
+differentiable end to end: when the synthetic images or step sizes require grad, the returned
+weights carry the whole unrolled graph, and ``.backward()`` on a loss of them yields the
+hypergradients (Wang et al. 2018, eq. 2-4). ``vmap`` over the leading dimension of stacked weights
+runs many networks at once.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from .models import Params
+
+
+def task_loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the network ``params`` on images x (B, C, H, W) with labels y (B,)."""
+    return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+
+def unroll(model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor,
+           lrs: torch.Tensor) -> Params:
+    """Weights after ``len(lrs)`` GD steps on the synthetic set.
+
+    Step t uses batch ``t % S``: images (S, N, C, H, W), labels (S, N), step sizes lrs (T,), so
+    T = S * epochs cycles through the batches ``epochs`` times, as in the paper.
+        w_{t+1} = w_t - lrs[t] * grad_w CE(f(images[t % S]; w_t), labels[t % S])
+    """
+    step_grad = grad(partial(task_loss, model))
+    n_batches = images.shape[0]
+    for t in range(lrs.shape[0]):
+        g = step_grad(params, images[t % n_batches], labels[t % n_batches])
+        params = {k: w - lrs[t] * g[k] for k, w in params.items()}
+    return params
+
+
+def unrolled_loss(model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor,
+                  lrs: torch.Tensor, real_x: torch.Tensor, real_y: torch.Tensor) -> torch.Tensor:
+    """Loss on a real batch of the network trained on the synthetic set from ``params``."""
+    return task_loss(model, unroll(model, params, images, labels, lrs), real_x, real_y)
+
+
+def batched_unrolled_loss(model: nn.Module, stacked: Params, images: torch.Tensor,
+                          labels: torch.Tensor, lrs: torch.Tensor, real_x: torch.Tensor,
+                          real_y: torch.Tensor) -> torch.Tensor:
+    """``unrolled_loss`` of each of n_nets networks stacked along dim 0, shape (n_nets,)."""
+    n_nets = next(iter(stacked.values())).shape[0]
+    if n_nets == 1:  # vmap of one network only adds overhead
+        one = {k: v[0] for k, v in stacked.items()}
+        return unrolled_loss(model, one, images, labels, lrs, real_x, real_y).unsqueeze(0)
+    fn = vmap(partial(unrolled_loss, model), in_dims=(0, None, None, None, None, None))
+    return fn(stacked, images, labels, lrs, real_x, real_y)
+
+
+@torch.no_grad()
+def batched_logits(model: nn.Module, stacked: Params, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Logits (n_nets, B, classes) of each stacked network on x (B, C, H, W), in chunks of images."""
+    fn = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))
+    return torch.cat([fn(stacked, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)], dim=1)
+
+
+def batched_train(model: nn.Module, stacked: Params, images: torch.Tensor, labels: torch.Tensor,
+                  lrs: torch.Tensor) -> Params:
+    """``unroll`` each stacked network on a fixed synthetic set, without building a graph."""
+    images, labels, lrs = images.detach(), labels.detach(), lrs.detach()
+    fn = vmap(partial(unroll, model), in_dims=(0, None, None, None))
+    with torch.enable_grad():  # torch.func.grad needs grad mode, but nothing outside requires grad
+        out = fn(stacked, images, labels, lrs)
+    return {k: v.detach() for k, v in out.items()}
