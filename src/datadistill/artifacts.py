@@ -1,0 +1,156 @@
+"""The only module that writes files: atomic writes, distilled sets, checkpoints, metrics, plots.
+
+Every file is written to a temporary name in its destination folder and renamed into place, so a
+killed run leaves either the previous version or the new one, never half a file.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import ArtifactError
+from .synthetic import SyntheticSet
+
+DISTILLED = "distilled.pt"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+CHECKPOINT_FORMAT = "datadistill.checkpoint/1"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path, obj) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _torch_save(path, obj) -> Path:
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _torch_load(path, what: str, hint: str):
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} does not exist; {hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a corrupt or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"cannot read {what} {path}: {first}; {hint}") from None
+
+
+def save_distilled(path, synthetic: SyntheticSet) -> Path:
+    return _torch_save(path, synthetic.to_dict())
+
+
+def load_distilled(path) -> SyntheticSet:
+    """Read a ``distilled.pt``; ``ArtifactError`` if missing or not a distilled set."""
+    d = _torch_load(path, "distilled file", "expected a distilled.pt written by datadistill")
+    try:
+        return SyntheticSet.from_dict(d)
+    except ArtifactError as e:
+        raise ArtifactError(f"cannot read distilled file {path}: {e}") from None
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    return _torch_save(path, {"format": CHECKPOINT_FORMAT, **state})
+
+
+def load_checkpoint(path) -> dict:
+    hint = "expected a checkpoint.pt written by datadistill; run without --resume to start afresh"
+    state = _torch_load(path, "checkpoint", hint)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(f"cannot read checkpoint {path}: not a datadistill checkpoint; {hint}")
+    return state
+
+
+# -- pictures -----------------------------------------------------------------------------------
+def _png_bytes(save: Callable[[io.BytesIO], None]) -> bytes:
+    buf = io.BytesIO()
+    save(buf)
+    return buf.getvalue()
+
+
+def save_image_grids(folder, synthetic: SyntheticSet, class_names: list[str] | None = None) -> list[Path]:
+    """One PNG per step: that step's images in pixel space, a row per class."""
+    from torchvision.utils import make_grid, save_image
+
+    images = synthetic.denormalised()  # (S, N, C, H, W)
+    per_class = images.shape[1] // synthetic.num_classes
+    paths = []
+    for s in range(synthetic.steps):
+        grid = make_grid(images[s], nrow=per_class if per_class > 1 else synthetic.num_classes,
+                         padding=2, pad_value=1.0)
+        if grid.shape[-1] < 256:  # small digits are unreadable at native size
+            scale = max(1, 256 // grid.shape[-1])
+            grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+        data = _png_bytes(lambda b: save_image(grid, b, format="png"))
+        paths.append(atomic_write(Path(folder) / f"step{s:03d}.png", lambda f: f.write(data)))
+    return paths
+
+
+def _figure_png(draw: Callable) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        return _png_bytes(lambda b: fig.savefig(b, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def plot_step_sizes(path, lrs: torch.Tensor, steps: int) -> Path:
+    values = lrs.detach().cpu().tolist()
+
+    def draw(ax):
+        ax.plot(range(1, len(values) + 1), values, marker="o")
+        for e in range(steps, len(values), steps):
+            ax.axvline(e + 0.5, color="grey", lw=0.5, ls="--")
+        ax.set_xlabel("GD step (dashed: next pass over the steps)")
+        ax.set_ylabel("learned step size")
+        ax.set_yscale("log")
+        ax.set_title("Learned step sizes")
+
+    data = _figure_png(draw)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def plot_accuracy(path, evaluations: list[dict]) -> Path:
+    def draw(ax):
+        xs = [e["iteration"] for e in evaluations]
+        means = [100 * e["mean"] for e in evaluations]
+        stds = [100 * e["std"] for e in evaluations]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3)
+        ax.set_xlabel("outer iteration")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Accuracy of networks trained on the distilled set")
+        ax.grid(alpha=0.3)
+
+    data = _figure_png(draw)
+    return atomic_write(path, lambda f: f.write(data))

@@ -1,0 +1,112 @@
+"""Command line: flags -> config -> run. The only place that turns errors into exit codes."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import (INITS, MODES, TEST_NETS_TYPES, TRAIN_NETS_TYPES, DataConfig, ModelConfig,
+                     NetsConfig, OuterConfig, RunConfig, SyntheticConfig)
+from .errors import DatadistillError
+
+EXIT_USAGE = 2
+_DEFAULTS = RunConfig()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        sys.stderr.write(f"datadistill: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = _DEFAULTS
+    p = _Parser(prog="datadistill", description="Dataset distillation (Wang et al. 2018) on CPU or GPU.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--version", action="version", version=f"datadistill {__version__}")
+    p.add_argument("--mode", default=d.mode, help=f"one of: {', '.join(MODES)}")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.data.dataset,
+                   help="MNIST, FashionMNIST, Cifar10, SVHN, USPS, or digits (bundled, offline); any case")
+    g.add_argument("--dataset_root", default=d.data.root, help="folder holding the dataset files (default ./data)")
+    g.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=d.model.arch, help="LeNet, AlexCifarNet, ConvNet or MLP")
+    g.add_argument("--init", default=d.model.init, help=f"one of: {', '.join(INITS)}")
+    g.add_argument("--init_param", type=float, default=d.model.init_param,
+                   help="gain (xavier, orthogonal) or negative slope (kaiming)")
+    g = p.add_argument_group("distilled set")
+    g.add_argument("--distill_steps", type=int, default=d.synthetic.steps, help="GD steps, each with its own images")
+    g.add_argument("--distill_epochs", type=int, default=d.synthetic.epochs, help="passes over the steps")
+    g.add_argument("--distilled_images_per_class_per_step", type=int, default=d.synthetic.images_per_class_per_step)
+    g.add_argument("--distill_lr", type=float, default=d.synthetic.init_lr, help="initial step size of every step")
+    g = p.add_argument_group("networks")
+    g.add_argument("--train_nets_type", default=d.nets.train_nets_type, help=" or ".join(TRAIN_NETS_TYPES))
+    g.add_argument("--n_nets", type=int, default=d.nets.n_nets, help="networks per outer iteration")
+    g.add_argument("--test_nets_type", default=d.nets.test_nets_type, help=" or ".join(TEST_NETS_TYPES))
+    g.add_argument("--test_n_nets", type=int, default=d.nets.test_n_nets, help="networks to score on")
+    g = p.add_argument_group("outer optimisation")
+    g.add_argument("--epochs", type=int, default=d.outer.epochs, help="passes over the training split")
+    g.add_argument("--decay_epochs", type=int, default=d.outer.decay_epochs, help="epochs between lr decays")
+    g.add_argument("--decay_factor", type=float, default=d.outer.decay_factor)
+    g.add_argument("--lr", type=float, default=d.outer.lr, help="Adam learning rate of images and step sizes")
+    g.add_argument("--batch_size", type=int, default=d.outer.batch_size, help="real images per outer step")
+    g.add_argument("--eval_every", type=int, default=d.eval_every,
+                   help="evaluate every N epochs (0: about five times per run)")
+    g = p.add_argument_group("run")
+    g.add_argument("--results_dir", default=d.results_dir)
+    g.add_argument("--seed", "--base_seed", dest="seed", type=int, default=d.seed)
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--device_id", type=int, default=None,
+                   help="the original's device flag: N for cuda:N, negative for CPU")
+    g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _device(args) -> str:
+    if args.device is not None and args.device_id is not None:
+        raise DatadistillError("give --device or --device_id, not both")
+    if args.device_id is not None:
+        return "cpu" if args.device_id < 0 else f"cuda:{args.device_id}"
+    return args.device or "cpu"
+
+
+def config_from_args(args) -> RunConfig:
+    """Build (and thereby validate) the run configuration from parsed flags."""
+    return RunConfig(
+        mode=args.mode,
+        data=DataConfig(args.dataset, args.dataset_root, args.download),
+        model=ModelConfig(args.arch, args.init, args.init_param),
+        synthetic=SyntheticConfig(args.distill_steps, args.distill_epochs,
+                                  args.distilled_images_per_class_per_step, args.distill_lr),
+        outer=OuterConfig(args.epochs, args.decay_epochs, args.decay_factor, args.lr, args.batch_size),
+        nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets),
+        eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        from .progress import ProgressBar
+        from .runner import distill
+
+        result = distill(config, callbacks=[] if args.no_progress else [ProgressBar()],
+                         resume=args.resume)
+    except DatadistillError as e:
+        sys.stderr.write(f"datadistill: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
+        return 130
+    final = result.final
+    seconds = result.metrics["wall_seconds"]
+    print(f"test accuracy: {final} ({seconds:.0f} s wall); results in {result.results_dir}")
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

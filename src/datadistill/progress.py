@@ -1,0 +1,39 @@
+"""A tqdm progress bar as a distillation callback: loss and the latest test accuracy."""
+from __future__ import annotations
+
+import sys
+
+from .distill import Callback, Distillation
+from .evaluate import EvalResult
+
+
+class ProgressBar(Callback):
+    """Shows iterations over the whole run; reads the loss only every ``every`` iterations so the
+    bar does not stall the loop."""
+
+    def __init__(self, every: int = 20, file=sys.stderr):
+        self.every, self.file = every, file
+        self.bar = None
+        self.acc = "-"
+
+    def on_start(self, run: Distillation) -> None:
+        from tqdm.auto import tqdm
+
+        total = run.config.outer.epochs * run.iterations_per_epoch
+        self.bar = tqdm(total=total, initial=run.iteration, unit="it", file=self.file,
+                        dynamic_ncols=True, desc="distilling")
+
+    def on_iteration(self, run: Distillation, loss) -> None:
+        self.bar.update(1)
+        if run.iteration % self.every == 0:
+            self.bar.set_postfix(loss=f"{float(loss):.3f}", test_acc=self.acc, refresh=False)
+
+    def on_evaluation(self, run: Distillation, result: EvalResult) -> None:
+        self.acc = f"{100 * result.mean:.2f}%"
+        if self.bar is not None:
+            self.bar.write(f"epoch {run.epoch}: test accuracy {result}", file=self.file)
+            self.bar.set_postfix(test_acc=self.acc, refresh=False)
+
+    def on_end(self, run: Distillation) -> None:
+        if self.bar is not None:
+            self.bar.close()

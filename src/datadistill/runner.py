@@ -1,0 +1,153 @@
+"""Running a configured job end to end: data in, distillation, artifacts out.
+
+This is the seam between the pure core and the outside world: it loads the dataset, builds the
+model, wires the checkpoint callback, and writes the result files. The CLI and the Python API
+both call ``distill``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import artifacts
+from .config import RunConfig
+from .data import Dataset, canonical_name, load_dataset
+from .distill import Callback, Distillation
+from .errors import ArtifactError, ConfigError
+from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
+from .models import arch_class, build_model
+from .synthetic import SyntheticSet
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against what this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return dev
+
+
+def normalise_config(config: RunConfig) -> RunConfig:
+    """Check names against the registries and spell them canonically (``cifar10`` -> ``Cifar10``)."""
+    arch = arch_class(config.model.arch).__name__
+    dataset = canonical_name(config.data.dataset)
+    resolve_device(config.device)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch),
+                               data=dataclasses.replace(config.data, dataset=dataset))
+
+
+def load_for(config: RunConfig) -> Dataset:
+    """The configured dataset on the configured device, sized for the configured arch."""
+    size = arch_class(config.model.arch).default_size
+    return load_dataset(config.data.dataset, config.data.root, config.data.download,
+                        image_size=size, device=resolve_device(config.device))
+
+
+class Checkpointer(Callback):
+    """Writes the run's state after every outer epoch, so ``--resume`` loses at most one epoch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_epoch_end(self, run: Distillation) -> None:
+        artifacts.save_checkpoint(self.path, run.state_dict())
+
+
+# config fields a resumed run may change; anything else must match the checkpoint
+_RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",),
+                      ("data", "root"), ("data", "download")}
+
+
+def _check_resumable(saved: dict, current: dict, prefix=()) -> None:
+    for key, value in current.items():
+        path = prefix + (key,)
+        if path in _RESUMABLE_CHANGES:
+            continue
+        old = saved.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            _check_resumable(old, value, path)
+        elif old != value:
+            raise ArtifactError(f"checkpoint was made with {'.'.join(path)}={old!r}, this run has "
+                                f"{value!r}; rerun with the same settings or without --resume")
+
+
+@dataclass
+class RunResult:
+    synthetic: SyntheticSet
+    final: EvalResult | None
+    metrics: dict
+    results_dir: Path
+
+
+def build_run(config: RunConfig, dataset: Dataset) -> Distillation:
+    model = build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+    return Distillation(config, model, dataset.train, dataset.test, dataset.num_classes,
+                        dataset.mean, dataset.std, device=resolve_device(config.device))
+
+
+def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = False,
+            dataset: Dataset | None = None) -> RunResult:
+    """Distil ``config.data.dataset`` and write distilled.pt, metrics.json, plots and a
+    checkpoint under ``config.results_dir``. ``resume`` continues from that checkpoint."""
+    start = time.perf_counter()
+    config = normalise_config(config)
+    results = Path(config.results_dir)
+    ckpt_path = results / artifacts.CHECKPOINT
+    state = None
+    if resume:  # read before any work, so a bad checkpoint fails fast and writes nothing
+        state = artifacts.load_checkpoint(ckpt_path)
+        _check_resumable(state["config"], config.to_dict())
+    dataset = dataset if dataset is not None else load_for(config)
+    run = build_run(config, dataset)
+    if state is not None:
+        run.load_state_dict(state)
+    synthetic = run.run([Checkpointer(ckpt_path), *callbacks])
+    synthetic.meta.update({"dataset": config.data.dataset, "arch": config.model.arch,
+                           "config": config.to_dict()})
+    final = EvalResult(tuple(run.final_result["accuracies"])) if run.final_result else None
+    metrics = {
+        "final_accuracy": None if final is None else {k: v for k, v in final.to_dict().items()},
+        "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
+        "distill_seconds": run.history.seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "iterations": run.iteration,
+        "config": config.to_dict(),
+    }
+    artifacts.save_distilled(results / artifacts.DISTILLED, synthetic)
+    artifacts.save_image_grids(results / "images", synthetic)
+    artifacts.plot_step_sizes(results / "step_sizes.png", synthetic.lrs, synthetic.steps)
+    if run.history.evaluations:
+        artifacts.plot_accuracy(results / "accuracy.png", run.history.evaluations)
+    artifacts.write_json(results / artifacts.METRICS, metrics)
+    return RunResult(synthetic, final, metrics, results)
+
+
+def evaluate(synthetic: SyntheticSet, dataset: Dataset, arch: str | None = None,
+             n_nets: int = 10, init: str = "xavier", init_param: float = 1.0, seed: int = 0
+             ) -> EvalResult:
+    """Train ``n_nets`` fresh networks of ``arch`` on ``synthetic`` and score them on the test split."""
+    arch = arch or synthetic.meta.get("arch") or "LeNet"
+    if n_nets < 1:
+        raise ConfigError(f"n_nets must be positive, got {n_nets}")
+    expected = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if tuple(synthetic.images.shape[2:]) != expected:
+        raise ConfigError(f"distilled images are {tuple(synthetic.images.shape[2:])}, "
+                          f"{dataset.name} images are {expected}")
+    device = dataset.train.x.device
+    model = build_model(arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+    nets = fresh_nets(model, init, init_param, eval_seeds(seed, n_nets), device)
+    moved = dataclasses.replace(synthetic, images=synthetic.images.to(device),
+                                labels=synthetic.labels.to(device), lrs=synthetic.lrs.to(device))
+    return evaluate_synthetic(model, moved, nets, dataset.test)
