@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from . import __version__
-from .config import (INITS, MODES, TEST_NETS_TYPES, TRAIN_NETS_TYPES, DataConfig, ModelConfig,
+from .config import (IMAGE_INITS, INITS, MODES, TEST_NETS_TYPES, TRAIN_NETS_TYPES, DataConfig, ModelConfig,
                      NetsConfig, OuterConfig, RunConfig, SyntheticConfig)
 from .errors import DatadistillError
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill_epochs", type=int, default=d.synthetic.epochs, help="passes over the steps")
     g.add_argument("--distilled_images_per_class_per_step", type=int, default=d.synthetic.images_per_class_per_step)
     g.add_argument("--distill_lr", type=float, default=d.synthetic.init_lr, help="initial step size of every step")
+    g.add_argument("--image_init", default=d.synthetic.image_init,
+                   help=f"start from Gaussian noise or random training images: {', '.join(IMAGE_INITS)}")
     g = p.add_argument_group("networks")
     g.add_argument("--train_nets_type", default=d.nets.train_nets_type, help=" or ".join(TRAIN_NETS_TYPES))
     g.add_argument("--n_nets", type=int, default=d.nets.n_nets, help="networks per outer iteration")
@@ -79,7 +81,8 @@ def config_from_args(args) -> RunConfig:
         data=DataConfig(args.dataset, args.dataset_root, args.download),
         model=ModelConfig(args.arch, args.init, args.init_param),
         synthetic=SyntheticConfig(args.distill_steps, args.distill_epochs,
-                                  args.distilled_images_per_class_per_step, args.distill_lr),
+                                  args.distilled_images_per_class_per_step, args.distill_lr,
+                                  args.image_init),
         outer=OuterConfig(args.epochs, args.decay_epochs, args.decay_factor, args.lr, args.batch_size),
         nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets),
         eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),

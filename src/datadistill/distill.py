@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
-from .data import Split, batches_per_epoch, shuffled_batches
+from .data import Split, batches_per_epoch, class_balanced_sample, shuffled_batches
 from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
 from .inner import batched_unrolled_loss
 from .models import Params
@@ -54,6 +54,10 @@ class Distillation:
         self.synthetic = initial_set(num_classes, train.x.shape[1], train.x.shape[-1], syn.steps,
                                      syn.epochs, syn.images_per_class_per_step, syn.init_lr,
                                      mean, std, self.generator)
+        if syn.image_init == "real":
+            self.synthetic.images = torch.stack([
+                class_balanced_sample(train, syn.images_per_class_per_step, num_classes, self.generator)[0].cpu()
+                for _ in range(syn.steps)])
         self.synthetic.images = self.synthetic.images.to(self.device).requires_grad_()
         self.synthetic.labels = self.synthetic.labels.to(self.device)
         # step sizes are optimised in log space: positive by construction, and Adam's

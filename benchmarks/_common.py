@@ -1,0 +1,31 @@
+"""Shared bits of the benchmark scripts: where real MNIST and the reference code live."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = Path(os.environ.get("DATADISTILL_DATA", SHARED / "data"))
+TIME_ORIGINAL = SHARED / "reference" / "time-original"
+
+
+def require_mnist() -> str:
+    if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        sys.exit(f"real MNIST not found under {DATA}; set DATADISTILL_DATA to a folder holding MNIST/raw")
+    return str(DATA)
+
+
+def timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    """Run ``cmd``; return (wall seconds, completed process). Fails loudly on a non-zero exit."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return seconds, proc
+
+
+def datadistill(*args: str) -> list[str]:
+    return [sys.executable, "-m", "datadistill", *args]

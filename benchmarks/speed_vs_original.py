@@ -1,0 +1,101 @@
+"""Figure 2 of issue 3: speed against the original code at its settings, side by side.
+
+Settings: MNIST, LeNet, known_init, distill_steps 1, distill_epochs 3, batch 1024, one net. Both
+programs are timed as whole runs of 1 and 3 epochs (data loading, start-up and evaluation
+included); the difference / 2 is the wall time of one epoch. Then our per-iteration time at batch
+64, 256 and 1024 with a breakdown.
+
+    python benchmarks/speed_vs_original.py [--skip-original]
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from _common import TIME_ORIGINAL, datadistill, require_mnist, timed
+
+SETTINGS = ["--mode", "distill_basic", "--dataset", "MNIST", "--arch", "LeNet", "--distill_steps", "1",
+            "--train_nets_type", "known_init", "--n_nets", "1", "--test_nets_type", "same_as_train",
+            "--batch_size", "1024", "--distill_epochs", "3", "--distill_lr", "0.02",
+            "--device", "cpu", "--no_progress"]
+
+
+def per_epoch_ours(root: str) -> float:
+    walls = {}
+    for epochs in (1, 3):
+        with tempfile.TemporaryDirectory() as d:
+            walls[epochs], _ = timed(datadistill(*SETTINGS, "--epochs", str(epochs), "--dataset_root", root,
+                                                 "--results_dir", d, "--eval_every", "10"))
+        print(f"datadistill, {epochs} epoch(s): {walls[epochs]:.1f} s wall", flush=True)
+    return (walls[3] - walls[1]) / 2
+
+
+def per_epoch_original() -> float:
+    walls = {}
+    for epochs in (1, 3):
+        _, proc = timed([str(TIME_ORIGINAL), sys.executable, str(epochs)])
+        line = proc.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        walls[epochs] = float(line.split(":")[1].split()[0])
+    return (walls[3] - walls[1]) / 2
+
+
+def breakdown(root: str, batch_sizes=(64, 256, 1024), reps: int = 30) -> None:
+    """Per-iteration seconds split into the unrolled steps (forward through the synthetic GD and
+    the backward through it), the real-batch forward/backward, and the Adam step."""
+    from datadistill import data, models
+    from datadistill.config import NetsConfig, RunConfig, SyntheticConfig
+    from datadistill.distill import Distillation
+    from datadistill.inner import task_loss, unroll
+
+    ds = data.load_dataset("MNIST", root)
+    cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=3),
+                    nets=NetsConfig("known_init", 1, "same_as_train", 1))
+    model = models.build_model("LeNet", 1, 28, 10)
+    run = Distillation(cfg, model, ds.train, None, 10, ds.mean, ds.std)
+    net = {k: v[0] for k, v in run.fixed_nets.items()}
+    s = run.synthetic
+    print(f"\nper iteration (median of {reps}), seconds:")
+    print(f"{'batch':>6} {'total':>8} {'unrolled':>9} {'real f/b':>9} {'optim':>8}")
+    for bs in batch_sizes:
+        x, y = ds.train.x[:bs], ds.train.y[:bs]
+        rows = []
+        for rep in range(reps + 3):
+            t0 = time.perf_counter()
+            run.optimizer.zero_grad(set_to_none=True)
+            trained = unroll(model, net, s.images, s.labels, run.log_lrs.exp())
+            t1 = time.perf_counter()
+            leaves = {k: v.detach().requires_grad_() for k, v in trained.items()}
+            loss = task_loss(model, leaves, x, y)
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            t2 = time.perf_counter()
+            torch.autograd.backward(list(trained.values()), grads)
+            t3 = time.perf_counter()
+            run.optimizer.step()
+            t4 = time.perf_counter()
+            if rep >= 3:
+                rows.append((t4 - t0, (t1 - t0) + (t3 - t2), t2 - t1, t4 - t3))
+        med = [statistics.median(c) for c in zip(*rows)]
+        print(f"{bs:>6} {med[0]:8.4f} {med[1]:9.4f} {med[2]:9.4f} {med[3]:8.4f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--skip-original", action="store_true")
+    args = p.parse_args()
+    root = require_mnist()
+    torch.set_num_threads(2)
+    ours = per_epoch_ours(root)
+    print(f"datadistill: {ours:.2f} s per epoch")
+    if not args.skip_original:
+        orig = per_epoch_original()
+        print(f"original:    {orig:.2f} s per epoch")
+        print(f"speed-up:    {orig / ours:.2f}x (wall time per epoch, data included)")
+    breakdown(root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+import pytest
+import torch
+from PIL import Image
+
+from datadistill import artifacts
+from datadistill.errors import ArtifactError
+from datadistill.synthetic import SyntheticSet
+
+
+def _set():
+    g = torch.Generator().manual_seed(0)
+    return SyntheticSet(torch.randn(2, 3, 1, 8, 8, generator=g), torch.arange(3).repeat(2, 1),
+                        torch.tensor([0.1, 0.2, 0.3, 0.4]), (0.5,), (0.25,), 3, {"arch": "MLP"})
+
+
+def test_distilled_file_round_trips_and_is_a_plain_dict(tmp_path):
+    path = artifacts.save_distilled(tmp_path / "d.pt", _set())
+    raw = torch.load(path, weights_only=True)
+    assert raw["images"].shape == (2, 3, 1, 8, 8) and raw["lrs"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert raw["mean"] == [0.5] and raw["steps"] == 2 and raw["epochs"] == 2 and raw["arch"] == "MLP"
+    back = artifacts.load_distilled(path)
+    assert torch.equal(back.images, _set().images) and torch.equal(back.labels, _set().labels)
+    assert back.meta["arch"] == "MLP"
+    torch.testing.assert_close(back.denormalised(), (_set().images * 0.25 + 0.5).clamp(0, 1))
+
+
+def test_bad_files_are_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        artifacts.load_distilled(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ArtifactError, match="cannot read"):
+        artifacts.load_distilled(tmp_path / "junk.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ArtifactError, match="not a distilled set"):
+        artifacts.load_distilled(tmp_path / "other.pt")
+    with pytest.raises(ArtifactError, match="not a datadistill checkpoint"):
+        artifacts.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "m.json"
+    artifacts.write_json(target, {"a": 1})
+
+    def broken(f):
+        f.write(b"{half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        artifacts.atomic_write(target, broken)
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_pictures_are_pngs(tmp_path):
+    paths = artifacts.save_image_grids(tmp_path / "images", _set())
+    paths.append(artifacts.plot_step_sizes(tmp_path / "lrs.png", _set().lrs, 2))
+    paths.append(artifacts.plot_accuracy(tmp_path / "acc.png", [{"iteration": 0, "mean": 0.1, "std": 0.0},
+                                                                 {"iteration": 9, "mean": 0.8, "std": 0.1}]))
+    assert len(paths) == 4
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and min(im.size) > 50

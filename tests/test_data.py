@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from datadistill import data
+from datadistill.errors import ConfigError, DatasetError
+
+
+def test_digits_is_bundled_and_normalised():
+    ds = data.load_dataset("digits", image_size=28)
+    assert (len(ds.train), len(ds.test)) == (1257, 540)
+    assert ds.train.x.shape[1:] == (1, 28, 28) and ds.num_classes == 10
+    assert ds.train.x.mean().abs() < 1e-4 and (ds.train.x.std() - 1).abs() < 1e-3
+    assert torch.bincount(ds.test.y).min() >= 50  # stratified: every class in the test split
+    assert data.load_dataset("digits", image_size=8).train.x.shape[-1] == 8
+
+
+def test_names_are_case_insensitive_and_checked():
+    assert data.canonical_name("mnist") == "MNIST"
+    assert data.canonical_name("CIFAR10") == "Cifar10"
+    with pytest.raises(ConfigError, match="accepted: MNIST"):
+        data.canonical_name("imagenet")
+
+
+def test_missing_root_says_what_to_do(tmp_path):
+    with pytest.raises(DatasetError, match="--dataset_root.*--download"):
+        data.load_dataset("MNIST", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match="not found"):
+        data.load_dataset("FashionMNIST", str(tmp_path))
+
+
+def test_shuffled_batches_cover_each_image_once(blobs):
+    seen = []
+    for x, y in data.shuffled_batches(blobs.train, 32, torch.Generator().manual_seed(0)):
+        assert x.shape[0] == 32
+        seen.append(y)
+    assert len(seen) == data.batches_per_epoch(len(blobs.train), 32) == 3
+
+
+def test_class_balanced_sample(blobs):
+    x, y = data.class_balanced_sample(blobs.train, 4, 3, torch.Generator().manual_seed(0))
+    assert y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert len({tuple(r.flatten().tolist()) for r in x}) == 12
+
+
+@pytest.mark.mnist
+def test_real_mnist(mnist_root):
+    ds = data.load_dataset("mnist", mnist_root)
+    assert (len(ds.train), len(ds.test), ds.num_classes) == (60000, 10000, 10)
+    assert ds.mean[0] == pytest.approx(0.1307, abs=1e-3) and ds.std[0] == pytest.approx(0.3081, abs=1e-3)

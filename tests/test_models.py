@@ -1,0 +1,45 @@
+import pytest
+import torch
+from torch.func import functional_call
+
+from datadistill import models
+from datadistill.config import INITS
+from datadistill.errors import ConfigError
+
+
+@pytest.mark.parametrize("arch,channels,size", [("LeNet", 1, 28), ("LeNet", 3, 32), ("AlexCifarNet", 3, 32),
+                                                 ("ConvNet", 1, 28), ("ConvNet", 3, 32), ("MLP", 1, 8)])
+def test_forward_shapes(arch, channels, size):
+    model = models.build_model(arch, channels, size, 10)
+    params = models.init_params(model, "xavier", 1.0, seed=0)
+    out = functional_call(model, params, (torch.randn(4, channels, size, size),))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scheme", INITS)
+def test_init_schemes(scheme):
+    model = models.build_model("LeNet", 1, 28, 10)
+    a = models.init_params(model, scheme, 1.0, seed=5)
+    b = models.init_params(model, scheme, 1.0, seed=5)
+    c = models.init_params(model, scheme, 1.0, seed=6)
+    assert set(a) == {n for n, _ in model.named_parameters()}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+    assert all(torch.isfinite(v).all() for v in a.values())
+    if scheme != "default":
+        assert all(torch.count_nonzero(a[k]) == 0 for k in a if k.endswith("bias"))
+
+
+def test_xavier_gain_scales_weights():
+    model = models.build_model("MLP", 1, 28, 10)
+    small = models.init_params(model, "xavier", 0.5, seed=0)["net.1.weight"].std()
+    large = models.init_params(model, "xavier", 2.0, seed=0)["net.1.weight"].std()
+    assert large / small == pytest.approx(4.0, rel=0.05)
+
+
+def test_unknown_arch_and_size_are_refused():
+    with pytest.raises(ConfigError, match="accepted: .*LeNet"):
+        models.build_model("ResNet", 1, 28, 10)
+    with pytest.raises(ConfigError, match="32-pixel"):
+        models.build_model("AlexCifarNet", 3, 28, 10)
+    assert models.arch_class("lenet") is models.LeNet
