@@ -1,0 +1,109 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from datadistill.cli import main
+
+FAST = ["--dataset", "digits", "--arch", "LeNet", "--distill_steps", "2", "--distill_epochs", "1",
+        "--batch_size", "256", "--no_progress"]
+
+
+def test_digits_run_writes_every_artifact(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main([*FAST, "--epochs", "2", "--results_dir", str(out), "--test_n_nets", "3"]) == 0
+    assert "test accuracy:" in capsys.readouterr().out
+    for name in ["distilled.pt", "metrics.json", "checkpoint.pt", "images/step000.png", "images/step001.png",
+                 "step_sizes.png", "accuracy.png"]:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final_accuracy"]["n"] == 3 and 0 <= metrics["final_accuracy"]["mean"] <= 1
+    assert metrics["iterations"] == 2 * 4 and metrics["wall_seconds"] > 0
+    assert [e["epoch"] for e in metrics["history"]["evaluations"]] == [0, 1, 2]  # 2 epochs: every epoch, then the end
+    d = torch.load(out / "distilled.pt", weights_only=True)
+    assert d["images"].shape == (2, 10, 1, 28, 28) and d["config"]["nets"]["test_n_nets"] == 3
+
+
+def test_python_dash_m_and_aliases(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "datadistill", *FAST, "--epochs", "1", "--dataset", "DIGITS",
+                           "--device_id", "-1", "--results_dir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["data"]["dataset"] == "digits"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--mode", "distill_everything"], "unknown mode 'distill_everything'; accepted: distill_basic"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'; accepted: MNIST"),
+    (["--arch", "ResNet"], "unknown arch 'ResNet'; accepted: "),
+    (["--init", "zeros"], "unknown init 'zeros'; accepted: xavier"),
+    (["--train_nets_type", "bogus"], "unknown --train_nets_type 'bogus'; accepted: known_init"),
+    (["--test_nets_type", "bogus"], "accepted: same_as_train, unknown_init"),
+    (["--image_init", "zeros"], "accepted: noise, real"),
+    (["--n_nets", "0"], "--n_nets must be positive"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--distill_steps", "0"], "--distill_steps must be positive"),
+    (["--batch_size", "0"], "--batch_size must be positive"),
+    (["--distill_lr", "0"], "--distill_lr must be positive"),
+    (["--n_nets", "abc"], "invalid int value: 'abc'"),
+    (["--dataset", "MNIST", "--dataset_root", "/nonexistent/dd"], "--dataset_root DIR"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--device", "tpu"], "accepted: cpu, cuda, cuda:N"),
+    (["--resume"], "checkpoint"),
+])
+def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit) if "abc" in flags else _no_raise():
+        code = main([*FAST, "--results_dir", str(out), *flags])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("datadistill: error: ")
+    assert not out.exists()
+
+
+def test_garbage_checkpoint_is_refused(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    assert main([*FAST, "--results_dir", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
+    assert main([*FAST, "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
+    assert main([*FAST, "--epochs", "2", "--distill_steps", "3", "--results_dir", str(tmp_path), "--resume"]) == 2
+    assert "synthetic.steps=2" in capsys.readouterr().err
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    args = [sys.executable, "-m", "datadistill", *FAST, "--epochs", "30", "--eval_every", "10"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*args, "--results_dir", str(killed)], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert 0 < saved["epoch"] < 30, "the run should have been killed part way"
+    assert not (killed / "distilled.pt").exists()
+    subprocess.run([*args, "--results_dir", str(killed), "--resume"], check=True, capture_output=True)
+    straight = tmp_path / "straight"
+    subprocess.run([*args, "--results_dir", str(straight)], check=True, capture_output=True)
+    a = torch.load(killed / "distilled.pt", weights_only=True)
+    b = torch.load(straight / "distilled.pt", weights_only=True)
+    torch.testing.assert_close(a["images"], b["images"], rtol=0, atol=1e-5)
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["iterations"] == 30 * 4
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
