@@ -44,42 +44,45 @@ def per_epoch_original() -> float:
 
 
 def breakdown(root: str, batch_sizes=(64, 256, 1024), reps: int = 30) -> None:
-    """Per-iteration seconds split into the unrolled steps (forward through the synthetic GD and
-    the backward through it), the real-batch forward/backward, and the Adam step."""
+    """Per-iteration seconds of ``Distillation.step``, split as the step runs: the unrolled steps
+    (forward through the synthetic GD, and later the backward through it), the real-batch
+    forward/backward (chunked over the cores), and the Adam step."""
     from datadistill import data, models
-    from datadistill.config import NetsConfig, RunConfig, SyntheticConfig
-    from datadistill.distill import Distillation
-    from datadistill.inner import task_loss, unroll
+    from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
+    from datadistill.distill import Distillation, real_batch_gradient
+    from datadistill.inner import batched_unroll
 
     ds = data.load_dataset("MNIST", root)
-    cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=3),
-                    nets=NetsConfig("known_init", 1, "same_as_train", 1))
     model = models.build_model("LeNet", 1, 28, 10)
-    run = Distillation(cfg, model, ds.train, None, 10, ds.mean, ds.std)
-    net = {k: v[0] for k, v in run.fixed_nets.items()}
-    s = run.synthetic
     print(f"\nper iteration (median of {reps}), seconds:")
     print(f"{'batch':>6} {'total':>8} {'unrolled':>9} {'real f/b':>9} {'optim':>8}")
     for bs in batch_sizes:
-        x, y = ds.train.x[:bs], ds.train.y[:bs]
+        cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=3), outer=OuterConfig(batch_size=bs),
+                        nets=NetsConfig("known_init", 1, "same_as_train", 1))
+        run = Distillation(cfg, model, ds.train, None, 10, ds.mean, ds.std)
+        s, x, y = run.synthetic, ds.train.x[:bs], ds.train.y[:bs]
+        run.step(x, y)  # picks the conv backend for the unroll, as a real run does
         rows = []
         for rep in range(reps + 3):
             t0 = time.perf_counter()
             run.optimizer.zero_grad(set_to_none=True)
-            trained = unroll(model, net, s.images, s.labels, run.log_lrs.exp())
-            t1 = time.perf_counter()
-            leaves = {k: v.detach().requires_grad_() for k, v in trained.items()}
-            loss = task_loss(model, leaves, x, y)
-            grads = torch.autograd.grad(loss, list(leaves.values()))
-            t2 = time.perf_counter()
-            torch.autograd.backward(list(trained.values()), grads)
+            with run.pool.cores_to_chunks():
+                with run._unroll_backend():
+                    trained = batched_unroll(model, run.train_nets(), s.images, s.labels, run.log_lrs.exp())
+                t1 = time.perf_counter()
+                loss, grads = real_batch_gradient(run.pool, trained, x, y)
+                t2 = time.perf_counter()
+                with run._unroll_backend():
+                    torch.autograd.backward(list(trained.values()), [grads[k] for k in trained])
             t3 = time.perf_counter()
             run.optimizer.step()
+            run.scheduler.step()
             t4 = time.perf_counter()
             if rep >= 3:
                 rows.append((t4 - t0, (t1 - t0) + (t3 - t2), t2 - t1, t4 - t3))
         med = [statistics.median(c) for c in zip(*rows)]
         print(f"{bs:>6} {med[0]:8.4f} {med[1]:9.4f} {med[2]:9.4f} {med[3]:8.4f}")
+        run.pool.close()
 
 
 def main():

@@ -28,6 +28,17 @@ def test_digits_run_writes_every_artifact(tmp_path, capsys):
     assert d["images"].shape == (2, 10, 1, 28, 28) and d["config"]["nets"]["test_n_nets"] == 3
 
 
+def test_the_originals_decay_flags_select_a_step_schedule():
+    from datadistill.cli import build_parser, config_from_args
+
+    def outer(*flags):
+        return config_from_args(build_parser().parse_args(list(flags))).outer
+
+    assert outer().schedule == "cosine"
+    assert outer("--decay_epochs", "40").schedule == "step" and outer("--decay_epochs", "40").decay_epochs == 40
+    assert outer("--decay_factor", "0.5", "--lr_schedule", "cosine").schedule == "cosine"
+
+
 def test_python_dash_m_and_aliases(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "datadistill", *FAST, "--epochs", "1", "--dataset", "DIGITS",
                            "--device_id", "-1", "--results_dir", str(tmp_path)], capture_output=True, text=True)

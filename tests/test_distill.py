@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from datadistill import artifacts, models
@@ -68,3 +69,47 @@ def test_distillation_learns(blobs):
     assert len(events) == 9  # before every epoch, and at the end
     assert events[-1] >= 0.95 and events[-1] > events[0] + 0.3
     assert run.history.losses[-1]["loss"] < run.history.losses[0]["loss"]
+
+
+@pytest.mark.parametrize("n_nets", [1, 3])
+def test_two_phase_chunked_step_equals_one_backward(blobs, n_nets):
+    """The step's hypergradient (real batch split over threads, then pushed through the unroll)
+    equals a single backward of the mean unrolled loss."""
+    from datadistill.distill import real_batch_gradient
+    from datadistill.inner import batched_unroll, batched_unrolled_loss
+    from datadistill.parallel import ChunkPool
+
+    run = _run(blobs, nets=NetsConfig("unknown_init", n_nets, "unknown_init", 1))
+    nets, s = run.train_nets(), run.synthetic
+    x, y = blobs.train.x[:100], blobs.train.y[:100]
+    direct = batched_unrolled_loss(run.model, nets, s.images, s.labels, run.log_lrs.exp(), x, y).mean()
+    want = torch.autograd.grad(direct, (s.images, run.log_lrs))
+
+    pool = ChunkPool(run.model, workers=2, max_chunk=16, min_chunk=8)
+    assert len(pool.chunk_bounds(100)) == 8
+    trained = batched_unroll(run.model, nets, s.images, s.labels, run.log_lrs.exp())
+    loss, grads = real_batch_gradient(pool, trained, x, y)
+    got = torch.autograd.grad(list(trained.values()), (s.images, run.log_lrs), [grads[k] for k in trained])
+    torch.testing.assert_close(loss, direct.detach(), rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    pool.close()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_outer_lr_follows_the_schedule_per_iteration(blobs, schedule):
+    cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=1),
+                    outer=OuterConfig(epochs=4, schedule=schedule, decay_epochs=1, decay_factor=0.5,
+                                      lr=0.1, batch_size=40),
+                    nets=NetsConfig("known_init", 1, "same_as_train", 1))
+    run = Distillation(cfg, models.build_model("MLP", 1, 8, 3), blobs.train, None, 3, blobs.mean, blobs.std)
+    assert run.iterations_per_epoch == 3
+    seen = []
+    for _ in range(12):
+        seen.append(run.optimizer.param_groups[0]["lr"])
+        run.step(blobs.train.x[:40], blobs.train.y[:40])
+    if schedule == "step":  # halved after every 3 iterations (one epoch)
+        assert seen == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025] * 3 + [0.0125] * 3)
+    else:  # from lr down a half cosine, halfway at the middle of the run
+        assert seen[0] == pytest.approx(0.1) and seen[6] == pytest.approx(0.05)
+        assert all(a > b for a, b in zip(seen, seen[1:])) and seen[-1] < 0.002

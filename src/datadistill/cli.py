@@ -49,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_n_nets", type=int, default=d.nets.test_n_nets, help="networks to score on")
     g = p.add_argument_group("outer optimisation")
     g.add_argument("--epochs", type=int, default=d.outer.epochs, help="passes over the training split")
-    g.add_argument("--decay_epochs", type=int, default=d.outer.decay_epochs, help="epochs between lr decays")
-    g.add_argument("--decay_factor", type=float, default=d.outer.decay_factor)
+    g.add_argument("--lr_schedule", default=None,
+                   help=f"cosine (to zero over the run) or step; default {d.outer.schedule}, or step "
+                        f"when --decay_epochs or --decay_factor is given")
+    g.add_argument("--decay_epochs", type=int, default=None,
+                   help=f"step schedule: epochs between lr decays (default {d.outer.decay_epochs})")
+    g.add_argument("--decay_factor", type=float, default=None,
+                   help=f"step schedule: lr multiplier at each decay (default {d.outer.decay_factor})")
     g.add_argument("--lr", type=float, default=d.outer.lr, help="Adam learning rate of images and step sizes")
     g.add_argument("--batch_size", type=int, default=d.outer.batch_size, help="real images per outer step")
     g.add_argument("--eval_every", type=int, default=d.eval_every,
@@ -74,6 +79,17 @@ def _device(args) -> str:
     return args.device or "cpu"
 
 
+def _outer(args) -> OuterConfig:
+    d = _DEFAULTS.outer
+    step_flags = args.decay_epochs is not None or args.decay_factor is not None
+    # the original's decay flags mean a step schedule; honour them rather than ignore them
+    schedule = args.lr_schedule or ("step" if step_flags else d.schedule)
+    return OuterConfig(epochs=args.epochs, schedule=schedule,
+                       decay_epochs=d.decay_epochs if args.decay_epochs is None else args.decay_epochs,
+                       decay_factor=d.decay_factor if args.decay_factor is None else args.decay_factor,
+                       lr=args.lr, batch_size=args.batch_size)
+
+
 def config_from_args(args) -> RunConfig:
     """Build (and thereby validate) the run configuration from parsed flags."""
     return RunConfig(
@@ -83,7 +99,7 @@ def config_from_args(args) -> RunConfig:
         synthetic=SyntheticConfig(args.distill_steps, args.distill_epochs,
                                   args.distilled_images_per_class_per_step, args.distill_lr,
                                   args.image_init),
-        outer=OuterConfig(args.epochs, args.decay_epochs, args.decay_factor, args.lr, args.batch_size),
+        outer=_outer(args),
         nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets),
         eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),
     )

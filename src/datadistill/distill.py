@@ -12,12 +12,25 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .backends import fastest_backend
 from .config import RunConfig
 from .data import Split, batches_per_epoch, class_balanced_sample, shuffled_batches
 from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
-from .inner import batched_unrolled_loss
+from .inner import batched_unroll, summed_loss_grad
 from .models import Params
+from .parallel import ChunkPool
 from .synthetic import SyntheticSet, initial_set
+
+
+def real_batch_gradient(pool: ChunkPool, trained: Params, real_x: torch.Tensor, real_y: torch.Tensor
+                        ) -> tuple[torch.Tensor, Params]:
+    """Mean real-batch loss of the n_nets ``trained`` networks, and its gradient w.r.t. their
+    weights, computed chunk by chunk on all cores. Nothing here keeps a graph."""
+    detached = {k: v.detach() for k, v in trained.items()}
+    parts = pool.map(lambda model, x, y: summed_loss_grad(model, detached, x, y), real_x, real_y)
+    scale = 1.0 / (real_x.shape[0] * next(iter(detached.values())).shape[0])
+    grads = {k: sum(g[k] for g, _ in parts) * scale for k in detached}
+    return sum(v for _, v in parts) * scale, grads
 
 
 class Callback:
@@ -65,8 +78,13 @@ class Distillation:
         self.log_lrs = self.synthetic.lrs.log().to(self.device).requires_grad_()
         self.optimizer = torch.optim.Adam([self.synthetic.images, self.log_lrs],
                                           lr=config.outer.lr, betas=(0.5, 0.999))
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=config.outer.decay_epochs, gamma=config.outer.decay_factor)
+        # stepped every iteration; the factor is a pure function of the iteration and the config,
+        # so a resumed run (even one with more epochs) lands on the same curve
+        per_epoch = batches_per_epoch(len(train), config.outer.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: config.outer.lr_factor(it, per_epoch))
+        self.pool = ChunkPool(model, self.device)
+        self._backend = None  # chosen by timing on the first step
         self.fixed_nets: Params | None = None
         if nets.train_nets_type == "known_init":
             self.fixed_nets = self._draw_nets(nets.n_nets)
@@ -102,16 +120,41 @@ class Distillation:
                             s.mean, s.std, s.num_classes, dict(s.meta))
 
     def step(self, real_x: torch.Tensor, real_y: torch.Tensor) -> torch.Tensor:
-        """One outer iteration on a real batch; returns the mean loss (a tensor, not synced)."""
+        """One outer iteration on a real batch; returns the mean loss (a tensor, not synced).
+
+        The hypergradient is taken in two phases, which equal one ``.backward()`` of the mean
+        unrolled loss: the gradient of the real-batch loss w.r.t. the trained weights (first
+        order, the bulk of the compute, split over the cores), then that gradient pushed back
+        through the unrolled steps to the images and step sizes.
+        """
         s = self.synthetic
         self.optimizer.zero_grad(set_to_none=True)
-        losses = batched_unrolled_loss(self.model, self.train_nets(), s.images, s.labels,
-                                       self.log_lrs.exp(), real_x, real_y)  # (n_nets,)
-        loss = losses.mean()
-        loss.backward()
+        with self.pool.cores_to_chunks():
+            with self._unroll_backend():
+                trained = batched_unroll(self.model, self.train_nets(), s.images, s.labels,
+                                         self.log_lrs.exp())  # (n_nets, ...) each, with the graph
+            loss, grads = real_batch_gradient(self.pool, trained, real_x, real_y)
+            with self._unroll_backend():
+                torch.autograd.backward(list(trained.values()), [grads[k] for k in trained])
         self.optimizer.step()
+        self.scheduler.step()
         self.iteration += 1
-        return loss.detach()
+        return loss
+
+    def _unroll_backend(self):
+        if self._backend is None:
+            self._backend = fastest_backend(self._time_unroll, self.device)
+        return self._backend()
+
+    def _time_unroll(self) -> None:
+        """One unroll and its backward with the run's shapes, for choosing the conv backend."""
+        s, m = self.synthetic, self.config.model
+        # networks from fixed seeds: timing must not consume the run's random stream
+        nets = fresh_nets(self.model, m.init, m.init_param, list(range(self.config.nets.n_nets)), self.device)
+        with self.pool.cores_to_chunks():
+            trained = batched_unroll(self.model, nets, s.images, s.labels, self.log_lrs.exp())
+            torch.autograd.grad(list(trained.values()), [s.images, self.log_lrs],
+                                [torch.ones_like(v) for v in trained.values()])
 
     def evaluate(self) -> EvalResult:
         if self.test is None:
@@ -136,7 +179,6 @@ class Distillation:
                 count += 1
                 for cb in callbacks:
                     cb.on_iteration(self, loss)
-            self.scheduler.step()
             self.epoch += 1
             mean_loss = float(total / count)
             if mean_loss != mean_loss:

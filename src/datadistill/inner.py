@@ -13,7 +13,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from .models import Params
 
@@ -55,6 +55,37 @@ def batched_unrolled_loss(model: nn.Module, stacked: Params, images: torch.Tenso
         return unrolled_loss(model, one, images, labels, lrs, real_x, real_y).unsqueeze(0)
     fn = vmap(partial(unrolled_loss, model), in_dims=(0, None, None, None, None, None))
     return fn(stacked, images, labels, lrs, real_x, real_y)
+
+
+def batched_unroll(model: nn.Module, stacked: Params, images: torch.Tensor, labels: torch.Tensor,
+                   lrs: torch.Tensor) -> Params:
+    """``unroll`` of each of n_nets networks stacked along dim 0; keeps the graph."""
+    n_nets = next(iter(stacked.values())).shape[0]
+    if n_nets == 1:  # vmap of one network only adds overhead
+        one = unroll(model, {k: v[0] for k, v in stacked.items()}, images, labels, lrs)
+        return {k: v.unsqueeze(0) for k, v in one.items()}
+    return vmap(partial(unroll, model), in_dims=(0, None, None, None))(stacked, images, labels, lrs)
+
+
+def summed_loss(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the n_nets stacked networks and the B images x, a scalar."""
+    n_nets = next(iter(stacked.values())).shape[0]
+    if n_nets == 1:
+        logits = functional_call(model, {k: v[0] for k, v in stacked.items()}, (x,)).unsqueeze(0)
+    else:
+        logits = vmap(lambda p: functional_call(model, p, (x,)))(stacked)  # (n_nets, B, classes)
+    return F.cross_entropy(logits.flatten(0, 1), y.repeat(n_nets), reduction="sum")
+
+
+def summed_loss_grad(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor
+                     ) -> tuple[Params, torch.Tensor]:
+    """(gradient w.r.t. ``stacked``, value) of ``summed_loss``: first order, no graph kept.
+
+    Summed rather than averaged so that chunks of one batch add up exactly to the whole.
+    """
+    with torch.enable_grad():
+        g, value = grad_and_value(partial(summed_loss, model))(stacked, x, y)
+    return g, value
 
 
 @torch.no_grad()
