@@ -73,6 +73,23 @@ def load_distilled(path) -> SyntheticSet:
         raise ArtifactError(f"cannot read distilled file {path}: {e}") from None
 
 
+def save_zoo(path, zoo) -> Path:
+    """Write a ``zoo.Zoo`` (or one part of it) as a plain dict."""
+    return _torch_save(path, zoo.to_dict())
+
+
+def load_zoo(path):
+    """Read a zoo file; ``ArtifactError`` if missing or not a zoo."""
+    from .zoo import Zoo
+
+    hint = "train one with --mode train (and --phase test for the test zoo), or pass --zoo_dir"
+    d = _torch_load(path, "model zoo", hint)
+    try:
+        return Zoo.from_dict(d)
+    except (ArtifactError, KeyError) as e:
+        raise ArtifactError(f"cannot read model zoo {path}: {e}; {hint}") from None
+
+
 def save_checkpoint(path, state: dict) -> Path:
     return _torch_save(path, {"format": CHECKPOINT_FORMAT, **state})
 

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n_nets", type=int, default=d.nets.n_nets, help="networks per outer iteration")
     g.add_argument("--test_nets_type", default=d.nets.test_nets_type, help=" or ".join(TEST_NETS_TYPES))
     g.add_argument("--test_n_nets", type=int, default=d.nets.test_n_nets, help="networks to score on")
+    g.add_argument("--sample_n_nets", type=int, default=None,
+                   help="loaded nets: networks drawn from the --n_nets per iteration (default all)")
+    g.add_argument("--phase", default=d.phase, help="--mode train: fill the train or the test zoo")
+    g.add_argument("--zoo_dir", default=None, help="where zoos live (default <results_dir>/zoo)")
     g = p.add_argument_group("outer optimisation")
     g.add_argument("--epochs", type=int, default=d.outer.epochs, help="passes over the training split")
     g.add_argument("--lr_schedule", default=None,
@@ -56,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"step schedule: epochs between lr decays (default {d.outer.decay_epochs})")
     g.add_argument("--decay_factor", type=float, default=None,
                    help=f"step schedule: lr multiplier at each decay (default {d.outer.decay_factor})")
-    g.add_argument("--lr", type=float, default=d.outer.lr, help="Adam learning rate of images and step sizes")
+    g.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate of images and step sizes (default 0.03 with known_init, "
+                        "0.01 with random or loaded nets), or of the networks in --mode train (default 1e-3)")
     g.add_argument("--batch_size", type=int, default=d.outer.batch_size, help="real images per outer step")
     g.add_argument("--eval_every", type=int, default=d.eval_every,
                    help="evaluate every N epochs (0: about five times per run)")
@@ -100,15 +106,23 @@ def config_from_args(args) -> RunConfig:
                                   args.distilled_images_per_class_per_step, args.distill_lr,
                                   args.image_init),
         outer=_outer(args),
-        nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets),
+        nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets,
+                        args.sample_n_nets),
         eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),
+        phase=args.phase, zoo_dir=args.zoo_dir,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:
+        from .evaluate_cli import main as evaluate_main
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        if config.mode == "train":
+            return _train_zoo(config, args.no_progress)
         from .progress import ProgressBar
         from .runner import distill
 
@@ -117,12 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     except DatadistillError as e:
         sys.stderr.write(f"datadistill: error: {e}\n")
         return EXIT_USAGE
+    except FloatingPointError as e:  # the run diverged: not bad input, but no traceback either
+        sys.stderr.write(f"datadistill: error: {e}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
         return 130
     final = result.final
     seconds = result.metrics["wall_seconds"]
     print(f"test accuracy: {final} ({seconds:.0f} s wall); results in {result.results_dir}")
+    return 0
+
+
+def _train_zoo(config, no_progress: bool) -> int:
+    from .progress import zoo_progress
+    from .runner import train_zoo
+
+    with zoo_progress(config.nets.n_nets, disable=no_progress) as progress:
+        zoo, path = train_zoo(config, progress)
+    acc = zoo.accuracies[:config.nets.n_nets]
+    std = float(acc.std()) if acc.numel() > 1 else 0.0
+    print(f"zoo of {len(zoo)} {zoo.arch} networks on {zoo.dataset} ({zoo.phase} phase): test accuracy "
+          f"{100 * float(acc.mean()):.2f}% +- {100 * std:.2f}; in {path}")
     return 0
 
 

@@ -59,7 +59,10 @@ class Distillation:
     """
 
     def __init__(self, config: RunConfig, model: nn.Module, train: Split, test: Split | None,
-                 num_classes: int, mean, std, device: torch.device | str = "cpu"):
+                 num_classes: int, mean, std, device: torch.device | str = "cpu",
+                 loaded_train: Params | None = None, loaded_test: Params | None = None):
+        """``loaded_train`` / ``loaded_test``: stacked weights from the train / test zoo, needed
+        when ``train_nets_type`` / ``test_nets_type`` is ``loaded``."""
         self.config, self.model, self.train, self.test = config, model, train, test
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -88,6 +91,15 @@ class Distillation:
         self.fixed_nets: Params | None = None
         if nets.train_nets_type == "known_init":
             self.fixed_nets = self._draw_nets(nets.n_nets)
+        if (nets.train_nets_type == "loaded") != (loaded_train is not None):
+            raise ValueError("loaded_train is needed exactly when train_nets_type is 'loaded'")
+        if nets.test_nets_type == "loaded" and loaded_test is None:
+            raise ValueError("loaded_test is needed when test_nets_type is 'loaded'")
+        self.loaded_train = None if loaded_train is None else {k: v.to(self.device) for k, v in loaded_train.items()}
+        self.loaded_test = None if loaded_test is None else {k: v.to(self.device) for k, v in loaded_test.items()}
+        # loaded nets are drawn in the order of a fresh permutation, cycling, so every network of
+        # the zoo is used once before any is used twice
+        self.zoo_order = torch.empty(0, dtype=torch.long)
         self.epoch = 0
         self.iteration = 0
         self.history = History()
@@ -98,16 +110,33 @@ class Distillation:
         m = self.config.model
         return fresh_nets(self.model, m.init, m.init_param, seeds, self.device)
 
+    def _sample_loaded(self, k: int) -> Params:
+        n = next(iter(self.loaded_train.values())).shape[0]
+        if self.zoo_order.numel() < k:
+            # queue a new permutation behind what is left of the current one, minus those left,
+            # so that one draw never holds a network twice
+            fresh = torch.randperm(n, generator=self.generator)
+            self.zoo_order = torch.cat([self.zoo_order, fresh[~torch.isin(fresh, self.zoo_order)]])
+        index, self.zoo_order = self.zoo_order[:k], self.zoo_order[k:]
+        return {name: v[index.to(self.device)] for name, v in self.loaded_train.items()}
+
     def train_nets(self) -> Params:
-        """Initial weights for this iteration: the fixed ones, or fresh ones every time."""
+        """Initial weights for this iteration: the fixed ones, fresh ones every time, or
+        ``sample_n_nets`` distinct networks of the loaded zoo."""
         if self.fixed_nets is not None:
             return self.fixed_nets
+        if self.loaded_train is not None:
+            return self._sample_loaded(self.config.nets.nets_per_iteration)
         return self._draw_nets(self.config.nets.n_nets)
 
     def test_nets(self) -> Params:
         nets = self.config.nets
+        if nets.test_nets_type == "loaded":
+            return self.loaded_test
         if nets.test_nets_type == "same_as_train" and self.fixed_nets is not None:
             return self.fixed_nets
+        if nets.test_nets_type == "same_as_train" and self.loaded_train is not None:
+            return self.loaded_train
         m = self.config.model
         return fresh_nets(self.model, m.init, m.init_param,
                           eval_seeds(self.config.seed, nets.test_n_nets), self.device)
@@ -150,7 +179,7 @@ class Distillation:
         """One unroll and its backward with the run's shapes, for choosing the conv backend."""
         s, m = self.synthetic, self.config.model
         # networks from fixed seeds: timing must not consume the run's random stream
-        nets = fresh_nets(self.model, m.init, m.init_param, list(range(self.config.nets.n_nets)), self.device)
+        nets = fresh_nets(self.model, m.init, m.init_param, list(range(self.config.nets.nets_per_iteration)), self.device)
         with self.pool.cores_to_chunks():
             trained = batched_unroll(self.model, nets, s.images, s.labels, self.log_lrs.exp())
             torch.autograd.grad(list(trained.values()), [s.images, self.log_lrs],
@@ -222,6 +251,7 @@ class Distillation:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "fixed_nets": None if self.fixed_nets is None else {k: v.cpu() for k, v in self.fixed_nets.items()},
+            "zoo_order": self.zoo_order.clone(),
             "epoch": self.epoch,
             "iteration": self.iteration,
             "history": {"evaluations": self.history.evaluations, "losses": self.history.losses,
@@ -237,5 +267,6 @@ class Distillation:
         self.generator.set_state(state["generator"])
         if state["fixed_nets"] is not None:
             self.fixed_nets = {k: v.to(self.device) for k, v in state["fixed_nets"].items()}
+        self.zoo_order = state.get("zoo_order", torch.empty(0, dtype=torch.long))
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.history = History(**state["history"])

@@ -1,4 +1,10 @@
-"""Scoring a synthetic set: train networks on it with its step sizes, test on held-out data."""
+"""Scoring a synthetic set: train networks on it, test on held-out data.
+
+Two protocols: ``unrolled`` replays the set as distilled (its batches in order, its learned step
+sizes; Wang et al. 2018), ``from_scratch`` pools every image into one training set and runs
+ordinary SGD with momentum for many epochs (the protocol of the later literature, Zhao et al.
+2021 onwards), which also scores sets that have no meaningful step sizes.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .data import Split
-from .inner import batched_logits, batched_train
+from .inner import batched_logits, batched_train, mean_loss_per_net_summed
 from .models import Params, init_params, stack_params
 from .synthetic import SyntheticSet
 
@@ -64,5 +70,53 @@ def evaluate_synthetic(model: nn.Module, synthetic: SyntheticSet, stacked_init: 
     for i in range(0, n, chunk_nets):
         part = {k: v[i:i + chunk_nets] for k, v in stacked_init.items()}
         trained = batched_train(model, part, synthetic.images, synthetic.labels, synthetic.lrs)
+        accs.append(accuracy(model, trained, test))
+    return EvalResult(tuple(torch.cat(accs).tolist()))
+
+
+def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: SyntheticSet, epochs: int,
+                       lr: float, batch_size: int | None = 256, momentum: float = 0.9,
+                       weight_decay: float = 5e-4, generator: torch.Generator | None = None) -> Params:
+    """Train each stacked network with SGD on all of ``synthetic``'s images pooled into one set.
+
+    The S * N images (S, N, C, H, W) are flattened to (S * N, C, H, W); its step sizes are ignored.
+    Each epoch visits them in the order ``torch.randperm(S * N, generator=generator)`` in batches
+    of ``batch_size`` (the last may be smaller; None: one full batch, in the stored order).
+    The update is ``torch.optim.SGD``'s with ``momentum`` and L2 ``weight_decay`` on every weight:
+        b <- momentum * b + (g + weight_decay * w);  w <- w - lr * b
+    All networks see the same batches; returns the trained (n_nets, ...) weights, no graph.
+    """
+    x = synthetic.images.detach().flatten(0, 1)  # (S * N, C, H, W)
+    y = synthetic.labels.detach().flatten()  # (S * N,)
+    n = x.shape[0]
+    size = n if batch_size is None else min(batch_size, n)
+    # SGD is elementwise, so one optimiser over the stacked weights is one SGD per network
+    leaves = [v.detach().clone().requires_grad_() for v in stacked_init.values()]
+    params = dict(zip(stacked_init, leaves))
+    optimizer = torch.optim.SGD(leaves, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for _ in range(epochs):
+        order = (torch.arange(n) if batch_size is None
+                 else torch.randperm(n, generator=generator)).to(x.device)
+        for start in range(0, n, size):
+            idx = order[start:start + size]
+            optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                mean_loss_per_net_summed(model, params, x[idx], y[idx]).backward()
+            optimizer.step()
+    return {k: v.detach() for k, v in params.items()}
+
+
+def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params,
+                          test: Split, epochs: int, lr: float, batch_size: int | None = 256,
+                          generator: torch.Generator | None = None, chunk_nets: int = 25,
+                          **sgd) -> EvalResult:
+    """``train_from_scratch`` each network in ``stacked_init`` on ``synthetic``, score it on
+    ``test``; ``chunk_nets`` networks at a time. ``sgd`` passes momentum / weight_decay on."""
+    n = next(iter(stacked_init.values())).shape[0]
+    accs = []
+    for i in range(0, n, chunk_nets):
+        part = {k: v[i:i + chunk_nets] for k, v in stacked_init.items()}
+        trained = train_from_scratch(model, part, synthetic, epochs, lr, batch_size,
+                                     generator=generator, **sgd)
         accs.append(accuracy(model, trained, test))
     return EvalResult(tuple(torch.cat(accs).tolist()))

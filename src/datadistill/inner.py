@@ -88,6 +88,16 @@ def summed_loss_grad(model: nn.Module, stacked: Params, x: torch.Tensor, y: torc
     return g, value
 
 
+def mean_loss_per_net_summed(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor
+                             ) -> torch.Tensor:
+    """Sum over the stacked networks of each one's mean cross-entropy on the shared batch x.
+
+    Its gradient w.r.t. network i's weights is exactly that network's own mean-loss gradient, so
+    one elementwise optimiser (SGD, Adam) over the stacked tensors trains every network as if alone.
+    """
+    return summed_loss(model, stacked, x, y) / x.shape[0]
+
+
 @torch.no_grad()
 def batched_logits(model: nn.Module, stacked: Params, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """Logits (n_nets, B, classes) of each stacked network on x (B, C, H, W), in chunks of images."""

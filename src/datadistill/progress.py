@@ -1,6 +1,7 @@
 """A tqdm progress bar as a distillation callback: loss and the latest test accuracy."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from .distill import Callback, Distillation
@@ -37,3 +38,14 @@ class ProgressBar(Callback):
     def on_end(self, run: Distillation) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@contextlib.contextmanager
+def zoo_progress(total: int, disable: bool = False, file=sys.stderr):
+    """A tqdm bar over the networks of a zoo; yields the ``progress(done, total)`` callback."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="net", file=file, disable=disable, desc="training zoo") as bar:
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+        yield progress

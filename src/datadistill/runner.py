@@ -10,6 +10,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -18,9 +19,10 @@ from .config import RunConfig
 from .data import Dataset, canonical_name, load_dataset
 from .distill import Callback, Distillation
 from .errors import ArtifactError, ConfigError
-from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
-from .models import arch_class, build_model
+from .evaluate import EvalResult, accuracy, eval_seeds, evaluate_synthetic, fresh_nets
+from .models import Params, arch_class, build_model
 from .synthetic import SyntheticSet
+from .zoo import Zoo, net_seeds, train_networks, zoo_dir_for
 
 
 def resolve_device(device: str) -> torch.device:
@@ -91,10 +93,100 @@ class RunResult:
     results_dir: Path
 
 
-def build_run(config: RunConfig, dataset: Dataset) -> Distillation:
+def zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:
+    """The zoo file of (dataset, arch, init, phase) under the configured zoo root."""
+    return zoo_dir_for(config.zoo_root, dataset or config.data.dataset, config.model.arch,
+                       config.model.init, phase) / ZOO_FILE
+
+
+def load_zoo_nets(config: RunConfig, phase: str, n: int, dataset: str | None = None) -> Params:
+    """Stacked weights of the first ``n`` networks of a zoo, checked against the run."""
+    path = zoo_file(config, phase, dataset)
+    zoo = artifacts.load_zoo(path)
+    zoo.check(dataset or config.data.dataset, config.model.arch, n, phase)
+    return zoo.select(list(range(n)))
+
+
+def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None]:
+    """(train zoo nets, test zoo nets) the run asks for; read before anything else is done."""
+    nets = config.nets
+    train = load_zoo_nets(config, "train", nets.n_nets) if nets.train_nets_type == "loaded" else None
+    test = load_zoo_nets(config, "test", nets.test_n_nets) if nets.test_nets_type == "loaded" else None
+    return train, test
+
+
+def build_run(config: RunConfig, dataset: Dataset, loaded: tuple = (None, None)) -> Distillation:
     model = build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
     return Distillation(config, model, dataset.train, dataset.test, dataset.num_classes,
-                        dataset.mean, dataset.std, device=resolve_device(config.device))
+                        dataset.mean, dataset.std, device=resolve_device(config.device),
+                        loaded_train=loaded[0], loaded_test=loaded[1])
+
+
+# -- the model zoo (--mode train) -----------------------------------------------------------------
+ZOO_FILE = "zoo.pt"
+ZOO_CHUNK = 10  # networks trained at once (vmapped) and stored per part file
+
+
+def _zoo_training(config: RunConfig) -> dict:
+    """The settings that make two zoos interchangeable."""
+    d = config.to_dict()
+    return {"dataset": config.data.dataset, "arch": config.model.arch, "model": d["model"],
+            "outer": d["outer"], "phase": config.phase}
+
+
+def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = None,
+              dataset: Dataset | None = None) -> tuple[Zoo, Path]:
+    """Train ``config.nets.n_nets`` networks (``--mode train``) into the zoo of
+    (dataset, arch, init, phase); returns the zoo and its file.
+
+    Networks are trained ``ZOO_CHUNK`` at a time and each chunk is stored as a part, so a killed
+    run resumes from the last finished part; an existing zoo of the same settings is extended,
+    never retrained. ``progress(done, total)`` is called after every chunk.
+    """
+    config = normalise_config(config)
+    path = zoo_file(config, config.phase)
+    folder, n, wanted = path.parent, config.nets.n_nets, _zoo_training(config)
+    parts: list[Zoo] = []
+    if path.exists():
+        parts.append(_matching(artifacts.load_zoo(path), wanted, path))
+        if len(parts[0]) >= n:
+            return parts[0], path
+    dataset = dataset if dataset is not None else load_for(config)
+    device = resolve_device(config.device)
+    model = build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+    m = config.model
+    done = len(parts[0]) if parts else 0
+    for start in range(done, n, ZOO_CHUNK):
+        stop = min(start + ZOO_CHUNK, n)
+        part_path = folder / f"part-{start:06d}-{stop:06d}.pt"
+        if part_path.exists():
+            part = _matching(artifacts.load_zoo(part_path), wanted, part_path)
+        else:
+            seeds = net_seeds(config.phase, start, stop)
+            init = fresh_nets(model, m.init, m.init_param, seeds, device)
+            generator = torch.Generator().manual_seed(seeds[0])  # batch order of this chunk
+            trained = train_networks(model, init, dataset.train, config.outer, generator)
+            part = Zoo({k: v.cpu() for k, v in trained.items()}, accuracy(model, trained, dataset.test).cpu(),
+                       config.data.dataset, config.model.arch, m.init, config.phase,
+                       (dataset.in_channels, dataset.image_size, dataset.image_size),
+                       dataset.num_classes, wanted)
+            artifacts.save_zoo(part_path, part)
+        parts.append(part)
+        if progress is not None:
+            progress(stop, n)
+    zoo = Zoo.concat(parts)
+    artifacts.save_zoo(path, zoo)
+    for stale in folder.glob("part-*.pt"):
+        stale.unlink()
+    return zoo, path
+
+
+def _matching(zoo: Zoo, wanted: dict, path: Path) -> Zoo:
+    if zoo.config != wanted:
+        diff = sorted(k for k in wanted if zoo.config.get(k) != wanted[k])
+        raise ArtifactError(f"zoo {path} was trained with other settings ({', '.join(diff)}); "
+                            f"use the same settings, another --zoo_dir, or delete it")
+    return zoo
 
 
 def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = False,
@@ -109,8 +201,9 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     if resume:  # read before any work, so a bad checkpoint fails fast and writes nothing
         state = artifacts.load_checkpoint(ckpt_path)
         _check_resumable(state["config"], config.to_dict())
+    loaded = loaded_nets(config)
     dataset = dataset if dataset is not None else load_for(config)
-    run = build_run(config, dataset)
+    run = build_run(config, dataset, loaded)
     if state is not None:
         run.load_state_dict(state)
     synthetic = run.run([Checkpointer(ckpt_path), *callbacks])

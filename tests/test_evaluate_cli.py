@@ -1,0 +1,146 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datadistill import artifacts
+from datadistill.baselines import fixed_lrs, random_train
+from datadistill.cli import main
+from datadistill.data import load_dataset
+from datadistill.evaluate import evaluate_from_scratch, fresh_nets, train_from_scratch
+from datadistill.models import build_model, unstack_params
+from datadistill.synthetic import SyntheticSet
+
+
+def _blobs_set(blobs, steps=2, per_class=2, seed=0):
+    return random_train(blobs.train, steps, per_class, blobs.num_classes, fixed_lrs(steps, 0.1),
+                        blobs.mean, blobs.std, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_from_scratch_equals_torch_optim_sgd(blobs, batch_size):
+    model = build_model("MLP", 1, 8, 3).double()
+    nets = fresh_nets(model, "xavier", 1.0, [1, 2], "cpu")
+    nets = {k: v.double() for k, v in nets.items()}
+    synthetic = _blobs_set(blobs)  # 12 images: batches of 5, 5, 2
+    synthetic.images = synthetic.images.double()
+    got = train_from_scratch(model, nets, synthetic, epochs=3, lr=0.05, batch_size=batch_size,
+                             generator=torch.Generator().manual_seed(7))
+    x, y = synthetic.images.flatten(0, 1), synthetic.labels.flatten()
+    for i, init in enumerate(unstack_params(nets)):
+        model.load_state_dict(init)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        g = torch.Generator().manual_seed(7)
+        for _ in range(3):
+            order = torch.arange(12) if batch_size is None else torch.randperm(12, generator=g)
+            for idx in order.split(batch_size or 12):
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+        for k, v in model.named_parameters():
+            torch.testing.assert_close(got[k][i], v.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_from_scratch_on_a_separable_set_beats_chance(blobs):
+    model = build_model("MLP", 1, 8, 3)
+    nets = fresh_nets(model, "xavier", 1.0, [0, 1, 2], "cpu")
+    before = {k: v.clone() for k, v in nets.items()}
+    result = evaluate_from_scratch(model, _blobs_set(blobs), nets, blobs.test, epochs=30, lr=0.01,
+                                   batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert result.n == 3 and min(result.accuracies) > 0.9  # chance is 1/3
+    assert all(torch.equal(before[k], v) for k, v in nets.items()), "the initial weights are left alone"
+
+
+@pytest.fixture(scope="module")
+def digits_set():
+    """A random-real-image set of the bundled digits at 28 px, 2 steps x 1 per class."""
+    d = load_dataset("digits", image_size=28)
+    s = random_train(d.train, 2, 1, d.num_classes, fixed_lrs(4, 0.02), d.mean, d.std,
+                     torch.Generator().manual_seed(0))
+    s.meta.update(dataset="digits", arch="LeNet")
+    return s
+
+
+@pytest.fixture
+def saved(tmp_path, digits_set):
+    return str(artifacts.save_distilled(tmp_path / "distilled.pt", digits_set))
+
+
+@pytest.mark.parametrize("protocol,extra", [
+    ("unrolled", []),
+    ("from_scratch", ["--scratch_epochs", "5", "--scratch_lr", "0.01", "--scratch_batch_size", "10"]),
+])
+def test_evaluate_round_trips_a_saved_set(tmp_path, capsys, saved, protocol, extra):
+    out = tmp_path / "eval"
+    argv = ["evaluate", saved, "--dataset", "digits", "--arch", "MLP", "--test_n_nets", "3",
+            "--protocol", protocol, "--seed", "4", "--results_dir", str(out), *extra]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"({protocol}, MLP on digits)" in printed and "over 3 nets" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"].startswith(f"datadistill evaluate {saved} --dataset digits")
+    assert results["protocol"] == protocol and results["arch"] == "MLP"
+    r = results["result"]
+    assert r["n"] == 3 and len(r["accuracies"]) == 3 and all(0 <= a <= 1 for a in r["accuracies"])
+    assert r["mean"] == pytest.approx(sum(r["accuracies"]) / 3)
+    assert f"{100 * r['mean']:.2f}% +- {100 * r['std']:.2f} over 3 nets" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # no temporary left behind
+
+
+def test_evaluate_defaults_to_the_files_dataset_and_arch_and_is_deterministic(capsys, saved):
+    assert main(["evaluate", saved, "--test_n_nets", "2"]) == 0
+    first = capsys.readouterr().out
+    assert "(unrolled, LeNet on digits)" in first
+    assert main(["evaluate", saved, "--test_n_nets", "2"]) == 0
+    assert capsys.readouterr().out == first
+
+
+def _run(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's own errors
+        return e.code
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "distilled file {tmp}/nope.pt does not exist"),
+    ("garbage", "cannot read distilled file"),
+    ("foreign", "not a distilled set"),
+    ("n_nets", "--test_n_nets must be positive, got 0"),
+    ("epochs", "--scratch_epochs must be positive, got 0"),
+    ("protocol", "unknown --protocol 'bogus'; accepted: unrolled, from_scratch"),
+    ("shape", "distilled images are (3, 16, 16) (C, H, W), digits images are (1, 28, 28)"),
+    ("arch", "unknown arch 'ResNet'"),
+    ("flag", "unrecognized arguments: --bogus"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, saved, case, message):
+    path = saved
+    flags = ["--dataset", "digits"]
+    if case == "missing":
+        path = str(tmp_path / "nope.pt")
+    elif case == "garbage":
+        path = str(tmp_path / "garbage.pt")
+        (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    elif case == "foreign":
+        path = str(tmp_path / "foreign.pt")
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif case == "shape":
+        s = SyntheticSet(torch.zeros(1, 10, 3, 16, 16), torch.arange(10)[None], fixed_lrs(1, 0.1),
+                         (0.5,) * 3, (0.2,) * 3, 10)
+        path = str(artifacts.save_distilled(tmp_path / "rgb.pt", s))
+    else:
+        flags += {"n_nets": ["--test_n_nets", "0"], "epochs": ["--scratch_epochs", "0"],
+                  "protocol": ["--protocol", "bogus"], "arch": ["--arch", "ResNet"],
+                  "flag": ["--bogus"]}[case]
+    out = tmp_path / "eval"
+    assert _run(["evaluate", path, *flags, "--results_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datadistill: error: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err
+    assert not out.exists()
+
+
+def test_the_distill_command_is_unchanged_by_the_subcommand(capsys):
+    assert _run(["--mode", "bogus"]) == 2
+    assert "unknown mode 'bogus'" in capsys.readouterr().err

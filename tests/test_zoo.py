@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from datadistill import artifacts, models, runner, zoo
+from datadistill.cli import main
+from datadistill.config import DataConfig, ModelConfig, NetsConfig, OuterConfig, RunConfig, SyntheticConfig
+from datadistill.distill import Distillation
+from datadistill.errors import ArtifactError
+from datadistill.evaluate import accuracy
+
+
+def _zoo_config(tmp_path, n, phase="train", epochs=3):
+    return RunConfig(mode="train", data=DataConfig("blobs"), model=ModelConfig("MLP"),
+                     outer=OuterConfig(epochs=epochs, batch_size=30), nets=NetsConfig(n_nets=n),
+                     phase=phase, results_dir=str(tmp_path))
+
+
+@pytest.fixture
+def blobs_zoo(blobs, monkeypatch):
+    """train_zoo on the in-memory blobs dataset (the registry only knows real datasets)."""
+    monkeypatch.setattr(runner, "normalise_config", lambda c: c)
+    return lambda config, **kw: runner.train_zoo(config, dataset=blobs, **kw)
+
+
+def test_zoo_round_trips_with_the_same_predictions(tmp_path, blobs, blobs_zoo):
+    trained, path = blobs_zoo(_zoo_config(tmp_path, 12))
+    assert path == tmp_path / "zoo" / "blobs-MLP-xavier-train" / "zoo.pt" and len(trained) == 12
+    assert trained.accuracies.min() > 0.9  # three separable blobs
+    loaded = artifacts.load_zoo(path)
+    model = models.build_model("MLP", 1, 8, 3)
+    torch.testing.assert_close(accuracy(model, loaded.params, blobs.test), trained.accuracies)
+    assert not list(path.parent.glob("part-*.pt"))  # parts are folded into the one file
+
+
+def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, monkeypatch):
+    calls = []
+    real_train = zoo.train_networks
+    monkeypatch.setattr(runner, "train_networks", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+
+    def stop_after_first(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        blobs_zoo(_zoo_config(tmp_path, 25), progress=stop_after_first)
+    assert len(calls) == 1 and len(list((tmp_path / "zoo" / "blobs-MLP-xavier-train").glob("part-*"))) == 1
+    first, _ = blobs_zoo(_zoo_config(tmp_path, 25))
+    assert len(calls) == 3 and len(first) == 25  # the finished part was reused
+    bigger, _ = blobs_zoo(_zoo_config(tmp_path, 30))
+    assert len(calls) == 4 and len(bigger) == 30  # only the five new networks were trained
+    torch.testing.assert_close(bigger.params["net.1.weight"][:25], first.params["net.1.weight"])
+    with pytest.raises(ArtifactError, match="other settings"):
+        blobs_zoo(_zoo_config(tmp_path, 40, epochs=4))
+
+
+def test_train_and_test_zoos_never_share_an_initialisation():
+    train, test = set(zoo.net_seeds("train", 0, 5000)), set(zoo.net_seeds("test", 0, 5000))
+    assert len(train) == len(test) == 5000 and not train & test
+
+
+def test_a_zoo_refuses_another_arch_dataset_or_size(tmp_path, blobs_zoo):
+    trained, _ = blobs_zoo(_zoo_config(tmp_path, 3))
+    trained.check("blobs", "MLP", 3, "train")
+    with pytest.raises(ArtifactError, match="3 networks, 5 asked for"):
+        trained.check("blobs", "MLP", 5, "train")
+    with pytest.raises(ArtifactError, match="MLP networks trained on blobs, this run needs LeNet on MNIST"):
+        trained.check("MNIST", "LeNet", 3, "train")
+
+
+def test_loaded_nets_are_sampled_distinct_and_cover_the_zoo(tmp_path, blobs, blobs_zoo):
+    trained, _ = blobs_zoo(_zoo_config(tmp_path, 7))
+    cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=1), outer=OuterConfig(epochs=1, batch_size=30),
+                    nets=NetsConfig("loaded", 7, "same_as_train", 1, sample_n_nets=3))
+    run = Distillation(cfg, models.build_model("MLP", 1, 8, 3), blobs.train, blobs.test, 3,
+                       blobs.mean, blobs.std, loaded_train=trained.params)
+    key = "net.1.weight"
+    ids = {trained.params[key][i].sum().item(): i for i in range(7)}
+    seen = []
+    for _ in range(7):
+        drawn = run.train_nets()[key]
+        picks = [ids[w.sum().item()] for w in drawn]
+        assert len(set(picks)) == 3  # distinct within a draw
+        seen += picks
+    assert set(seen[:7]) == set(range(7))  # the first seven draws cover the zoo once
+    assert set(seen) == set(range(7))
+    assert run.test_nets()[key].shape[0] == 7  # same_as_train: the loaded networks
+
+
+def test_cli_trains_a_zoo_and_distils_against_it(tmp_path, capsys):
+    common = ["--dataset", "digits", "--arch", "LeNet", "--results_dir", str(tmp_path), "--no_progress"]
+    assert main(["--mode", "train", "--n_nets", "4", "--epochs", "15", *common]) == 0
+    assert main(["--mode", "train", "--n_nets", "2", "--epochs", "15", "--phase", "test", *common]) == 0
+    out = capsys.readouterr().out
+    assert "zoo of 4 LeNet networks on digits (train phase)" in out and "(test phase)" in out
+    assert main(["--mode", "distill_basic", "--train_nets_type", "loaded", "--n_nets", "4", "--sample_n_nets", "2",
+                 "--test_nets_type", "loaded", "--test_n_nets", "2", "--distill_steps", "1", "--distill_epochs", "1",
+                 "--epochs", "1", *common]) == 0
+    assert "over 2 nets" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--train_nets_type", "loaded"], "zoo.pt does not exist; train one with --mode train"),
+    (["--train_nets_type", "loaded", "--n_nets", "2", "--sample_n_nets", "3"], "cannot exceed --n_nets"),
+    (["--mode", "train", "--phase", "validation"], "unknown --phase 'validation'; accepted: train, test"),
+])
+def test_zoo_refusals_are_one_line_exit_2(tmp_path, capsys, flags, message):
+    code = main(["--dataset", "digits", "--results_dir", str(tmp_path / "r"), "--no_progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
