@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.data.dataset,
                    help="MNIST, FashionMNIST, Cifar10, SVHN, USPS, or digits (bundled, offline); any case")
+    g.add_argument("--source_dataset", default=None,
+                   help="distill_adapt: the domain the loaded networks were trained on")
     g.add_argument("--dataset_root", default=d.data.root, help="folder holding the dataset files (default ./data)")
     g.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
     g = p.add_argument_group("model")
@@ -100,7 +102,7 @@ def config_from_args(args) -> RunConfig:
     """Build (and thereby validate) the run configuration from parsed flags."""
     return RunConfig(
         mode=args.mode,
-        data=DataConfig(args.dataset, args.dataset_root, args.download),
+        data=DataConfig(args.dataset, args.dataset_root, args.download, args.source_dataset),
         model=ModelConfig(args.arch, args.init, args.init_param),
         synthetic=SyntheticConfig(args.distill_steps, args.distill_epochs,
                                   args.distilled_images_per_class_per_step, args.distill_lr,
@@ -137,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
         return 130
+    if "adaptation" in result.metrics:
+        from .adapt import format_table
+
+        print(format_table(result.metrics["adaptation"]))
     final = result.final
     seconds = result.metrics["wall_seconds"]
     print(f"test accuracy: {final} ({seconds:.0f} s wall); results in {result.results_dir}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-MODES = ("distill_basic", "train")
+MODES = ("distill_basic", "distill_adapt", "train")
 TRAIN_NETS_TYPES = ("known_init", "unknown_init", "loaded")
 TEST_NETS_TYPES = ("same_as_train", "unknown_init", "loaded")
 PHASES = ("train", "test")
@@ -34,9 +34,10 @@ def _positive(what: str, value: float) -> None:
 class DataConfig:
     """Which dataset, and where its files live."""
 
-    dataset: str = "MNIST"
+    dataset: str = "MNIST"  # what is distilled and scored; the target domain when adapting
     root: str | None = None  # None: ./data
     download: bool = False
+    source_dataset: str | None = None  # distill_adapt: the domain the loaded networks know
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,13 @@ class RunConfig:
         _choice("--phase", self.phase, PHASES)
         if self.outer.lr is None:
             object.__setattr__(self, "outer", dataclasses.replace(self.outer, lr=self.default_lr()))
+        if self.mode == "distill_adapt":
+            if self.data.source_dataset is None:
+                raise ConfigError("--mode distill_adapt needs --source_dataset, the domain the "
+                                  "loaded networks were trained on")
+            if self.nets.train_nets_type != "loaded":
+                raise ConfigError("--mode distill_adapt needs --train_nets_type loaded (networks "
+                                  "trained on --source_dataset with --mode train)")
         if self.eval_every < 0:
             raise ConfigError(f"--eval_every must be >= 0, got {self.eval_every}")
 
@@ -168,6 +176,11 @@ class RunConfig:
         if self.mode == "train":
             return 1e-3
         return 0.03 if self.nets.train_nets_type == "known_init" else 0.01
+
+    @property
+    def zoo_dataset(self) -> str:
+        """The dataset whose zoo loaded networks come from: the source domain when adapting."""
+        return self.data.source_dataset if self.mode == "distill_adapt" else self.data.dataset
 
     @property
     def zoo_root(self) -> str:

@@ -153,19 +153,48 @@ def _digits(root, download, image_size):
     return [(x[idx_train], y[idx_train]), (x[idx_test], y[idx_test])]
 
 
+def to_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Raw [0, 1] images (N, C, H, W) mapped to ``shape`` (C', H', W'), deterministically.
+
+    The transform that puts digit domains of different shapes into one input space (SVHN 32x32
+    RGB, MNIST 28x28, USPS 16x16): RGB to grayscale by ITU-R 601 luma (torchvision's
+    ``rgb_to_grayscale``), grayscale to RGB by repeating the channel, then a bilinear antialiased
+    resize. Identity when the shape already matches.
+    """
+    import torchvision.transforms.functional as TF
+
+    channels, height, width = shape
+    if x.shape[1] != channels:
+        if x.shape[1] == 3 and channels == 1:
+            x = TF.rgb_to_grayscale(x)
+        elif x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ConfigError(f"cannot map {x.shape[1]}-channel images to {channels} channels; "
+                              f"accepted: 1 <-> 3")
+    if tuple(x.shape[-2:]) != (height, width):
+        x = TF.resize(x, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return x.clamp(0, 1).contiguous()
+
+
 def load_dataset(name: str, root: str | None = None, download: bool = False,
-                 image_size: int = 28, device: torch.device | str = "cpu") -> Dataset:
+                 image_size: int = 28, device: torch.device | str = "cpu",
+                 shape: tuple[int, int, int] | None = None) -> Dataset:
     """Load ``name`` into memory on ``device``.
 
     ``image_size`` only matters for the bundled ``digits`` (resized to what the model takes);
-    torchvision datasets keep their native size. Raises ``DatasetError`` when files are missing.
+    torchvision datasets keep their native size unless ``shape`` (C, H, W) asks for another, in
+    which case ``to_shape`` maps both splits before normalisation. Raises ``DatasetError`` when
+    files are missing.
     """
     name = canonical_name(name)
     root = os.path.expanduser(root or "./data")
     if name != "digits" and not download and not os.path.isdir(root):
         raise DatasetError(f"dataset root {root} does not exist; pass --dataset_root DIR holding "
                            f"{name}'s files, or --download to fetch them")
-    (xtr, ytr), (xte, yte) = _LOADERS[name](root, download, image_size)
+    (xtr, ytr), (xte, yte) = _LOADERS[name](root, download, image_size if shape is None else shape[-1])
+    if shape is not None:
+        xtr, xte = to_shape(xtr, shape), to_shape(xte, shape)
     mean = xtr.mean(dim=(0, 2, 3))
     std = xtr.std(dim=(0, 2, 3))
     norm = lambda x: (x - mean[:, None, None]) / std[:, None, None]  # noqa: E731

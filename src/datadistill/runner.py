@@ -16,6 +16,7 @@ import torch
 
 from . import artifacts
 from .config import RunConfig
+from .adapt import adaptation_report
 from .data import Dataset, canonical_name, load_dataset
 from .distill import Callback, Distillation
 from .errors import ArtifactError, ConfigError
@@ -45,16 +46,18 @@ def normalise_config(config: RunConfig) -> RunConfig:
     """Check names against the registries and spell them canonically (``cifar10`` -> ``Cifar10``)."""
     arch = arch_class(config.model.arch).__name__
     dataset = canonical_name(config.data.dataset)
+    source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
     resolve_device(config.device)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch),
-                               data=dataclasses.replace(config.data, dataset=dataset))
+                               data=dataclasses.replace(config.data, dataset=dataset, source_dataset=source))
 
 
-def load_for(config: RunConfig) -> Dataset:
-    """The configured dataset on the configured device, sized for the configured arch."""
+def load_for(config: RunConfig, shape: tuple[int, int, int] | None = None) -> Dataset:
+    """The configured dataset on the configured device, sized for the configured arch, or mapped
+    to ``shape`` (C, H, W): the input shape of the loaded networks when adapting."""
     size = arch_class(config.model.arch).default_size
     return load_dataset(config.data.dataset, config.data.root, config.data.download,
-                        image_size=size, device=resolve_device(config.device))
+                        image_size=size, device=resolve_device(config.device), shape=shape)
 
 
 class Checkpointer(Callback):
@@ -99,20 +102,28 @@ def zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:
                        config.model.init, phase) / ZOO_FILE
 
 
-def load_zoo_nets(config: RunConfig, phase: str, n: int, dataset: str | None = None) -> Params:
-    """Stacked weights of the first ``n`` networks of a zoo, checked against the run."""
-    path = zoo_file(config, phase, dataset)
+def load_zoo_nets(config: RunConfig, phase: str, n: int) -> tuple[Params, tuple[int, int, int]]:
+    """Stacked weights of the first ``n`` networks of a zoo, checked against the run, and the
+    input shape they take."""
+    path = zoo_file(config, phase, config.zoo_dataset)
     zoo = artifacts.load_zoo(path)
-    zoo.check(dataset or config.data.dataset, config.model.arch, n, phase)
-    return zoo.select(list(range(n)))
+    zoo.check(config.zoo_dataset, config.model.arch, n, phase)
+    return zoo.select(list(range(n))), zoo.input_shape
 
 
-def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None]:
-    """(train zoo nets, test zoo nets) the run asks for; read before anything else is done."""
+def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None, tuple | None]:
+    """(train zoo nets, test zoo nets, their input shape) the run asks for; read before anything
+    else is done, so a missing zoo fails fast."""
     nets = config.nets
-    train = load_zoo_nets(config, "train", nets.n_nets) if nets.train_nets_type == "loaded" else None
-    test = load_zoo_nets(config, "test", nets.test_n_nets) if nets.test_nets_type == "loaded" else None
-    return train, test
+    train = test = shape = None
+    if nets.train_nets_type == "loaded":
+        train, shape = load_zoo_nets(config, "train", nets.n_nets)
+    if nets.test_nets_type == "loaded":
+        test, test_shape = load_zoo_nets(config, "test", nets.test_n_nets)
+        if shape is not None and test_shape != shape:
+            raise ArtifactError(f"train zoo takes {shape} images, test zoo {test_shape}")
+        shape = test_shape
+    return train, test, shape
 
 
 def build_run(config: RunConfig, dataset: Dataset, loaded: tuple = (None, None)) -> Distillation:
@@ -202,14 +213,24 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         state = artifacts.load_checkpoint(ckpt_path)
         _check_resumable(state["config"], config.to_dict())
     loaded = loaded_nets(config)
-    dataset = dataset if dataset is not None else load_for(config)
-    run = build_run(config, dataset, loaded)
+    shape = loaded[2]
+    if dataset is None:
+        # adapting: the target is mapped into the source networks' input space
+        dataset = load_for(config, shape if config.mode == "distill_adapt" else None)
+    got = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if shape is not None and tuple(shape) != got:
+        raise ArtifactError(f"the zoo's networks take {tuple(shape)} images, {dataset.name} has {got}")
+    run = build_run(config, dataset, loaded[:2])
     if state is not None:
         run.load_state_dict(state)
     synthetic = run.run([Checkpointer(ckpt_path), *callbacks])
     synthetic.meta.update({"dataset": config.data.dataset, "arch": config.model.arch,
                            "config": config.to_dict()})
     final = EvalResult(tuple(run.final_result["accuracies"])) if run.final_result else None
+    report = None
+    if config.mode == "distill_adapt":
+        report = adaptation_report(run.model, run.current(), run.loaded_train, run.test_nets(), dataset,
+                                   torch.Generator().manual_seed(config.seed))
     metrics = {
         "final_accuracy": None if final is None else {k: v for k, v in final.to_dict().items()},
         "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
@@ -218,6 +239,8 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         "iterations": run.iteration,
         "config": config.to_dict(),
     }
+    if report is not None:
+        metrics["adaptation"] = report
     artifacts.save_distilled(results / artifacts.DISTILLED, synthetic)
     artifacts.save_image_grids(results / "images", synthetic)
     artifacts.plot_step_sizes(results / "step_sizes.png", synthetic.lrs, synthetic.steps)

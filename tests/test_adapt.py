@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from datadistill import models
+from datadistill.adapt import adaptation_report, best_fixed_lr, format_table
+from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
+from datadistill.data import Dataset, Split, to_shape
+from datadistill.distill import Distillation
+from datadistill.errors import ConfigError
+from datadistill.zoo import train_networks
+
+
+def _domains():
+    """Three classes of 8x8 blobs; the target domain moves every class centre and flips the image."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 1, 8, 8, generator=g) * 2
+    moved = centres.flip(-1) + torch.randn(3, 1, 8, 8, generator=g)
+
+    def dataset(c, n_train, n_test):
+        def split(n):
+            y = torch.arange(3).repeat(n)
+            return Split(c[y] + 0.7 * torch.randn(len(y), 1, 8, 8, generator=g), y)
+        return Dataset("blobs", split(n_train), split(n_test), 3, (0.0,), (1.0,))
+
+    return dataset(centres, 60, 20), dataset(moved, 60, 40)
+
+
+def test_distilled_steps_adapt_source_networks_to_the_target():
+    source, target = _domains()
+    model = models.build_model("MLP", 1, 8, 3)
+    def zoo(first_seed, n):
+        init = models.stack_params([models.init_params(model, "xavier", 1.0, first_seed + i) for i in range(n)])
+        return train_networks(model, init, source.train, OuterConfig(epochs=30, lr=1e-2, batch_size=30),
+                              torch.Generator().manual_seed(first_seed))
+    train_zoo, test_zoo = zoo(0, 8), zoo(100, 6)
+    cfg = RunConfig(mode="distill_adapt", synthetic=SyntheticConfig(steps=1, epochs=2),
+                    outer=OuterConfig(epochs=40, lr=0.05, batch_size=60),
+                    nets=NetsConfig("loaded", 8, "loaded", 6, sample_n_nets=4),
+                    data=__import__("datadistill").DataConfig("blobs", source_dataset="blobs"))
+    run = Distillation(cfg, model, target.train, target.test, 3, target.mean, target.std,
+                       loaded_train=train_zoo, loaded_test=test_zoo)
+    run.run()
+    rows = adaptation_report(model, run.current(), train_zoo, test_zoo, target, torch.Generator().manual_seed(0),
+                             finetune_epochs=20, finetune_lr=1e-2, finetune_batch=30)
+    before = rows["no adaptation"]["mean"]
+    after = rows["distilled (learned step sizes)"]["mean"]
+    assert after > before + 0.2, format_table(rows)
+    assert rows["random real (best fixed step size)"]["lr"] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    assert all(r["n"] == 6 for r in rows.values())
+
+
+def test_best_fixed_lr_picks_the_grid_point_that_trains_best():
+    source, _ = _domains()
+    model = models.build_model("MLP", 1, 8, 3)
+    nets = models.stack_params([models.init_params(model, "xavier", 1.0, s) for s in range(3)])
+    from datadistill.baselines import random_train
+    real = random_train(source.train, 1, 5, 3, torch.ones(3), (0.0,), (1.0,), torch.Generator().manual_seed(0))
+    assert best_fixed_lr(model, real, nets, source.train, grid=(1e-6, 0.1)) == 0.1
+
+
+def test_to_shape_maps_digit_domains_deterministically():
+    rgb = torch.rand(4, 3, 32, 32)
+    gray = to_shape(rgb, (1, 28, 28))
+    assert gray.shape == (4, 1, 28, 28) and torch.equal(gray, to_shape(rgb, (1, 28, 28)))
+    flat = torch.full((2, 3, 32, 32), 0.25)
+    torch.testing.assert_close(to_shape(flat, (1, 16, 16)), torch.full((2, 1, 16, 16), 0.25), atol=1e-4, rtol=0)  # luma weights sum to 0.9999
+    assert to_shape(torch.rand(2, 1, 16, 16), (3, 28, 28)).shape == (2, 3, 28, 28)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(to_shape(x, (1, 28, 28)), x)
+    with pytest.raises(ConfigError, match="accepted: 1 <-> 3"):
+        to_shape(torch.rand(1, 2, 8, 8), (3, 8, 8))
+
+
+def test_adapt_needs_a_source_and_loaded_nets():
+    from datadistill import DataConfig
+    with pytest.raises(ConfigError, match="needs --source_dataset"):
+        RunConfig(mode="distill_adapt", nets=NetsConfig("loaded", 2))
+    with pytest.raises(ConfigError, match="needs --train_nets_type loaded"):
+        RunConfig(mode="distill_adapt", data=DataConfig("USPS", source_dataset="MNIST"))
