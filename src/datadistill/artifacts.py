@@ -171,3 +171,23 @@ def plot_accuracy(path, evaluations: list[dict]) -> Path:
 
     data = _figure_png(draw)
     return atomic_write(path, lambda f: f.write(data))
+
+
+def plot_per_class(path, attack: dict) -> Path:
+    """Bars of per-class test accuracy before the attack, after it, and after the baseline."""
+    cols = ("before", "distilled", "baseline")
+
+    def draw(ax):
+        n = len(attack["before"]["per_class_accuracy"])
+        width = 0.8 / len(cols)
+        for i, col in enumerate(cols):
+            values = [100 * v for v in attack[col]["per_class_accuracy"]]
+            ax.bar([k + (i - 1) * width for k in range(n)], values, width, label=col)
+        ax.set_xticks(range(n))
+        ax.set_xlabel(f"class (attack: {attack['attack_class']} -> {attack['target_class']})")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Per-class accuracy of the test networks")
+        ax.legend(fontsize=8)
+
+    data = _figure_png(draw)
+    return atomic_write(path, lambda f: f.write(data))

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_n_nets", type=int, default=d.nets.test_n_nets, help="networks to score on")
     g.add_argument("--sample_n_nets", type=int, default=None,
                    help="loaded nets: networks drawn from the --n_nets per iteration (default all)")
+    g.add_argument("--attack_class", type=int, default=None,
+                   help="distill_attack: the class whose images the attacked networks should misclassify")
+    g.add_argument("--target_class", type=int, default=None,
+                   help="distill_attack: the class they should take those images for")
     g.add_argument("--phase", default=d.phase, help="--mode train: fill the train or the test zoo")
     g.add_argument("--zoo_dir", default=None, help="where zoos live (default <results_dir>/zoo)")
     g = p.add_argument_group("outer optimisation")
@@ -111,7 +115,8 @@ def config_from_args(args) -> RunConfig:
         nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets,
                         args.sample_n_nets),
         eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),
-        phase=args.phase, zoo_dir=args.zoo_dir,
+        phase=args.phase, zoo_dir=args.zoo_dir, attack_class=args.attack_class,
+        target_class=args.target_class,
     )
 
 
@@ -143,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         from .adapt import format_table
 
         print(format_table(result.metrics["adaptation"]))
+    if "attack" in result.metrics:
+        from .attack import format_attack_table
+
+        print(format_attack_table(result.metrics["attack"]))
     final = result.final
     seconds = result.metrics["wall_seconds"]
     print(f"test accuracy: {final} ({seconds:.0f} s wall); results in {result.results_dir}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-MODES = ("distill_basic", "distill_adapt", "train")
+MODES = ("distill_basic", "distill_adapt", "distill_attack", "train")
 TRAIN_NETS_TYPES = ("known_init", "unknown_init", "loaded")
 TEST_NETS_TYPES = ("same_as_train", "unknown_init", "loaded")
 PHASES = ("train", "test")
@@ -148,6 +148,8 @@ class RunConfig:
     seed: int = 1
     device: str = "cpu"
     phase: str = "train"  # --mode train: which zoo to fill; test-phase nets never distil
+    attack_class: int | None = None  # distill_attack: images of this class ...
+    target_class: int | None = None  # ... should be taken for this one
     zoo_dir: str | None = None  # None: <results_dir>/zoo
 
     def __post_init__(self):
@@ -155,6 +157,14 @@ class RunConfig:
         _choice("--phase", self.phase, PHASES)
         if self.outer.lr is None:
             object.__setattr__(self, "outer", dataclasses.replace(self.outer, lr=self.default_lr()))
+        if self.mode == "distill_attack":
+            if self.attack_class is None or self.target_class is None:
+                raise ConfigError("--mode distill_attack needs --attack_class and --target_class")
+            if self.attack_class == self.target_class:
+                raise ConfigError(f"--attack_class and --target_class are both {self.attack_class}; "
+                                  f"an attack needs two different classes")
+            if min(self.attack_class, self.target_class) < 0:
+                raise ConfigError("--attack_class and --target_class must be class indices >= 0")
         if self.mode == "distill_adapt":
             if self.data.source_dataset is None:
                 raise ConfigError("--mode distill_adapt needs --source_dataset, the domain the "
@@ -176,6 +186,13 @@ class RunConfig:
         if self.mode == "train":
             return 1e-3
         return 0.03 if self.nets.train_nets_type == "known_init" else 0.01
+
+    @property
+    def relabel(self) -> tuple[int | None, int | None]:
+        """(attack_class, target_class) in attack mode, else (None, None): see ``objectives``."""
+        if self.mode == "distill_attack":
+            return self.attack_class, self.target_class
+        return None, None
 
     @property
     def zoo_dataset(self) -> str:

@@ -18,6 +18,7 @@ from .data import Split, batches_per_epoch, class_balanced_sample, shuffled_batc
 from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
 from .inner import batched_unroll, summed_loss_grad
 from .models import Params
+from .objectives import wanted_labels
 from .parallel import ChunkPool
 from .synthetic import SyntheticSet, initial_set
 
@@ -162,7 +163,8 @@ class Distillation:
             with self._unroll_backend():
                 trained = batched_unroll(self.model, self.train_nets(), s.images, s.labels,
                                          self.log_lrs.exp())  # (n_nets, ...) each, with the graph
-            loss, grads = real_batch_gradient(self.pool, trained, real_x, real_y)
+            wanted = wanted_labels(real_y, *self.config.relabel)
+            loss, grads = real_batch_gradient(self.pool, trained, real_x, wanted)
             with self._unroll_backend():
                 torch.autograd.backward(list(trained.values()), [grads[k] for k in trained])
         self.optimizer.step()

@@ -17,6 +17,7 @@ import torch
 from . import artifacts
 from .config import RunConfig
 from .adapt import adaptation_report
+from .attack import attack_report
 from .data import Dataset, canonical_name, load_dataset
 from .distill import Callback, Distillation
 from .errors import ArtifactError, ConfigError
@@ -220,6 +221,11 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     got = (dataset.in_channels, dataset.image_size, dataset.image_size)
     if shape is not None and tuple(shape) != got:
         raise ArtifactError(f"the zoo's networks take {tuple(shape)} images, {dataset.name} has {got}")
+    for flag in ("attack_class", "target_class"):
+        value = getattr(config, flag)
+        if config.mode == "distill_attack" and value >= dataset.num_classes:
+            raise ConfigError(f"--{flag} {value} is not a class of {dataset.name}; "
+                              f"accepted: 0..{dataset.num_classes - 1}")
     run = build_run(config, dataset, loaded[:2])
     if state is not None:
         run.load_state_dict(state)
@@ -227,10 +233,14 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     synthetic.meta.update({"dataset": config.data.dataset, "arch": config.model.arch,
                            "config": config.to_dict()})
     final = EvalResult(tuple(run.final_result["accuracies"])) if run.final_result else None
-    report = None
+    report = attack = None
     if config.mode == "distill_adapt":
         report = adaptation_report(run.model, run.current(), run.loaded_train, run.test_nets(), dataset,
                                    torch.Generator().manual_seed(config.seed))
+    if config.mode == "distill_attack":
+        attack = attack_report(run.model, run.current(), run.train_nets(), run.test_nets(), dataset.train,
+                               dataset.test, config.attack_class, config.target_class,
+                               torch.Generator().manual_seed(config.seed))
     metrics = {
         "final_accuracy": None if final is None else {k: v for k, v in final.to_dict().items()},
         "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
@@ -241,6 +251,9 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     }
     if report is not None:
         metrics["adaptation"] = report
+    if attack is not None:
+        metrics["attack"] = attack
+        artifacts.plot_per_class(results / "attack_per_class.png", attack)
     artifacts.save_distilled(results / artifacts.DISTILLED, synthetic)
     artifacts.save_image_grids(results / "images", synthetic)
     artifacts.plot_step_sizes(results / "step_sizes.png", synthetic.lrs, synthetic.steps)
