@@ -5,9 +5,10 @@ import argparse
 import sys
 
 from . import __version__
-from .config import (IMAGE_INITS, INITS, MODES, TEST_NETS_TYPES, TRAIN_NETS_TYPES, DataConfig, ModelConfig,
-                     NetsConfig, OuterConfig, RunConfig, SyntheticConfig)
-from .errors import DatadistillError
+from .config import (IMAGE_INITS, INITS, MODES, TEST_IMAGES, TEST_LRS, TEST_NETS_TYPES, TRAIN_NETS_TYPES,
+                     DataConfig, ModelConfig, NetsConfig, OuterConfig, RunConfig, SyntheticConfig,
+                     TestPhaseConfig)
+from .errors import ConfigError, DatadistillError
 
 EXIT_USAGE = 2
 _DEFAULTS = RunConfig()
@@ -55,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distill_attack: the class whose images the attacked networks should misclassify")
     g.add_argument("--target_class", type=int, default=None,
                    help="distill_attack: the class they should take those images for")
-    g.add_argument("--phase", default=d.phase, help="--mode train: fill the train or the test zoo")
+    g.add_argument("--phase", default=d.phase,
+                   help="--mode train: fill the train or the test zoo; distill modes: test scores a "
+                        "distilled set or baselines instead of distilling (see the test phase flags)")
     g.add_argument("--zoo_dir", default=None, help="where zoos live (default <results_dir>/zoo)")
     g = p.add_argument_group("outer optimisation")
     g.add_argument("--epochs", type=int, default=d.outer.epochs, help="passes over the training split")
@@ -72,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=d.outer.batch_size, help="real images per outer step")
     g.add_argument("--eval_every", type=int, default=d.eval_every,
                    help="evaluate every N epochs (0: about five times per run)")
+    t = d.test
+    g = p.add_argument_group("test phase (--phase test of a distill mode)")
+    g.add_argument("--test_distilled_images", default=t.images,
+                   help=f"the set under test: {', '.join(TEST_IMAGES)} (loaded: the distilled one)")
+    g.add_argument("--test_distilled_lrs", nargs="+", default=[t.lrs], metavar="MODE",
+                   help="loaded (the learned step sizes), fix LR (one step size), or nearest_neighbor K P "
+                        "(no training: K-NN with the set as memory, P-norm)")
+    g.add_argument("--test_n_runs", type=int, default=t.n_runs, help="sets scored (baselines: draws kept)")
+    g.add_argument("--test_distill_epochs", type=int, default=None,
+                   help="passes of GD on the set (default: the distilled set's, else --distill_epochs)")
+    g.add_argument("--test_optimize_n_runs", type=int, default=None,
+                   help="random_train/kmeans_train: draw this many sets, keep the best --test_n_runs "
+                        "as scored on training batches (default: no selection)")
+    g.add_argument("--test_optimize_n_nets", type=int, default=t.optimize_n_nets,
+                   help="training networks scoring each candidate per batch")
+    g.add_argument("--test_niter", type=int, default=t.niter, help="training batches scoring each candidate")
+    g.add_argument("--distilled", default=None, metavar="PATH",
+                   help="the distilled set to test (default <results_dir>/distilled.pt)")
     g = p.add_argument_group("run")
     g.add_argument("--results_dir", default=d.results_dir)
     g.add_argument("--seed", "--base_seed", dest="seed", type=int, default=d.seed)
@@ -102,6 +123,34 @@ def _outer(args) -> OuterConfig:
                        lr=args.lr, batch_size=args.batch_size)
 
 
+def _number(kind, text: str, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, got {text!r}") from None
+
+
+def _test(args) -> TestPhaseConfig:
+    """``--test_distilled_lrs`` is a mode and its values: ``loaded``, ``fix LR``, ``nearest_neighbor K P``."""
+    mode, *values = args.test_distilled_lrs
+    if mode not in TEST_LRS:
+        raise ConfigError(f"unknown --test_distilled_lrs {mode!r}; accepted: loaded, fix LR, nearest_neighbor K P")
+    wanted = {"loaded": 0, "fix": 1, "nearest_neighbor": 2}[mode]
+    if len(values) > wanted:
+        raise ConfigError(f"--test_distilled_lrs {mode} takes {wanted} value(s), got {' '.join(values)}")
+    fixed_lr = knn_k = knn_p = None
+    if mode == "fix" and values:
+        fixed_lr = _number(float, values[0], "the step size of --test_distilled_lrs fix")
+    if mode == "nearest_neighbor":
+        if len(values) < 2:
+            raise ConfigError("--test_distilled_lrs nearest_neighbor needs K and P, e.g. nearest_neighbor 1 2")
+        knn_k = _number(int, values[0], "K of --test_distilled_lrs nearest_neighbor")
+        knn_p = _number(float, values[1], "P of --test_distilled_lrs nearest_neighbor")
+    return TestPhaseConfig(args.test_distilled_images, mode, fixed_lr, knn_k, knn_p, args.test_n_runs,
+                           args.test_distill_epochs, args.test_optimize_n_runs, args.test_optimize_n_nets,
+                           args.test_niter, args.distilled)
+
+
 def config_from_args(args) -> RunConfig:
     """Build (and thereby validate) the run configuration from parsed flags."""
     return RunConfig(
@@ -114,6 +163,7 @@ def config_from_args(args) -> RunConfig:
         outer=_outer(args),
         nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets,
                         args.sample_n_nets),
+        test=_test(args),
         eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),
         phase=args.phase, zoo_dir=args.zoo_dir, attack_class=args.attack_class,
         target_class=args.target_class,
@@ -130,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         if config.mode == "train":
             return _train_zoo(config, args.no_progress)
+        if config.phase == "test":
+            return _test_phase(config, argv)
         from .progress import ProgressBar
         from .runner import distill
 
@@ -168,6 +220,19 @@ def _train_zoo(config, no_progress: bool) -> int:
     std = float(acc.std()) if acc.numel() > 1 else 0.0
     print(f"zoo of {len(zoo)} {zoo.arch} networks on {zoo.dataset} ({zoo.phase} phase): test accuracy "
           f"{100 * float(acc.mean()):.2f}% +- {100 * std:.2f}; in {path}")
+    return 0
+
+
+def _test_phase(config, argv: list[str]) -> int:
+    import shlex
+
+    from .runner import RESULTS_MD, test_phase
+    from .testphase import format_table
+
+    results = test_phase(config, command=shlex.join(["datadistill", *argv]))
+    print(format_table(results["rows"]))
+    print(f"test phase: {results['wall_seconds']:.0f} s wall; {results['command']}; results in "
+          f"{config.results_dir}/{RESULTS_MD}")
     return 0
 
 

@@ -18,6 +18,9 @@ PHASES = ("train", "test")
 IMAGE_INITS = ("noise", "real")
 LR_SCHEDULES = ("cosine", "step")
 INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
+TEST_IMAGES = ("loaded", "random_train", "average_train", "kmeans_train")
+TEST_LRS = ("loaded", "fix", "nearest_neighbor")
+STOCHASTIC_IMAGES = ("random_train", "kmeans_train")  # a fresh draw gives another set
 
 
 def _choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
@@ -134,6 +137,74 @@ class NetsConfig:
 
 
 @dataclass(frozen=True)
+class TestPhaseConfig:
+    """``--phase test`` of a distill mode: which sets are scored, and how (no distillation).
+
+    images: the distilled set (``loaded``) or a baseline of its shape built from training images;
+    lrs: its learned step sizes (``loaded``), one ``fixed_lr`` for every step (``fix``), or no
+    training at all (``nearest_neighbor``: a ``knn_k``-NN classifier under the ``knn_p``-norm with
+    the set as its memory). ``optimize_n_runs``: draw that many candidate sets, keep the best
+    ``n_runs`` as scored on ``niter`` training batches by ``optimize_n_nets`` training networks.
+    """
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    images: str = "loaded"
+    lrs: str = "loaded"
+    fixed_lr: float | None = None
+    knn_k: int | None = None
+    knn_p: float | None = None
+    n_runs: int = 1
+    distill_epochs: int | None = None  # None: the loaded set's passes, else --distill_epochs
+    optimize_n_runs: int | None = None  # None: no selection, n_runs draws are scored as they come
+    optimize_n_nets: int = 1
+    niter: int = 1
+    distilled: str | None = None  # None: <results_dir>/distilled.pt
+
+    def __post_init__(self):
+        _choice("--test_distilled_images", self.images, TEST_IMAGES)
+        _choice("--test_distilled_lrs", self.lrs, TEST_LRS)
+        if self.lrs == "fix":
+            if self.fixed_lr is None:
+                raise ConfigError("--test_distilled_lrs fix needs a step size, e.g. fix 0.3")
+            _positive("the fixed step size of --test_distilled_lrs fix", self.fixed_lr)
+        if self.lrs == "nearest_neighbor":
+            if self.knn_k is None or self.knn_k < 1:
+                raise ConfigError(f"--test_distilled_lrs nearest_neighbor needs K >= 1 neighbours, "
+                                  f"got {self.knn_k}; e.g. nearest_neighbor 1 2")
+            if self.knn_p is None or not self.knn_p > 0:
+                raise ConfigError(f"--test_distilled_lrs nearest_neighbor needs a norm P > 0, "
+                                  f"got {self.knn_p}; e.g. nearest_neighbor 1 2")
+        _positive("--test_n_runs", self.n_runs)
+        if self.distill_epochs is not None:
+            _positive("--test_distill_epochs", self.distill_epochs)
+        _positive("--test_optimize_n_nets", self.optimize_n_nets)
+        _positive("--test_niter", self.niter)
+        if self.optimize_n_runs is not None:
+            if self.images not in STOCHASTIC_IMAGES:
+                raise ConfigError(f"--test_optimize_n_runs picks among random draws; "
+                                  f"--test_distilled_images {self.images} gives one set; "
+                                  f"accepted: {', '.join(STOCHASTIC_IMAGES)}")
+            if self.optimize_n_runs < self.n_runs:
+                raise ConfigError(f"--test_optimize_n_runs ({self.optimize_n_runs}) must be at least "
+                                  f"--test_n_runs ({self.n_runs})")
+
+    @property
+    def needs_distilled(self) -> bool:
+        """Whether a distilled file must be read (for its images or its step sizes)."""
+        return self.images == "loaded" or self.lrs == "loaded" or self.distilled is not None
+
+    @property
+    def lrs_label(self) -> str:
+        """The step-size mode as given on the command line: ``fix 0.3``, ``nearest_neighbor 1 2``."""
+        if self.lrs == "fix":
+            return f"fix {self.fixed_lr:g}"
+        if self.lrs == "nearest_neighbor":
+            return f"nearest_neighbor {self.knn_k} {self.knn_p:g}"
+        return self.lrs
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs; ``to_dict`` is what goes into result files."""
 
@@ -143,11 +214,12 @@ class RunConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
     nets: NetsConfig = field(default_factory=NetsConfig)
+    test: TestPhaseConfig = field(default_factory=TestPhaseConfig)  # --phase test of a distill mode
     eval_every: int = 0  # evaluate every N outer epochs; 0 picks about five times per run
     results_dir: str = "./results"
     seed: int = 1
     device: str = "cpu"
-    phase: str = "train"  # --mode train: which zoo to fill; test-phase nets never distil
+    phase: str = "train"  # --mode train: which zoo to fill; distill modes: "test" scores, never distils
     attack_class: int | None = None  # distill_attack: images of this class ...
     target_class: int | None = None  # ... should be taken for this one
     zoo_dir: str | None = None  # None: <results_dir>/zoo
@@ -213,6 +285,6 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         sections = {"data": DataConfig, "model": ModelConfig, "synthetic": SyntheticConfig,
-                    "outer": OuterConfig, "nets": NetsConfig}
+                    "outer": OuterConfig, "nets": NetsConfig, "test": TestPhaseConfig}
         kwargs = {k: (sections[k](**v) if k in sections else v) for k, v in d.items()}
         return cls(**kwargs)

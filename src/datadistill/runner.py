@@ -73,7 +73,7 @@ class Checkpointer(Callback):
 
 # config fields a resumed run may change; anything else must match the checkpoint
 _RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",),
-                      ("data", "root"), ("data", "download")}
+                      ("data", "root"), ("data", "download"), ("test",)}  # test: the test phase's own
 
 
 def _check_resumable(saved: dict, current: dict, prefix=()) -> None:
@@ -280,3 +280,120 @@ def evaluate(synthetic: SyntheticSet, dataset: Dataset, arch: str | None = None,
     moved = dataclasses.replace(synthetic, images=synthetic.images.to(device),
                                 labels=synthetic.labels.to(device), lrs=synthetic.lrs.to(device))
     return evaluate_synthetic(model, moved, nets, dataset.test)
+
+
+# -- the test phase of a distill mode (--phase test) ------------------------------------------------
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+OPTIMIZE_SEED_SHIFT = 500_000  # selection networks: eval_seeds shifted past any evaluation network
+
+
+def distilled_path(config: RunConfig) -> Path:
+    """The distilled set the test phase reads: --distilled, else <results_dir>/distilled.pt."""
+    return Path(config.test.distilled or Path(config.results_dir) / artifacts.DISTILLED)
+
+
+def _read_distilled(config: RunConfig) -> SyntheticSet:
+    path = distilled_path(config)
+    if not path.is_file():
+        raise ArtifactError(f"distilled file {path} does not exist; distil first with the same "
+                            f"--results_dir, or pass --distilled PATH")
+    return artifacts.load_distilled(path)
+
+
+def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset | None = None) -> dict:
+    """Score the distilled set of a run, or baselines of its shape (``config.test``), and write
+    results.json and results.md under ``config.results_dir``; returns what results.json holds.
+
+    Everything that can be wrong with the input (files, zoos, shapes) is checked before any
+    scoring, and nothing is written unless the whole run succeeds.
+    """
+    from .testphase import format_markdown, run_test_phase
+
+    start = time.perf_counter()
+    config = normalise_config(config)
+    test, nets_cfg, m = config.test, config.nets, config.model
+    knn = test.lrs == "nearest_neighbor"
+    loaded = _read_distilled(config) if test.needs_distilled else None
+    selecting = test.optimize_n_runs is not None and not knn
+    same_as_train = not knn and nets_cfg.test_nets_type == "same_as_train"
+    if same_as_train and nets_cfg.train_nets_type == "known_init":
+        raise ConfigError("--test_nets_type same_as_train with known_init cannot be rebuilt in the test "
+                          "phase (the fixed network is not stored); use unknown_init or loaded")
+    train_zoo = test_zoo = shape = None
+    if nets_cfg.train_nets_type == "loaded" and (selecting or same_as_train):
+        train_zoo, shape = load_zoo_nets(config, "train", nets_cfg.n_nets)
+    if not knn and nets_cfg.test_nets_type == "loaded":
+        test_zoo, shape = load_zoo_nets(config, "test", nets_cfg.test_n_nets)
+    if dataset is None:
+        if shape is None and config.mode == "distill_adapt":  # the networks' input space, as distilled
+            shape = tuple(loaded.images.shape[2:]) if loaded is not None else None
+        dataset = load_for(config, shape if config.mode == "distill_adapt" else None)
+    got = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if shape is not None and tuple(shape) != got:
+        raise ArtifactError(f"the zoo's networks take {tuple(shape)} images, {dataset.name} has {got}")
+    if loaded is not None:
+        if tuple(loaded.images.shape[2:]) != got:
+            raise ConfigError(f"distilled images are {tuple(loaded.images.shape[2:])} (C, H, W), "
+                              f"{dataset.name} images are {got}")
+        if loaded.num_classes != dataset.num_classes:
+            raise ConfigError(f"distilled set has {loaded.num_classes} classes, {dataset.name} has "
+                              f"{dataset.num_classes}")
+        steps, per_class = loaded.steps, loaded.images.shape[1] // loaded.num_classes
+        epochs = test.distill_epochs or loaded.epochs
+        loaded = dataclasses.replace(loaded, images=loaded.images.to(dataset.train.x.device),
+                                     labels=loaded.labels.to(dataset.train.x.device),
+                                     lrs=loaded.lrs.to(dataset.train.x.device))
+    else:
+        steps, per_class = config.synthetic.steps, config.synthetic.images_per_class_per_step
+        epochs = test.distill_epochs or config.synthetic.epochs
+    device = resolve_device(config.device)
+    model = build_model(m.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+
+    n_test = nets_cfg.test_n_nets
+    zoo_nets = test_zoo if test_zoo is not None else train_zoo if same_as_train else None
+    if zoo_nets is not None:
+        fixed = {k: v.to(device) for k, v in zoo_nets.items()}
+        test_nets = lambda run: fixed  # noqa: E731 -- a zoo has one set of networks for every run
+        test_desc = f"{'test' if test_zoo is not None else 'train'} zoo, {next(iter(fixed.values())).shape[0]}"
+    else:  # every run its own fresh networks; run 0 has those a distill run is scored on
+        seeds = eval_seeds(config.seed, test.n_runs * n_test)
+        test_nets = lambda run: fresh_nets(model, m.init, m.init_param,  # noqa: E731
+                                           seeds[run * n_test:(run + 1) * n_test], device)
+        test_desc = f"fresh {m.init}, {n_test} per run"
+    optimize_nets = None
+    if selecting:
+        k = test.optimize_n_nets
+        if train_zoo is not None:  # successive slices of the train zoo, cycling
+            n = nets_cfg.n_nets
+            optimize_nets = [{name: v[torch.arange(i * k, (i + 1) * k) % n].to(device)
+                              for name, v in train_zoo.items()} for i in range(test.niter)]
+        else:
+            base = eval_seeds(config.seed, 1)[0] + OPTIMIZE_SEED_SHIFT
+            if test.n_runs * n_test > OPTIMIZE_SEED_SHIFT:
+                raise ConfigError(f"at most {OPTIMIZE_SEED_SHIFT} test networks per test phase")
+            optimize_nets = [fresh_nets(model, m.init, m.init_param,
+                                        list(range(base + i * k, base + (i + 1) * k)), device)
+                             for i in range(test.niter)]
+    row = run_test_phase(model, dataset.train, dataset.test, dataset.num_classes, dataset.mean, dataset.std,
+                         test, steps, per_class, epochs, loaded, test_nets, optimize_nets, config.seed,
+                         config.outer.batch_size)
+    results = {
+        "command": command,
+        "dataset": dataset.name,
+        "arch": m.arch,
+        "test_nets": "none (nearest neighbour)" if knn else test_desc,
+        "distilled": str(distilled_path(config)) if loaded is not None else None,
+        "steps": steps, "images_per_class_per_step": per_class, "epochs": epochs,
+        "config": config.to_dict(),
+        "rows": [row],
+        "wall_seconds": time.perf_counter() - start,
+    }
+    folder = Path(config.results_dir)
+    markdown = format_markdown(results)
+    artifacts.write_json(folder / RESULTS_JSON, results)
+    artifacts.atomic_write(folder / RESULTS_MD, lambda f: f.write(markdown.encode()))
+    return results
+
+
+test_phase.__test__ = False  # a library function, not a pytest test

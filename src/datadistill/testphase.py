@@ -1,0 +1,199 @@
+"""The test phase of a distill mode (``--phase test``): score a set, or baselines of its shape.
+
+A candidate set is the distilled one or a baseline built from training images with the same
+number of images per class and per step (``baselines``). It is scored with its learned step
+sizes (repeated or truncated to ``distill_epochs`` passes), with one fixed step size, or as the
+memory of a k-nearest-neighbour classifier. For the stochastic baselines ``test_optimize`` draws
+many candidates and keeps the best as scored on *training* batches by *training* networks; it is
+never given the test split, which only the final scoring reads.
+
+Pure: no files, no printing. Networks come in as stacked weights or callables that make them, so
+the caller (``runner.test_phase``) decides between zoo networks and fresh ones.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .baselines import average_train, fixed_lrs, kmeans_train, knn_accuracy, random_train
+from .config import TestPhaseConfig
+from .data import Split, shuffled_batches
+from .errors import ConfigError
+from .evaluate import EvalResult, evaluate_synthetic
+from .models import Params
+from .synthetic import SyntheticSet
+
+SOURCES = {"random_train": random_train, "average_train": average_train, "kmeans_train": kmeans_train}
+CANDIDATE_SEED_OFFSET = 7_000_003  # candidate draws have seeds of their own, per run seed
+
+
+def candidate_seed(run_seed: int, index: int) -> int:
+    """Seed of candidate ``index``: the same candidate set on every rerun with ``run_seed``."""
+    return CANDIDATE_SEED_OFFSET * (run_seed + 1) + index
+
+
+def repeat_schedule(lrs: torch.Tensor, steps: int, epochs: int) -> torch.Tensor:
+    """A (E * steps,) step-size schedule stretched or cut to ``epochs`` passes: pass e takes the
+    step sizes of pass ``e mod E``, so more passes cycle through the learned ones."""
+    if lrs.ndim != 1 or lrs.shape[0] % steps:
+        raise ConfigError(f"step sizes of shape {tuple(lrs.shape)} do not fill whole passes of {steps} steps")
+    passes = lrs.reshape(-1, steps)  # (E, steps)
+    index = torch.arange(epochs, device=lrs.device) % passes.shape[0]
+    return passes[index].reshape(-1)  # (epochs * steps,)
+
+
+def step_sizes(test: TestPhaseConfig, steps: int, epochs: int, loaded: SyntheticSet | None
+               ) -> torch.Tensor | None:
+    """The (steps * epochs,) step sizes every candidate is trained with; None for nearest_neighbor."""
+    if test.lrs == "nearest_neighbor":
+        return None
+    if test.lrs == "fix":
+        return fixed_lrs(steps * epochs, test.fixed_lr)
+    if loaded is None:
+        raise ConfigError("--test_distilled_lrs loaded needs a distilled set")
+    return repeat_schedule(loaded.lrs.detach(), steps, epochs)
+
+
+def make_candidate(images: str, train: Split, steps: int, per_class: int, num_classes: int,
+                   lrs: torch.Tensor, mean, std, loaded: SyntheticSet | None,
+                   generator: torch.Generator) -> SyntheticSet:
+    """One candidate set (S, N, C, H, W) with step sizes ``lrs``: the loaded images, or a
+    baseline drawn from ``train`` with ``generator``."""
+    if images == "loaded":
+        if loaded is None:
+            raise ConfigError("--test_distilled_images loaded needs a distilled set")
+        return SyntheticSet(loaded.images.detach(), loaded.labels, lrs, loaded.mean, loaded.std,
+                            loaded.num_classes)
+    return SOURCES[images](train, steps, per_class, num_classes, lrs, mean, std, generator)
+
+
+def selection_batches(train: Split, batch_size: int, n: int, generator: torch.Generator) -> list[Split]:
+    """``n`` random training batches (the first of ``n`` shuffles), shared by all candidates so
+    that they are compared on the same data."""
+    return [Split(*next(shuffled_batches(train, batch_size, generator))) for _ in range(n)]
+
+
+def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfig,
+          nets: Params | None, split: Split) -> torch.Tensor:
+    """Accuracies on ``split``: one per network after training on ``candidate``, or (nearest
+    neighbour) the single accuracy of the candidate's images as memory, shape (n,)."""
+    if test.lrs == "nearest_neighbor":
+        memory_x = candidate.images.flatten(0, 1)  # (S * N, C, H, W): every step's images
+        memory_y = candidate.labels.flatten()
+        acc = knn_accuracy(memory_x, memory_y, split.x, split.y, test.knn_k, test.knn_p)
+        return torch.tensor([acc], dtype=torch.float64)
+    return torch.tensor(evaluate_synthetic(model, candidate, nets, split).accuracies, dtype=torch.float64)
+
+
+@dataclass
+class Selection:
+    """What ``test_optimize`` kept: candidate indices (best first) and every candidate's score."""
+
+    kept: list[int]
+    scores: list[float]
+
+
+def test_optimize(model: nn.Module | None, candidates: Callable[[int], SyntheticSet], n_candidates: int,
+                  keep: int, test: TestPhaseConfig, nets: list[Params | None], batches: list[Split]
+                  ) -> Selection:
+    """Score ``n_candidates`` candidates on training ``batches`` (batch i with networks
+    ``nets[i]``), keep the ``keep`` best; ties go to the earlier draw.
+
+    There is no test split among the arguments: the selection cannot read it.
+    """
+    scores = []
+    for i in range(n_candidates):
+        candidate = candidates(i)
+        per_batch = [score(model, candidate, test, n, b).mean() for n, b in zip(nets, batches)]
+        scores.append(float(torch.stack(per_batch).mean()))
+    order = sorted(range(n_candidates), key=lambda i: (-scores[i], i))
+    return Selection(order[:keep], scores)
+
+
+test_optimize.__test__ = False  # a library function, not a pytest test
+
+
+def run_test_phase(model: nn.Module | None, train: Split, test_split: Split, num_classes: int, mean, std,
+                   test: TestPhaseConfig, steps: int, per_class: int, epochs: int,
+                   loaded: SyntheticSet | None, test_nets: Callable[[int], Params] | None,
+                   optimize_nets: list[Params | None] | None, run_seed: int, batch_size: int) -> dict:
+    """Build the candidates, select among them if asked, score the kept ones on ``test_split``.
+
+    ``epochs``: passes of GD on each set (the step-size schedule's length / ``steps``);
+    ``test_nets(run)``: the (n_nets, ...) networks scoring run ``run``; ``optimize_nets``:
+    one stack of training networks per selection batch (``test.niter`` of them); both unused
+    for nearest_neighbor. Returns one result row: images, lrs, mean, std, n, runs, nets,
+    accuracies (run-major), run_seeds, and with a selection ``selection_scores``.
+    """
+    device = train.x.device
+    lrs = step_sizes(test, steps, epochs, loaded)
+    build_lrs = lrs if lrs is not None else fixed_lrs(steps, 1.0)  # baselines want a schedule
+    build_lrs = build_lrs.to(device)
+
+    def candidate(i: int) -> SyntheticSet:
+        generator = torch.Generator().manual_seed(candidate_seed(run_seed, i))
+        s = make_candidate(test.images, train, steps, per_class, num_classes, build_lrs, mean, std,
+                           loaded, generator)
+        return SyntheticSet(s.images.to(device), s.labels.to(device), build_lrs, s.mean, s.std, s.num_classes)
+
+    selection = None
+    kept = list(range(test.n_runs))
+    if test.optimize_n_runs is not None:
+        generator = torch.Generator().manual_seed(candidate_seed(run_seed, -1))
+        batches = selection_batches(train, batch_size, test.niter, generator)
+        nets = optimize_nets if optimize_nets is not None else [None] * test.niter
+        selection = test_optimize(model, candidate, test.optimize_n_runs, test.n_runs, test, nets, batches)
+        kept = selection.kept
+    per_run = []
+    for run, index in enumerate(kept):
+        nets = None if test.lrs == "nearest_neighbor" else test_nets(run)
+        per_run.append(score(model, candidate(index), test, nets, test_split))
+    accs = torch.stack(per_run)  # (runs, nets)
+    result = EvalResult(tuple(accs.flatten().tolist()))
+    row = {"images": test.images, "lrs": test.lrs_label, "mean": result.mean, "std": result.std,
+           "n": result.n, "runs": accs.shape[0], "nets": accs.shape[1], "accuracies": list(result.accuracies),
+           "run_seeds": [candidate_seed(run_seed, i) for i in kept]}
+    if selection is not None:
+        row["selection_scores"] = selection.scores
+    return row
+
+
+# -- the results table (results.md) -----------------------------------------------------------------
+TABLE_HEADER = "| images | step sizes | accuracy (%) | std (%) | runs x nets |"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as a markdown table, accuracies in percent with two decimals."""
+    lines = [TABLE_HEADER, "|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['images']} | {r['lrs']} | {100 * r['mean']:.2f} | {100 * r['std']:.2f} | "
+                     f"{r['runs']} x {r['nets']} |")
+    return "\n".join(lines)
+
+
+_ROW = re.compile(r"^\| (\S+) \| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| (\d+) x (\d+) \|$")
+
+
+def parse_table(text: str) -> list[dict]:
+    """The rows of a ``format_table`` table found in ``text`` (images, lrs, mean, std, runs, nets;
+    mean and std as fractions, to the table's precision)."""
+    rows = []
+    for line in text.splitlines():
+        m = _ROW.match(line.strip())
+        if m:
+            images, lrs, mean, std, runs, nets = m.groups()
+            rows.append({"images": images, "lrs": lrs, "mean": float(mean) / 100, "std": float(std) / 100,
+                         "runs": int(runs), "nets": int(nets)})
+    return rows
+
+
+def format_markdown(results: dict) -> str:
+    """The whole results.md: what was scored, the command, the table."""
+    return (f"# Test phase: {results['dataset']}, {results['arch']}\n\n"
+            f"Command: `{results['command']}`\n\n"
+            f"Mean +- std of test accuracy over runs x networks; networks: {results['test_nets']}.\n\n"
+            f"{format_table(results['rows'])}\n")

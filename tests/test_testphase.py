@@ -1,0 +1,187 @@
+import json
+
+import pytest
+import torch
+
+from datadistill import artifacts, testphase
+from datadistill.cli import main
+from datadistill.config import DataConfig, ModelConfig, NetsConfig, RunConfig, SyntheticConfig, TestPhaseConfig
+from datadistill.data import Dataset, Split
+from datadistill.errors import ConfigError
+from datadistill.runner import RESULTS_JSON, RESULTS_MD, test_phase
+from datadistill.synthetic import SyntheticSet
+
+
+def _config(tmp_path, **test) -> RunConfig:
+    # "digits" only passes the name check: every test hands in the blobs dataset itself
+    return RunConfig(data=DataConfig("digits"), model=ModelConfig("MLP"),
+                     synthetic=SyntheticConfig(steps=2, epochs=2, images_per_class_per_step=3),
+                     nets=NetsConfig(test_n_nets=3), test=TestPhaseConfig(**test),
+                     results_dir=str(tmp_path / "r"))
+
+
+def _loaded(blobs) -> SyntheticSet:
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 6, 1, 8, 8, generator=g)  # 2 steps x 2 per class x 3 classes
+    labels = torch.arange(3).repeat_interleave(2).repeat(2, 1)
+    return SyntheticSet(images, labels, torch.tensor([0.1, 0.2, 0.3, 0.4]), blobs.mean, blobs.std, 3)
+
+
+@pytest.mark.parametrize("source", ["random_train", "average_train", "kmeans_train", "loaded"])
+def test_every_image_source_has_the_shape_and_class_counts(blobs, source):
+    lrs = torch.full((4,), 0.1)  # 2 steps x 2 epochs
+    steps, per_class = 2, 2
+    s = testphase.make_candidate(source, blobs.train, steps, per_class, 3, lrs, blobs.mean, blobs.std,
+                                 _loaded(blobs), torch.Generator().manual_seed(0))
+    assert s.images.shape == (steps, 3 * per_class, 1, 8, 8) and s.labels.shape == (steps, 3 * per_class)
+    for step in s.labels:
+        assert torch.bincount(step, minlength=3).tolist() == [per_class] * 3
+    assert torch.equal(s.lrs, lrs) and s.num_classes == 3
+
+
+def test_average_train_is_the_class_means(blobs):
+    s = testphase.make_candidate("average_train", blobs.train, 2, 2, 3, torch.ones(2), blobs.mean, blobs.std,
+                                 None, torch.Generator())
+    for c in range(3):
+        want = blobs.train.x[blobs.train.y == c].mean(0)
+        for img in s.images[s.labels == c]:
+            torch.testing.assert_close(img, want)
+
+
+def test_step_size_schedule_is_cycled_or_cut_to_the_test_passes():
+    lrs = torch.tensor([1., 2., 3., 4.])  # 2 steps x 2 passes
+    assert testphase.repeat_schedule(lrs, 2, 1).tolist() == [1, 2]
+    assert testphase.repeat_schedule(lrs, 2, 3).tolist() == [1, 2, 3, 4, 1, 2]
+    test = TestPhaseConfig(images="random_train", lrs="fix", fixed_lr=0.3)
+    assert testphase.step_sizes(test, 2, 3, None).tolist() == pytest.approx([0.3] * 6)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_with_the_training_set_as_memory_matches_a_direct_computation(blobs, k):
+    # 1 step of all 40 images per class: the memory is the whole training split, reordered
+    test = TestPhaseConfig(images="random_train", lrs="nearest_neighbor", knn_k=k, knn_p=2.0)
+    row = testphase.run_test_phase(None, blobs.train, blobs.test, 3, blobs.mean, blobs.std, test, 1, 40, 1,
+                                   None, None, None, run_seed=0, batch_size=32)
+    d = torch.cdist(blobs.test.x.flatten(1).double(), blobs.train.x.flatten(1).double())  # (60, 120)
+    votes = blobs.train.y[d.topk(k, largest=False).indices]  # (60, k)
+    pred = torch.mode(votes, dim=1).values  # no ties with k in {1, 3} and 3 classes here unless 1-1-1
+    assert (row["runs"], row["nets"]) == (1, 1)
+    assert row["mean"] == pytest.approx(float((pred == blobs.test.y).double().mean()))
+
+
+class _GuardedSplit:
+    """A split whose tensors raise while ``locked``, and count reads otherwise."""
+
+    def __init__(self, split: Split):
+        self._split, self.locked, self.reads = split, False, 0
+
+    def _get(self, name):
+        if self.locked:
+            raise AssertionError(f"the test split's {name} was read during test_optimize")
+        self.reads += 1
+        return getattr(self._split, name)
+
+    x = property(lambda self: self._get("x"))
+    y = property(lambda self: self._get("y"))
+
+    def __len__(self):
+        return len(self._split)
+
+
+def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
+    guard = _GuardedSplit(blobs.test)
+    dataset = Dataset(blobs.name, blobs.train, guard, 3, blobs.mean, blobs.std)
+    real = testphase.test_optimize
+    calls = []
+
+    def locked(*args, **kwargs):
+        guard.locked = True
+        try:
+            out = real(*args, **kwargs)
+        finally:
+            guard.locked = False
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(testphase, "test_optimize", locked)
+    config = _config(tmp_path, images="random_train", lrs="fix", fixed_lr=0.3, n_runs=2,
+                     optimize_n_runs=5, optimize_n_nets=2, niter=2)
+    results = test_phase(config, dataset=dataset)
+    assert len(calls) == 1 and len(calls[0].scores) == 5
+    row = results["rows"][0]
+    # the kept runs are the best-scoring draws, and only the final scoring read the test split
+    assert sorted(calls[0].kept, key=lambda i: -calls[0].scores[i]) == calls[0].kept
+    assert [testphase.candidate_seed(config.seed, i) for i in calls[0].kept] == row["run_seeds"]
+    assert guard.reads > 0 and (row["runs"], row["nets"], row["n"]) == (2, 3, 6)
+
+
+def test_results_files_round_trip_and_runs_reproduce(blobs, tmp_path):
+    config = _config(tmp_path, images="kmeans_train", lrs="fix", fixed_lr=0.1, n_runs=2)
+    results = test_phase(config, command="datadistill --phase test", dataset=blobs)
+    folder = tmp_path / "r"
+    assert json.loads((folder / RESULTS_JSON).read_text()) == results
+    assert RunConfig.from_dict(results["config"]) == config
+    md = (folder / RESULTS_MD).read_text()
+    assert "`datadistill --phase test`" in md
+    [parsed] = testphase.parse_table(md)
+    row = results["rows"][0]
+    assert {k: parsed[k] for k in ("images", "lrs", "runs", "nets")} == {
+        "images": "kmeans_train", "lrs": "fix 0.1", "runs": 2, "nets": 3}
+    assert parsed["mean"] == pytest.approx(row["mean"], abs=5e-5)
+    assert parsed["std"] == pytest.approx(row["std"], abs=5e-5)
+    assert len(row["accuracies"]) == row["n"] == 6
+    again = test_phase(config, dataset=blobs)
+    assert again["rows"][0]["accuracies"] == row["accuracies"]  # bit for bit
+
+
+def test_a_loaded_set_with_its_learned_step_sizes_for_more_passes(blobs, tmp_path):
+    path = artifacts.save_distilled(tmp_path / "d.pt", _loaded(blobs))
+    config = _config(tmp_path, distilled=str(path), distill_epochs=3)
+    results = test_phase(config, dataset=blobs)
+    assert (results["steps"], results["images_per_class_per_step"], results["epochs"]) == (2, 2, 3)
+    assert results["rows"][0]["images"] == "loaded" and results["rows"][0]["lrs"] == "loaded"
+    # a baseline takes the loaded set's shape, not --distilled_images_per_class_per_step
+    base = test_phase(_config(tmp_path, images="random_train", distilled=str(path)), dataset=blobs)
+    assert base["images_per_class_per_step"] == 2 and base["epochs"] == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix"], "fix needs a step size"),
+    (["--test_distilled_images", "random_train", "--test_distilled_lrs", "nearest_neighbor", "0", "2"],
+     "needs K >= 1"),
+    (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix", "0.3", "1"], "takes 1 value"),
+    (["--test_distilled_images", "average_train", "--test_distilled_lrs", "fix", "0.3",
+      "--test_optimize_n_runs", "4"], "accepted: random_train, kmeans_train"),
+    (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix", "0.3", "--test_n_runs", "3",
+      "--test_optimize_n_runs", "2"], "must be at least --test_n_runs"),
+    (["--test_distilled_images", "mean"], "unknown --test_distilled_images 'mean'"),
+    ([], "distilled.pt does not exist"),
+    (["--distilled", "nowhere.pt"], "distilled file nowhere.pt does not exist"),
+])
+def test_bad_combinations_are_one_line_and_exit_2(tmp_path, capsys, flags, message):
+    out = tmp_path / "r"
+    assert main(["--dataset", "digits", "--phase", "test", "--results_dir", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("datadistill: error: ")
+    assert not out.exists()
+
+
+def test_config_rejects_what_the_cli_would():
+    with pytest.raises(ConfigError, match="fix needs a step size"):
+        TestPhaseConfig(images="random_train", lrs="fix")
+    with pytest.raises(ConfigError, match="norm P > 0"):
+        TestPhaseConfig(lrs="nearest_neighbor", knn_k=1, knn_p=0)
+    assert TestPhaseConfig(lrs="nearest_neighbor", knn_k=2, knn_p=1).lrs_label == "nearest_neighbor 2 1"
+
+
+def test_cli_test_phase_prints_the_table_and_writes_both_files(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["--dataset", "digits", "--phase", "test", "--results_dir", str(out), "--distill_steps", "2",
+            "--test_distilled_images", "random_train", "--test_distilled_lrs", "nearest_neighbor", "1", "2",
+            "--test_n_runs", "3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| random_train | nearest_neighbor 1 2 |" in printed and "3 x 1" in printed
+    results = json.loads((out / RESULTS_JSON).read_text())
+    assert results["command"].startswith("datadistill --dataset digits --phase test")
+    assert testphase.parse_table((out / RESULTS_MD).read_text())[0]["runs"] == 3
