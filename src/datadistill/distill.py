@@ -1,8 +1,10 @@
-"""The outer loop of basic distillation: Adam on the synthetic images and log step sizes.
+"""The outer loop of distillation: Adam on the synthetic images and log step sizes.
 
-Each outer iteration draws a batch of real training images, trains ``n_nets`` networks on the
-synthetic set by unrolled GD (``inner``), and descends the mean loss of the trained networks on
-the real batch. The loop reports through callbacks and never writes files or prints.
+Each outer iteration draws a batch of real training images, trains ``n_nets`` networks (fixed,
+fresh, or drawn from a zoo) on the synthetic set by unrolled GD (``inner``), and descends the
+mean loss of the trained networks on the real batch, with the labels the mode wants
+(``objectives``: basic and adapt keep them, attack relabels one class). The loop reports through
+callbacks and never writes files or prints.
 """
 from __future__ import annotations
 
