@@ -1,0 +1,62 @@
+"""Issue 6's figure: one table comparing a distilled MNIST set with its baselines.
+
+Reads a distilled set (MNIST, LeNet, unknown_init, 10 images per class, e.g. the one
+benchmarks/unknown_init_mnist.py makes) and scores, over 20 fresh networks per run:
+the set with its learned step sizes; random_train, average_train and kmeans_train, each with a
+grid of fixed step sizes; and nearest_neighbor (k=1, L2). For the baselines the best step size of
+the grid *on the test split* is shown, which can only favour them: the margin printed is a
+conservative one.
+
+    python benchmarks/test_phase_mnist.py DISTILLED.pt [--runs 5]
+"""
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from _common import datadistill, require_mnist, timed
+
+GRID = ("0.01", "0.03", "0.1", "0.3")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("distilled")
+    p.add_argument("--runs", default="5")
+    args = p.parse_args()
+    root = require_mnist()
+    base = ["--mode", "distill_basic", "--dataset", "MNIST", "--arch", "LeNet", "--phase", "test",
+            "--train_nets_type", "unknown_init", "--test_nets_type", "unknown_init", "--test_n_nets", "20",
+            "--distilled", args.distilled, "--dataset_root", root]
+    rows = {}
+    total = 0.0
+    with tempfile.TemporaryDirectory() as d:
+        def score(images, lrs, runs="1"):
+            nonlocal total
+            seconds, _ = timed(datadistill(*base, "--test_distilled_images", images, "--test_distilled_lrs", *lrs,
+                                           "--test_n_runs", runs, "--results_dir", d))
+            total += seconds
+            row = json.loads((Path(d) / "results.json").read_text())["rows"][0]
+            print(f"{images:>14} {' '.join(lrs):>22}: {100 * row['mean']:6.2f}% +- {100 * row['std']:5.2f} "
+                  f"(runs x nets {row['runs']} x {row['nets']})", flush=True)
+            return row
+
+        rows["distilled"] = score("loaded", ["loaded"])
+        for images in ("random_train", "average_train", "kmeans_train"):
+            runs = "1" if images == "average_train" else args.runs
+            best = max((score(images, ["fix", lr], runs) for lr in GRID), key=lambda r: r["mean"])
+            rows[images] = best
+        rows["nearest_neighbor"] = score("loaded", ["nearest_neighbor", "1", "2"])
+        rows["nearest_neighbor random_train"] = score("random_train", ["nearest_neighbor", "1", "2"], args.runs)
+    print("\n| set | step sizes | accuracy (%) |\n|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['lrs']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} |")
+    d = rows["distilled"]["mean"]
+    for name, r in rows.items():
+        if name != "distilled":
+            print(f"distilled - {name}: {100 * (d - r['mean']):+.2f} points")
+    print(f"{total:.0f} s wall in all")
+
+
+if __name__ == "__main__":
+    main()
