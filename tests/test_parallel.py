@@ -41,7 +41,7 @@ def test_cores_to_chunks_restores_the_thread_count():
     pool.close()
 
 
-@pytest.mark.parametrize("name", sorted(backends.BACKENDS))
+@pytest.mark.parametrize("name", ["mkldnn", "native"])
 def test_each_conv_backend_computes_the_same_unroll(name):
     model = models.build_model("LeNet", 1, 28, 10)
     params = models.init_params(model, "xavier", 1.0, 0)
@@ -64,5 +64,5 @@ def test_fastest_backend_times_the_work_under_each_choice():
                                       torch.device("cpu"), reps=2)
     if torch.backends.mkldnn.is_available():
         assert sorted(set(seen)) == [False, True] and len(seen) == 6
-        assert chosen in backends.BACKENDS.values()
-    assert backends.fastest_backend(lambda: None, torch.device("meta")) is backends.no_change
+        assert chosen in ("mkldnn", "native")
+    assert backends.fastest_backend(lambda: None, torch.device("meta")) == "unchanged"

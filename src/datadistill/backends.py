@@ -27,26 +27,28 @@ def _mkldnn(enabled: bool):
         torch.backends.mkldnn.enabled = old
 
 
-BACKENDS: dict[str, Callable[[], ContextManager]] = {
-    "mkldnn": lambda: _mkldnn(True),
-    "native": lambda: _mkldnn(False),
-}
-
-
 def no_change() -> ContextManager:
     return contextlib.nullcontext()
 
 
-def fastest_backend(work: Callable[[], object], device: torch.device, reps: int = 5
-                    ) -> Callable[[], ContextManager]:
-    """The context (from ``BACKENDS``) under which ``work()`` runs fastest on this machine.
+BACKENDS: dict[str, Callable[[], ContextManager]] = {
+    "mkldnn": lambda: _mkldnn(True),
+    "native": lambda: _mkldnn(False),
+    "unchanged": no_change,  # off the CPU, or without oneDNN
+}
 
-    Off the CPU, or when oneDNN is not built in, nothing changes.
+
+def fastest_backend(work: Callable[[], object], device: torch.device, reps: int = 5) -> str:
+    """The name (in ``BACKENDS``) of the context under which ``work()`` runs fastest here.
+
+    Off the CPU, or when oneDNN is not built in, ``"unchanged"``. The two give results equal up
+    to float rounding, not bit for bit, so a run records its choice (checkpoints keep it).
     """
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return no_change
+        return "unchanged"
     best, best_time = "mkldnn", float("inf")
-    for name, ctx in BACKENDS.items():
+    for name in ("mkldnn", "native"):
+        ctx = BACKENDS[name]
         with ctx():
             work()  # warm-up: oneDNN builds its kernels on first use
             times = []
@@ -57,4 +59,4 @@ def fastest_backend(work: Callable[[], object], device: torch.device, reps: int 
         median = sorted(times)[len(times) // 2]
         if median < best_time:
             best, best_time = name, median
-    return BACKENDS[best]
+    return best

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .backends import fastest_backend
+from .backends import BACKENDS, fastest_backend
 from .config import RunConfig
 from .data import Split, batches_per_epoch, class_balanced_sample, shuffled_batches
 from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
@@ -90,7 +90,7 @@ class Distillation:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: config.outer.lr_factor(it, per_epoch))
         self.pool = ChunkPool(model, self.device)
-        self._backend = None  # chosen by timing on the first step
+        self.unroll_backend: str | None = None  # conv backend of the unroll, timed on the first step
         self.fixed_nets: Params | None = None
         if nets.train_nets_type == "known_init":
             self.fixed_nets = self._draw_nets(nets.n_nets)
@@ -175,9 +175,9 @@ class Distillation:
         return loss
 
     def _unroll_backend(self):
-        if self._backend is None:
-            self._backend = fastest_backend(self._time_unroll, self.device)
-        return self._backend()
+        if self.unroll_backend is None:
+            self.unroll_backend = fastest_backend(self._time_unroll, self.device)
+        return BACKENDS[self.unroll_backend]()
 
     def _time_unroll(self) -> None:
         """One unroll and its backward with the run's shapes, for choosing the conv backend."""
@@ -256,6 +256,7 @@ class Distillation:
             "generator": self.generator.get_state(),
             "fixed_nets": None if self.fixed_nets is None else {k: v.cpu() for k, v in self.fixed_nets.items()},
             "zoo_order": self.zoo_order.clone(),
+            "unroll_backend": self.unroll_backend,
             "epoch": self.epoch,
             "iteration": self.iteration,
             "history": {"evaluations": self.history.evaluations, "losses": self.history.losses,
@@ -272,5 +273,6 @@ class Distillation:
         if state["fixed_nets"] is not None:
             self.fixed_nets = {k: v.to(self.device) for k, v in state["fixed_nets"].items()}
         self.zoo_order = state.get("zoo_order", torch.empty(0, dtype=torch.long))
+        self.unroll_backend = state.get("unroll_backend")  # a resumed run keeps its numerics
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.history = History(**state["history"])

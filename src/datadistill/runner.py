@@ -247,6 +247,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         "distill_seconds": run.history.seconds,
         "wall_seconds": time.perf_counter() - start,
         "iterations": run.iteration,
+        "unroll_backend": run.unroll_backend,  # CPU conv backend the unrolled steps ran on
         "config": config.to_dict(),
     }
     if report is not None:
