@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .adapt import FIXED_LR_GRID, SELECTION_IMAGES
+from .adapt import SELECTION_IMAGES, best_fixed_lr
 from .baselines import fixed_lrs
 from .data import Split
 from .inner import batched_logits, batched_train
@@ -78,12 +78,8 @@ def attack_report(model: nn.Module, synthetic: SyntheticSet, train_nets: Params,
     selection = Split(train.x[:SELECTION_IMAGES], wanted_labels(train.y[:SELECTION_IMAGES], attack_class,
                                                                 target_class))
     choosers = {k: v[:10] for k, v in train_nets.items()}
-    scores = []
-    for lr in FIXED_LR_GRID:  # best by the attack objective on training images, train-zoo nets
-        baseline.lrs = fixed_lrs(synthetic.lrs.shape[0], lr).to(synthetic.lrs.device)
-        pred = batched_logits(model, _trained(model, baseline, choosers), selection.x).argmax(-1)
-        scores.append(float((pred == selection.y).float().mean()))
-    best = FIXED_LR_GRID[max(range(len(scores)), key=scores.__getitem__)]
+    # best by the attack objective: accuracy against the wanted labels of training images
+    best = best_fixed_lr(model, baseline, choosers, selection)
     baseline.lrs = fixed_lrs(synthetic.lrs.shape[0], best).to(synthetic.lrs.device)
     report["baseline"] = {**attack_figures(confusion(model, _trained(model, baseline, test_nets), test, c),
                                            attack_class, target_class), "lr": best}
