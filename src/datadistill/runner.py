@@ -127,6 +127,17 @@ def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None, tuple 
     return train, test, shape
 
 
+def dataset_for(config: RunConfig, shape: tuple | None, dataset: Dataset | None = None) -> Dataset:
+    """The run's dataset, checked against the loaded networks' input ``shape``; when adapting, the
+    target is mapped into that shape (the source networks' input space)."""
+    if dataset is None:
+        dataset = load_for(config, shape if config.mode == "distill_adapt" else None)
+    got = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if shape is not None and tuple(shape) != got:
+        raise ArtifactError(f"the zoo's networks take {tuple(shape)} images, {dataset.name} has {got}")
+    return dataset
+
+
 def build_run(config: RunConfig, dataset: Dataset, loaded: tuple = (None, None)) -> Distillation:
     model = build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
     return Distillation(config, model, dataset.train, dataset.test, dataset.num_classes,
@@ -214,13 +225,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         state = artifacts.load_checkpoint(ckpt_path)
         _check_resumable(state["config"], config.to_dict())
     loaded = loaded_nets(config)
-    shape = loaded[2]
-    if dataset is None:
-        # adapting: the target is mapped into the source networks' input space
-        dataset = load_for(config, shape if config.mode == "distill_adapt" else None)
-    got = (dataset.in_channels, dataset.image_size, dataset.image_size)
-    if shape is not None and tuple(shape) != got:
-        raise ArtifactError(f"the zoo's networks take {tuple(shape)} images, {dataset.name} has {got}")
+    dataset = dataset_for(config, loaded[2], dataset)
     for flag in ("attack_class", "target_class"):
         value = getattr(config, flag)
         if config.mode == "distill_attack" and value >= dataset.num_classes:
@@ -326,13 +331,10 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         train_zoo, shape = load_zoo_nets(config, "train", nets_cfg.n_nets)
     if not knn and nets_cfg.test_nets_type == "loaded":
         test_zoo, shape = load_zoo_nets(config, "test", nets_cfg.test_n_nets)
-    if dataset is None:
-        if shape is None and config.mode == "distill_adapt":  # the networks' input space, as distilled
-            shape = tuple(loaded.images.shape[2:]) if loaded is not None else None
-        dataset = load_for(config, shape if config.mode == "distill_adapt" else None)
+    if dataset is None and shape is None and config.mode == "distill_adapt" and loaded is not None:
+        dataset = load_for(config, tuple(loaded.images.shape[2:]))  # the input space it was distilled in
+    dataset = dataset_for(config, shape, dataset)
     got = (dataset.in_channels, dataset.image_size, dataset.image_size)
-    if shape is not None and tuple(shape) != got:
-        raise ArtifactError(f"the zoo's networks take {tuple(shape)} images, {dataset.name} has {got}")
     if loaded is not None:
         if tuple(loaded.images.shape[2:]) != got:
             raise ConfigError(f"distilled images are {tuple(loaded.images.shape[2:])} (C, H, W), "
