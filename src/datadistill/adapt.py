@@ -55,8 +55,7 @@ def adaptation_report(model: nn.Module, synthetic: SyntheticSet, train_nets: Par
     rows["distilled (learned step sizes)"] = evaluate_synthetic(model, synthetic, test_nets, target.test).to_dict()
     real = random_train(target.train, synthetic.steps, synthetic.images.shape[1] // synthetic.num_classes,
                         synthetic.num_classes, synthetic.lrs.detach(), synthetic.mean, synthetic.std, generator)
-    real = SyntheticSet(real.images.to(device), real.labels.to(device), real.lrs.to(device),
-                        real.mean, real.std, real.num_classes)
+    real = real.to(device)
     lr = best_fixed_lr(model, real, choosers, selection)
     real.lrs = fixed_lrs(real.lrs.shape[0], lr).to(device)
     rows["random real (best fixed step size)"] = {**evaluate_synthetic(model, real, test_nets, target.test).to_dict(),

@@ -86,9 +86,8 @@ class Distillation:
                                           lr=config.outer.lr, betas=(0.5, 0.999))
         # stepped every iteration; the factor is a pure function of the iteration and the config,
         # so a resumed run (even one with more epochs) lands on the same curve
-        per_epoch = batches_per_epoch(len(train), config.outer.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: config.outer.lr_factor(it, per_epoch))
+            self.optimizer, lambda it: config.outer.lr_factor(it, self.iterations_per_epoch))
         self.pool = ChunkPool(model, self.device)
         self.unroll_backend: str | None = None  # conv backend of the unroll, timed on the first step
         self.fixed_nets: Params | None = None
@@ -180,14 +179,14 @@ class Distillation:
         return BACKENDS[self.unroll_backend]()
 
     def _time_unroll(self) -> None:
-        """One unroll and its backward with the run's shapes, for choosing the conv backend."""
+        """One unroll and its backward with the run's shapes, for choosing the conv backend; called
+        from within the step, so under its ``cores_to_chunks``."""
         s, m = self.synthetic, self.config.model
         # networks from fixed seeds: timing must not consume the run's random stream
         nets = fresh_nets(self.model, m.init, m.init_param, list(range(self.config.nets.nets_per_iteration)), self.device)
-        with self.pool.cores_to_chunks():
-            trained = batched_unroll(self.model, nets, s.images, s.labels, self.log_lrs.exp())
-            torch.autograd.grad(list(trained.values()), [s.images, self.log_lrs],
-                                [torch.ones_like(v) for v in trained.values()])
+        trained = batched_unroll(self.model, nets, s.images, s.labels, self.log_lrs.exp())
+        torch.autograd.grad(list(trained.values()), [s.images, self.log_lrs],
+                            [torch.ones_like(v) for v in trained.values()])
 
     def evaluate(self) -> EvalResult:
         if self.test is None:

@@ -6,7 +6,6 @@ one line on stderr and exit status 2, as in ``cli``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 import time
@@ -86,8 +85,7 @@ def evaluate_file(args) -> tuple[EvalResult, dict]:
                           f"{dataset.name} has {dataset.num_classes}")
     model = build_model(arch_cls.__name__, dataset.in_channels, dataset.image_size, dataset.num_classes)
     nets = fresh_nets(model, args.init, args.init_param, eval_seeds(args.seed, args.test_n_nets), device)
-    synthetic = dataclasses.replace(synthetic, images=synthetic.images.to(device),
-                                    labels=synthetic.labels.to(device), lrs=synthetic.lrs.to(device))
+    synthetic = synthetic.to(device)
     if args.protocol == "unrolled":
         result = evaluate_synthetic(model, synthetic, nets, dataset.test)
     else:

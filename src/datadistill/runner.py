@@ -283,9 +283,7 @@ def evaluate(synthetic: SyntheticSet, dataset: Dataset, arch: str | None = None,
     device = dataset.train.x.device
     model = build_model(arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
     nets = fresh_nets(model, init, init_param, eval_seeds(seed, n_nets), device)
-    moved = dataclasses.replace(synthetic, images=synthetic.images.to(device),
-                                labels=synthetic.labels.to(device), lrs=synthetic.lrs.to(device))
-    return evaluate_synthetic(model, moved, nets, dataset.test)
+    return evaluate_synthetic(model, synthetic.to(device), nets, dataset.test)
 
 
 # -- the test phase of a distill mode (--phase test) ------------------------------------------------
@@ -344,9 +342,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
                               f"{dataset.num_classes}")
         steps, per_class = loaded.steps, loaded.images.shape[1] // loaded.num_classes
         epochs = test.distill_epochs or loaded.epochs
-        loaded = dataclasses.replace(loaded, images=loaded.images.to(dataset.train.x.device),
-                                     labels=loaded.labels.to(dataset.train.x.device),
-                                     lrs=loaded.lrs.to(dataset.train.x.device))
+        loaded = loaded.to(dataset.train.x.device)
     else:
         steps, per_class = config.synthetic.steps, config.synthetic.images_per_class_per_step
         epochs = test.distill_epochs or config.synthetic.epochs

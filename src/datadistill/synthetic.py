@@ -1,6 +1,7 @@
 """The distilled set: images, labels and per-step step sizes, and its plain-dict file form."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,11 @@ class SyntheticSet:
     @property
     def epochs(self) -> int:
         return self.lrs.shape[0] // self.steps
+
+    def to(self, device) -> "SyntheticSet":
+        """The same set with its tensors on ``device``."""
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device),
+                                   lrs=self.lrs.to(device))
 
     def denormalised(self) -> torch.Tensor:
         """Images in [0, 1] pixel space, (S, N, C, H, W)."""
