@@ -3,7 +3,7 @@ import torch
 from torch.func import functional_call
 
 from datadistill import models
-from datadistill.config import INITS
+from datadistill.config import RANDOM_INITS
 from datadistill.errors import ConfigError
 
 
@@ -16,7 +16,7 @@ def test_forward_shapes(arch, channels, size):
     assert out.shape == (4, 10) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("scheme", INITS)
+@pytest.mark.parametrize("scheme", RANDOM_INITS)  # imagenet_pretrained: test_alexnet
 def test_init_schemes(scheme):
     model = models.build_model("LeNet", 1, 28, 10)
     a = models.init_params(model, scheme, 1.0, seed=5)

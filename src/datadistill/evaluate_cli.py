@@ -37,6 +37,9 @@ def build_parser() -> _Parser:
     p.add_argument("--arch", default=None, help="architecture of the fresh networks (default: the file's)")
     p.add_argument("--init", default="xavier", help=f"one of: {', '.join(INITS)}")
     p.add_argument("--init_param", type=float, default=1.0, help="gain or negative slope of --init")
+    p.add_argument("--pretrained_weights", default=None, metavar="PATH",
+                   help="--init imagenet_pretrained: torchvision's AlexNet ImageNet weights (default: "
+                        "torch hub's cache)")
     p.add_argument("--test_n_nets", type=int, default=10, help="fresh networks to train and score")
     p.add_argument("--protocol", default="unrolled",
                    help="unrolled: the set's batches and learned step sizes, as distilled; "
@@ -55,6 +58,8 @@ def _check_flags(args) -> None:
         raise ConfigError(f"unknown --protocol {args.protocol!r}; accepted: {', '.join(PROTOCOLS)}")
     if args.init not in INITS:
         raise ConfigError(f"unknown init {args.init!r}; accepted: {', '.join(INITS)}")
+    if args.pretrained_weights is not None and args.init != "imagenet_pretrained":
+        raise ConfigError(f"--pretrained_weights is only read with --init imagenet_pretrained, not --init {args.init}")
     for flag in ("test_n_nets", "scratch_epochs", "scratch_batch_size"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag} must be positive, got {getattr(args, flag)}")
@@ -83,7 +88,8 @@ def evaluate_file(args) -> tuple[EvalResult, dict]:
     if synthetic.num_classes != dataset.num_classes:
         raise ConfigError(f"distilled set has {synthetic.num_classes} classes, "
                           f"{dataset.name} has {dataset.num_classes}")
-    model = build_model(arch_cls.__name__, dataset.in_channels, dataset.image_size, dataset.num_classes)
+    model = build_model(arch_cls.__name__, dataset.in_channels, dataset.image_size, dataset.num_classes,
+                        pretrained_weights=args.pretrained_weights)
     nets = fresh_nets(model, args.init, args.init_param, eval_seeds(args.seed, args.test_n_nets), device)
     synthetic = synthetic.to(device)
     if args.protocol == "unrolled":

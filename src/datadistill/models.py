@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from . import pretrained
+from .errors import ArtifactError, ConfigError
 
 ARCHS: dict[str, type[nn.Module]] = {}
 
@@ -36,13 +38,32 @@ def arch_class(name: str) -> type[nn.Module]:
     return by_lower[name.lower()]
 
 
-def build_model(arch: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
-    """An instance of ``arch`` for inputs of shape (in_channels, image_size, image_size)."""
+def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
+                pretrained_weights: str | None = None) -> nn.Module:
+    """An instance of ``arch`` for inputs of shape (in_channels, image_size, image_size).
+
+    ``pretrained_weights``: the file ``init_params(model, "imagenet_pretrained", ...)`` reads
+    (None: torchvision's hub cache). Only the path is kept on the template, not the weights, so
+    copies of the template stay cheap.
+    """
     cls = arch_class(arch)
-    if image_size not in cls.supported_sizes:
-        sizes = ", ".join(str(s) for s in sorted(cls.supported_sizes))
-        raise ConfigError(f"{cls.__name__} takes {sizes}-pixel images, this dataset has {image_size}")
-    return cls(in_channels, image_size, num_classes)
+    sizes = cls.supported_sizes
+    if image_size not in sizes:
+        takes = (f"images of at least {sizes.start} pixels" if isinstance(sizes, range)
+                 else f"{', '.join(str(s) for s in sorted(sizes))}-pixel images")
+        raise ConfigError(f"{cls.__name__} takes {takes}, this dataset has {image_size}")
+    if pretrained_weights is not None and not hasattr(cls, "pretrained_weights"):
+        raise ConfigError(f"--pretrained_weights is for --arch {', '.join(_pretrained_archs())}, "
+                          f"not {cls.__name__}")
+    model = cls(in_channels, image_size, num_classes)
+    if pretrained_weights is not None:
+        model.pretrained_weights = str(pretrained.weights_file(pretrained_weights))
+    return model
+
+
+def _pretrained_archs() -> list[str]:
+    """Archs that can load ImageNet weights: their class declares a ``pretrained_weights`` slot."""
+    return sorted(name for name, cls in ARCHS.items() if hasattr(cls, "pretrained_weights"))
 
 
 @register
@@ -138,6 +159,42 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+@register
+class AlexNet(nn.Module):
+    """torchvision's AlexNet (Krizhevsky 2014, the layout of ``torchvision.models.alexnet``).
+
+    Same parameter names and shapes as torchvision's, so its ImageNet weights load unchanged
+    (``--init imagenet_pretrained``); ``num_classes`` sets the last linear layer, the head. The
+    adaptive average pooling to 6x6 makes any input of 63 pixels or more work (below that the third
+    max-pooling has nothing left to pool). Its dropout layers are replaced by identities: the
+    inner loop differentiates through a deterministic network, and dropout under ``vmap`` would
+    draw one mask for all networks or need ``randomness="different"``.
+    """
+
+    supported_sizes = range(63, sys.maxsize)
+    default_size = 224
+    head = "classifier.6"  # replaced for num_classes; drawn from the seed even when pretrained
+    pretrained_weights: str | None = None  # set by build_model; None: torchvision's hub cache
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int):
+        super().__init__()
+        # imported here: torchvision costs about a second at start-up, and most runs never get here
+        from torchvision.models import AlexNet as TorchvisionAlexNet
+
+        reference = TorchvisionAlexNet(num_classes=num_classes)
+        self.features, self.avgpool = reference.features, reference.avgpool
+        self.classifier = reference.classifier
+        if in_channels != 3:
+            self.features[0] = nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2)
+        for i, layer in enumerate(self.classifier):
+            if isinstance(layer, nn.Dropout):
+                self.classifier[i] = nn.Identity()  # keeps the indices, hence the names, of the linears
+
+    def forward(self, x):
+        x = self.avgpool(self.features(x))  # (B, 256, 6, 6)
+        return self.classifier(x.flatten(1))
+
+
 def _weight_init(scheme: str, gain: float) -> Callable[[torch.Tensor], None]:
     return {
         "xavier": lambda w: nn.init.xavier_normal_(w, gain=gain),
@@ -154,8 +211,11 @@ def init_params(model: nn.Module, scheme: str, gain: float, seed: int,
     """Fresh weights for ``model`` as a dict, drawn deterministically from ``seed``.
 
     Conv and linear weights follow ``scheme`` with zero biases (``default`` keeps PyTorch's own
-    layer initialisation); norm layers start as the identity. The template ``model`` is untouched.
+    layer initialisation); norm layers start as the identity. ``imagenet_pretrained`` (AlexNet
+    only): see ``pretrained_params``. The template ``model`` is untouched.
     """
+    if scheme == "imagenet_pretrained":
+        return pretrained_params(model, gain, seed, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         params: Params = {}
@@ -181,6 +241,47 @@ def init_params(model: nn.Module, scheme: str, gain: float, seed: int,
                 raise ConfigError(f"no init rule for {type(module).__name__} parameters")
             for k, v in fresh.items():
                 params[f"{prefix}.{k}" if prefix else k] = v.to(device)
+    return params
+
+
+@torch.no_grad()
+def pretrained_params(model: nn.Module, gain: float, seed: int, device: torch.device | str = "cpu") -> Params:
+    """ImageNet weights for every layer but the head, which is drawn from ``seed`` (xavier normal
+    with ``gain``, zero bias): networks differ only in their head, as a new task's would.
+
+    The weights come from ``model.pretrained_weights``, or torchvision's hub cache when that is
+    None (see ``pretrained.weights_file``); raises ``ConfigError`` for an arch without ImageNet
+    weights, non-RGB inputs or a missing file, ``ArtifactError`` for a file of another network.
+    """
+    if not hasattr(model, "pretrained_weights"):
+        raise ConfigError(f"--init imagenet_pretrained needs --arch {', '.join(_pretrained_archs())}; "
+                          f"{type(model).__name__} has no ImageNet weights")
+    channels = model.features[0].in_channels
+    if channels != 3:
+        raise ConfigError(f"--init imagenet_pretrained needs RGB images (ImageNet's), this dataset has "
+                          f"{channels} channel(s)")
+    state = pretrained.alexnet_state(model.pretrained_weights)
+    source = model.pretrained_weights or pretrained.hub_cache_path()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        params: Params = {}
+        for name, template in model.named_parameters():
+            if name.startswith(model.head + "."):
+                fresh = torch.empty_like(template, device="cpu")
+                if name.endswith("weight"):
+                    nn.init.xavier_normal_(fresh, gain=gain)
+                else:
+                    fresh.zero_()
+                params[name] = fresh.to(device)
+                continue
+            loaded = state.get(name)
+            if loaded is None or loaded.shape != template.shape:
+                got = "missing" if loaded is None else tuple(loaded.shape)
+                raise ArtifactError(
+                    f"{source} does not fit {type(model).__name__}: {name} is {got}, expected "
+                    f"{tuple(template.shape)}; pass torchvision's AlexNet ImageNet weights")
+            # a copy: the loaded state is shared between networks and must stay as read
+            params[name] = loaded.to(device=device, dtype=template.dtype, copy=True)
     return params
 
 
