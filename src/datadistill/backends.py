@@ -38,6 +38,15 @@ BACKENDS: dict[str, Callable[[], ContextManager]] = {
 }
 
 
+def pinned_backend(name: str, device: torch.device) -> str | None:
+    """The backend ``name`` (``mkldnn`` or ``native``) where it applies, ``None`` for ``auto``."""
+    if name == "auto":
+        return None
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return "unchanged"
+    return name
+
+
 def fastest_backend(work: Callable[[], object], device: torch.device, reps: int = 5) -> str:
     """The name (in ``BACKENDS``) of the context under which ``work()`` runs fastest here.
 

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+import torch
+
 from . import __version__
-from .config import (IMAGE_INITS, INITS, MODES, TEST_IMAGES, TEST_LRS, TEST_NETS_TYPES, TRAIN_NETS_TYPES,
+from .config import (CONV_BACKENDS, IMAGE_INITS, INITS, MODES, TEST_IMAGES, TEST_LRS, TEST_NETS_TYPES, TRAIN_NETS_TYPES,
                      DataConfig, ModelConfig, NetsConfig, OuterConfig, RunConfig, SyntheticConfig,
                      TestPhaseConfig)
 from .errors import ConfigError, DatadistillError
+from .world import DEFAULT_TIMEOUT, DistributedError, World, launched_size
 
 EXIT_USAGE = 2
 _DEFAULTS = RunConfig()
@@ -28,16 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default=d.mode, help=f"one of: {', '.join(MODES)}")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.data.dataset,
-                   help="MNIST, FashionMNIST, Cifar10, SVHN, USPS, or digits (bundled, offline); any case")
+                   help="MNIST, FashionMNIST, Cifar10, SVHN, USPS, PASCAL_VOC, CUB200, or digits "
+                        "(bundled, offline); any case")
     g.add_argument("--source_dataset", default=None,
                    help="distill_adapt: the domain the loaded networks were trained on")
     g.add_argument("--dataset_root", default=d.data.root, help="folder holding the dataset files (default ./data)")
     g.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default=d.model.arch, help="LeNet, AlexCifarNet, ConvNet or MLP")
+    g.add_argument("--arch", default=d.model.arch, help="LeNet, AlexCifarNet, ConvNet, MLP or AlexNet")
     g.add_argument("--init", default=d.model.init, help=f"one of: {', '.join(INITS)}")
     g.add_argument("--init_param", type=float, default=d.model.init_param,
                    help="gain (xavier, orthogonal) or negative slope (kaiming)")
+    g.add_argument("--pretrained_weights", default=None, metavar="PATH",
+                   help="--init imagenet_pretrained: torchvision's AlexNet ImageNet weights (.pth); "
+                        "default: the file in torch hub's cache, never downloaded")
     g = p.add_argument_group("distilled set")
     g.add_argument("--distill_steps", type=int, default=d.synthetic.steps, help="GD steps, each with its own images")
     g.add_argument("--distill_epochs", type=int, default=d.synthetic.epochs, help="passes over the steps")
@@ -100,7 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device_id", type=int, default=None,
                    help="the original's device flag: N for cuda:N, negative for CPU")
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")
+    g = p.add_argument_group("many processes (torchrun, or the original's launch)")
+    g.add_argument("--world_size", type=int, default=None,
+                   help="processes in the run, with RANK and MASTER_ADDR/MASTER_PORT or INIT_FILE in "
+                        "the environment (default: WORLD_SIZE as torchrun sets it, else 1)")
+    g.add_argument("--dist_timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="seconds to wait for the other processes before failing")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    g.add_argument("--conv_backend", default=d.conv_backend,
+                   help=f"CPU convolutions of the unrolled steps: {', '.join(CONV_BACKENDS)} (auto times "
+                        f"both on the first step; fix one for bit-for-bit repeatable runs)")
     return p
 
 
@@ -109,6 +126,8 @@ def _device(args) -> str:
         raise DatadistillError("give --device or --device_id, not both")
     if args.device_id is not None:
         return "cpu" if args.device_id < 0 else f"cuda:{args.device_id}"
+    if args.device is None and launched_size(args.world_size) > 1 and torch.cuda.is_available():
+        return "cuda"  # a launched process takes the GPU of its LOCAL_RANK
     return args.device or "cpu"
 
 
@@ -156,7 +175,7 @@ def config_from_args(args) -> RunConfig:
     return RunConfig(
         mode=args.mode,
         data=DataConfig(args.dataset, args.dataset_root, args.download, args.source_dataset),
-        model=ModelConfig(args.arch, args.init, args.init_param),
+        model=ModelConfig(args.arch, args.init, args.init_param, args.pretrained_weights),
         synthetic=SyntheticConfig(args.distill_steps, args.distill_epochs,
                                   args.distilled_images_per_class_per_step, args.distill_lr,
                                   args.image_init),
@@ -166,7 +185,7 @@ def config_from_args(args) -> RunConfig:
         test=_test(args),
         eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),
         phase=args.phase, zoo_dir=args.zoo_dir, attack_class=args.attack_class,
-        target_class=args.target_class,
+        target_class=args.target_class, conv_backend=args.conv_backend,
     )
 
 
@@ -176,26 +195,38 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluate_cli import main as evaluate_main
         return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from . import world as processes
+
+    world = World()
     try:
         config = config_from_args(args)
+        world, device = processes.start(args.world_size, config.device, args.dist_timeout)
+        config = dataclasses.replace(config, device=device)
+        quiet = args.no_progress or not world.is_main
         if config.mode == "train":
-            return _train_zoo(config, args.no_progress)
+            return _train_zoo(config, quiet, world)
         if config.phase == "test":
+            if world.distributed:
+                raise ConfigError("--phase test runs in one process; start it without torchrun or --world_size")
             return _test_phase(config, argv)
         from .progress import ProgressBar
         from .runner import distill
 
-        result = distill(config, callbacks=[] if args.no_progress else [ProgressBar()],
-                         resume=args.resume)
+        result = distill(config, callbacks=[] if quiet else [ProgressBar()], resume=args.resume,
+                         world=world)
     except DatadistillError as e:
-        sys.stderr.write(f"datadistill: error: {e}\n")
+        _error(world, e)
         return EXIT_USAGE
-    except FloatingPointError as e:  # the run diverged: not bad input, but no traceback either
-        sys.stderr.write(f"datadistill: error: {e}\n")
+    except (FloatingPointError, DistributedError) as e:  # not bad input, but no traceback either
+        _error(world, e)
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
         return 130
+    finally:
+        processes.stop(world)
+    if not world.is_main:
+        return 0
     if "adaptation" in result.metrics:
         from .adapt import format_table
 
@@ -210,12 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train_zoo(config, no_progress: bool) -> int:
+def _error(world: World, error: Exception) -> None:
+    where = f"{world}: " if world.distributed and not str(error).startswith("rank ") else ""
+    sys.stderr.write(f"datadistill: error: {where}{error}\n")
+
+
+def _train_zoo(config, no_progress: bool, world: World) -> int:
     from .progress import zoo_progress
     from .runner import train_zoo
 
     with zoo_progress(config.nets.n_nets, disable=no_progress) as progress:
-        zoo, path = train_zoo(config, progress)
+        zoo, path = train_zoo(config, progress, world=world)
+    if not world.is_main:
+        return 0
     acc = zoo.accuracies[:config.nets.n_nets]
     std = float(acc.std()) if acc.numel() > 1 else 0.0
     print(f"zoo of {len(zoo)} {zoo.arch} networks on {zoo.dataset} ({zoo.phase} phase): test accuracy "

@@ -16,8 +16,11 @@ TRAIN_NETS_TYPES = ("known_init", "unknown_init", "loaded")
 TEST_NETS_TYPES = ("same_as_train", "unknown_init", "loaded")
 PHASES = ("train", "test")
 IMAGE_INITS = ("noise", "real")
+CONV_BACKENDS = ("auto", "mkldnn", "native")  # CPU convolutions of the unrolled steps
 LR_SCHEDULES = ("cosine", "step")
-INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
+RANDOM_INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
+INITS = RANDOM_INITS + ("imagenet_pretrained",)  # the last: torchvision's ImageNet AlexNet
+PRETRAINED_ARCHS = ("AlexNet",)  # archs imagenet_pretrained applies to (models checks again)
 TEST_IMAGES = ("loaded", "random_train", "average_train", "kmeans_train")
 TEST_LRS = ("loaded", "fix", "nearest_neighbor")
 STOCHASTIC_IMAGES = ("random_train", "kmeans_train")  # a fresh draw gives another set
@@ -50,9 +53,17 @@ class ModelConfig:
     arch: str = "LeNet"
     init: str = "xavier"
     init_param: float = 1.0  # gain for xavier/orthogonal, negative slope for kaiming
+    pretrained_weights: str | None = None  # imagenet_pretrained: the .pth file; None: torch hub cache
 
     def __post_init__(self):
         _choice("init", self.init, INITS)
+        # checked here, not only when the first network is drawn, so a run fails before loading data
+        if self.init == "imagenet_pretrained" and self.arch.lower() not in {a.lower() for a in PRETRAINED_ARCHS}:
+            raise ConfigError(f"--init imagenet_pretrained needs --arch {' or '.join(PRETRAINED_ARCHS)}; "
+                              f"{self.arch} has no ImageNet weights")
+        if self.pretrained_weights is not None and self.init != "imagenet_pretrained":
+            raise ConfigError(f"--pretrained_weights is only read with --init imagenet_pretrained, "
+                              f"not --init {self.init}")
 
 
 @dataclass(frozen=True)
@@ -223,10 +234,12 @@ class RunConfig:
     attack_class: int | None = None  # distill_attack: images of this class ...
     target_class: int | None = None  # ... should be taken for this one
     zoo_dir: str | None = None  # None: <results_dir>/zoo
+    conv_backend: str = "auto"  # auto: time both on the first step; fixed: the same numerics every run
 
     def __post_init__(self):
         _choice("mode", self.mode, MODES)
         _choice("--phase", self.phase, PHASES)
+        _choice("--conv_backend", self.conv_backend, CONV_BACKENDS)
         if self.outer.lr is None:
             object.__setattr__(self, "outer", dataclasses.replace(self.outer, lr=self.default_lr()))
         if self.mode == "distill_attack":

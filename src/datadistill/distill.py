@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .backends import BACKENDS, fastest_backend
+from .backends import BACKENDS, fastest_backend, pinned_backend
 from .config import RunConfig
+from .errors import ArtifactError
 from .data import Split, batches_per_epoch, class_balanced_sample, shuffled_batches
 from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
 from .inner import batched_unroll, summed_loss_grad
@@ -23,15 +24,19 @@ from .models import Params
 from .objectives import wanted_labels
 from .parallel import ChunkPool
 from .synthetic import SyntheticSet, initial_set
+from .world import World
+
+CHECK_EVERY = 100  # iterations between checks that all processes hold the same synthetic set
 
 
-def real_batch_gradient(pool: ChunkPool, trained: Params, real_x: torch.Tensor, real_y: torch.Tensor
-                        ) -> tuple[torch.Tensor, Params]:
-    """Mean real-batch loss of the n_nets ``trained`` networks, and its gradient w.r.t. their
-    weights, computed chunk by chunk on all cores. Nothing here keeps a graph."""
+def real_batch_gradient(pool: ChunkPool, trained: Params, real_x: torch.Tensor, real_y: torch.Tensor,
+                        n_nets: int | None = None) -> tuple[torch.Tensor, Params]:
+    """Real-batch loss of the ``trained`` networks, and its gradient w.r.t. their weights,
+    computed chunk by chunk on all cores, as their share of the mean over ``n_nets`` networks
+    (default: these alone; more when other processes hold the rest). Nothing here keeps a graph."""
     detached = {k: v.detach() for k, v in trained.items()}
     parts = pool.map(lambda model, x, y: summed_loss_grad(model, detached, x, y), real_x, real_y)
-    scale = 1.0 / (real_x.shape[0] * next(iter(detached.values())).shape[0])
+    scale = 1.0 / (real_x.shape[0] * (n_nets or next(iter(detached.values())).shape[0]))
     grads = {k: sum(g[k] for g, _ in parts) * scale for k in detached}
     return sum(v for _, v in parts) * scale, grads
 
@@ -59,14 +64,20 @@ class Distillation:
     """One distillation run: owns the synthetic set, its optimiser, the networks, and the RNG.
 
     ``train`` is the only data the optimisation reads; ``test`` is used by ``evaluate`` alone.
+    In a group of processes (``world``) this one trains and scores its share of the networks;
+    the rest of the state is replicated and stays identical.
     """
 
     def __init__(self, config: RunConfig, model: nn.Module, train: Split, test: Split | None,
                  num_classes: int, mean, std, device: torch.device | str = "cpu",
-                 loaded_train: Params | None = None, loaded_test: Params | None = None):
+                 loaded_train: Params | None = None, loaded_test: Params | None = None,
+                 world: World = World()):
         """``loaded_train`` / ``loaded_test``: stacked weights from the train / test zoo, needed
-        when ``train_nets_type`` / ``test_nets_type`` is ``loaded``."""
+        when ``train_nets_type`` / ``test_nets_type`` is ``loaded``; in a group of processes,
+        all of them (each process keeps its share)."""
         self.config, self.model, self.train, self.test = config, model, train, test
+        self.world = world
+        check_divides(config, world)
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(config.seed)
         syn, nets = config.synthetic, config.nets
@@ -91,14 +102,20 @@ class Distillation:
         self.pool = ChunkPool(model, self.device)
         self.unroll_backend: str | None = None  # conv backend of the unroll, timed on the first step
         self.fixed_nets: Params | None = None
+        self.fixed_seeds: list[int] | None = None
         if nets.train_nets_type == "known_init":
-            self.fixed_nets = self._draw_nets(nets.n_nets)
+            self.fixed_seeds = self._draw_seeds(nets.n_nets)
+            self.fixed_nets = self._nets_from(self.fixed_seeds)
         if (nets.train_nets_type == "loaded") != (loaded_train is not None):
             raise ValueError("loaded_train is needed exactly when train_nets_type is 'loaded'")
         if nets.test_nets_type == "loaded" and loaded_test is None:
             raise ValueError("loaded_test is needed when test_nets_type is 'loaded'")
-        self.loaded_train = None if loaded_train is None else {k: v.to(self.device) for k, v in loaded_train.items()}
-        self.loaded_test = None if loaded_test is None else {k: v.to(self.device) for k, v in loaded_test.items()}
+        # each process keeps a contiguous block of the train zoo, and its part of the test zoo
+        own, scored = world.block(nets.n_nets), world.part(nets.test_n_nets)
+        self.loaded_train = None if loaded_train is None else {
+            k: v[own].to(self.device) for k, v in loaded_train.items()}
+        self.loaded_test = None if loaded_test is None else {
+            k: v[scored.start:scored.stop].to(self.device) for k, v in loaded_test.items()}
         # loaded nets are drawn in the order of a fresh permutation, cycling, so every network of
         # the zoo is used once before any is used twice
         self.zoo_order = torch.empty(0, dtype=torch.long)
@@ -107,12 +124,20 @@ class Distillation:
         self.history = History()
 
     # -- networks ---------------------------------------------------------------------------
-    def _draw_nets(self, n: int) -> Params:
-        seeds = torch.randint(0, 2**31 - 1, (n,), generator=self.generator).tolist()
+    def _draw_seeds(self, n: int) -> list[int]:
+        """Seeds of ``n`` fresh networks; every process draws all of them, which keeps the random
+        stream the same on all, and builds its own share."""
+        return torch.randint(0, 2**31 - 1, (n,), generator=self.generator).tolist()
+
+    def _nets_from(self, seeds: list[int]) -> Params:
         m = self.config.model
-        return fresh_nets(self.model, m.init, m.init_param, seeds, self.device)
+        return fresh_nets(self.model, m.init, m.init_param, seeds[self.world.block(len(seeds))], self.device)
 
     def _sample_loaded(self, k: int) -> Params:
+        """``k`` distinct networks of the zoo (this process's ``k / world.size`` of its block)."""
+        k //= self.world.size
+        # the permutation is of block positions: the same draw on every process, each applying
+        # it to its own block, so the shares stay disjoint and the random stream in step
         n = next(iter(self.loaded_train.values())).shape[0]
         if self.zoo_order.numel() < k:
             # queue a new permutation behind what is left of the current one, minus those left,
@@ -129,9 +154,10 @@ class Distillation:
             return self.fixed_nets
         if self.loaded_train is not None:
             return self._sample_loaded(self.config.nets.nets_per_iteration)
-        return self._draw_nets(self.config.nets.n_nets)
+        return self._nets_from(self._draw_seeds(self.config.nets.n_nets))
 
     def test_nets(self) -> Params:
+        """The networks this process scores on: the whole set in a single process, else its part."""
         nets = self.config.nets
         if nets.test_nets_type == "loaded":
             return self.loaded_test
@@ -140,8 +166,9 @@ class Distillation:
         if nets.test_nets_type == "same_as_train" and self.loaded_train is not None:
             return self.loaded_train
         m = self.config.model
+        part = self.world.part(nets.test_n_nets)
         return fresh_nets(self.model, m.init, m.init_param,
-                          eval_seeds(self.config.seed, nets.test_n_nets), self.device)
+                          eval_seeds(self.config.seed, nets.test_n_nets)[part.start:part.stop], self.device)
 
     # -- the synthetic set ------------------------------------------------------------------
     def current(self) -> SyntheticSet:
@@ -165,17 +192,28 @@ class Distillation:
                 trained = batched_unroll(self.model, self.train_nets(), s.images, s.labels,
                                          self.log_lrs.exp())  # (n_nets, ...) each, with the graph
             wanted = wanted_labels(real_y, *self.config.relabel)
-            loss, grads = real_batch_gradient(self.pool, trained, real_x, wanted)
+            loss, grads = real_batch_gradient(self.pool, trained, real_x, wanted, self.config.nets.nets_per_iteration)
             with self._unroll_backend():
                 torch.autograd.backward(list(trained.values()), [grads[k] for k in trained])
+        # every process pushed back its networks' share of the mean; their sum is the step of all
+        self.world.all_reduce_sum([s.images.grad, self.log_lrs.grad, loss])
         self.optimizer.step()
         self.scheduler.step()
         self.iteration += 1
+        if self.iteration % CHECK_EVERY == 0:
+            self.check_replicas()
         return loss
+
+    def check_replicas(self) -> None:
+        """Fail loudly if the processes' synthetic sets have drifted apart."""
+        self.world.check_identical([self.synthetic.images, self.log_lrs], "the synthetic set")
 
     def _unroll_backend(self):
         if self.unroll_backend is None:
-            self.unroll_backend = fastest_backend(self._time_unroll, self.device)
+            self.unroll_backend = pinned_backend(self.config.conv_backend, self.device)
+        if self.unroll_backend is None:
+            # all processes run rank 0's choice: one set of numerics for the whole run
+            self.unroll_backend = self.world.broadcast(fastest_backend(self._time_unroll, self.device))
         return BACKENDS[self.unroll_backend]()
 
     def _time_unroll(self) -> None:
@@ -183,7 +221,8 @@ class Distillation:
         from within the step, so under its ``cores_to_chunks``."""
         s, m = self.synthetic, self.config.model
         # networks from fixed seeds: timing must not consume the run's random stream
-        nets = fresh_nets(self.model, m.init, m.init_param, list(range(self.config.nets.nets_per_iteration)), self.device)
+        n = self.config.nets.nets_per_iteration // self.world.size
+        nets = fresh_nets(self.model, m.init, m.init_param, list(range(n)), self.device)
         trained = batched_unroll(self.model, nets, s.images, s.labels, self.log_lrs.exp())
         torch.autograd.grad(list(trained.values()), [s.images, self.log_lrs],
                             [torch.ones_like(v) for v in trained.values()])
@@ -191,7 +230,8 @@ class Distillation:
     def evaluate(self) -> EvalResult:
         if self.test is None:
             raise RuntimeError("this run has no test split to evaluate on")
-        return evaluate_synthetic(self.model, self.current(), self.test_nets(), self.test)
+        mine = evaluate_synthetic(self.model, self.current(), self.test_nets(), self.test)
+        return EvalResult(tuple(self.world.gather(list(mine.accuracies))))
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, callbacks: list[Callback] = ()) -> SyntheticSet:
@@ -253,7 +293,8 @@ class Distillation:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
-            "fixed_nets": None if self.fixed_nets is None else {k: v.cpu() for k, v in self.fixed_nets.items()},
+            "fixed_seeds": self.fixed_seeds,  # the fixed networks, rebuilt from these on resume
+            "world_size": self.world.size,
             "zoo_order": self.zoo_order.clone(),
             "unroll_backend": self.unroll_backend,
             "epoch": self.epoch,
@@ -269,9 +310,25 @@ class Distillation:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
-        if state["fixed_nets"] is not None:
+        saved_size = state.get("world_size", 1)
+        if saved_size != self.world.size:
+            raise ArtifactError(f"checkpoint was made by {saved_size} process(es), this run has "
+                                f"{self.world.size}; resume with the same number")
+        if state.get("fixed_seeds") is not None:
+            self.fixed_seeds = state["fixed_seeds"]
+            self.fixed_nets = self._nets_from(self.fixed_seeds)
+        elif state.get("fixed_nets") is not None:  # checkpoints before fixed_seeds
             self.fixed_nets = {k: v.to(self.device) for k, v in state["fixed_nets"].items()}
         self.zoo_order = state.get("zoo_order", torch.empty(0, dtype=torch.long))
         self.unroll_backend = state.get("unroll_backend")  # a resumed run keeps its numerics
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.history = History(**state["history"])
+        self.check_replicas()
+
+
+def check_divides(config: RunConfig, world: World) -> None:
+    """The networks of every outer step are split equally over the processes."""
+    nets = config.nets
+    world.check_divides("--n_nets", nets.n_nets)
+    if nets.train_nets_type == "loaded" and nets.sample_n_nets is not None:
+        world.check_divides("--sample_n_nets", nets.sample_n_nets)

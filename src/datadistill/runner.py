@@ -19,11 +19,13 @@ from .config import RunConfig
 from .adapt import adaptation_report
 from .attack import attack_report
 from .data import Dataset, canonical_name, load_dataset
-from .distill import Callback, Distillation
+from .distill import Callback, Distillation, check_divides
 from .errors import ArtifactError, ConfigError
 from .evaluate import EvalResult, accuracy, eval_seeds, evaluate_synthetic, fresh_nets
 from .models import Params, arch_class, build_model
+from .pretrained import weights_file
 from .synthetic import SyntheticSet
+from .world import World
 from .zoo import Zoo, net_seeds, train_networks, zoo_dir_for
 
 
@@ -49,6 +51,8 @@ def normalise_config(config: RunConfig) -> RunConfig:
     dataset = canonical_name(config.data.dataset)
     source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
     resolve_device(config.device)
+    if config.model.init == "imagenet_pretrained":
+        weights_file(config.model.pretrained_weights)  # before minutes of image loading
     return dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch),
                                data=dataclasses.replace(config.data, dataset=dataset, source_dataset=source))
 
@@ -73,7 +77,8 @@ class Checkpointer(Callback):
 
 # config fields a resumed run may change; anything else must match the checkpoint
 _RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",),
-                      ("data", "root"), ("data", "download"), ("test",)}  # test: the test phase's own
+                      ("data", "root"), ("data", "download"), ("test",),
+                      ("conv_backend",)}  # a resumed run keeps its checkpoint's backend  # test: the test phase's own
 
 
 def _check_resumable(saved: dict, current: dict, prefix=()) -> None:
@@ -138,11 +143,18 @@ def dataset_for(config: RunConfig, shape: tuple | None, dataset: Dataset | None 
     return dataset
 
 
-def build_run(config: RunConfig, dataset: Dataset, loaded: tuple = (None, None)) -> Distillation:
-    model = build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+def model_for(config: RunConfig, dataset: Dataset):
+    """The configured arch, shaped for ``dataset``'s images and classes."""
+    return build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes,
+                       pretrained_weights=config.model.pretrained_weights)
+
+
+def build_run(config: RunConfig, dataset: Dataset, loaded: tuple = (None, None),
+              world: World = World()) -> Distillation:
+    model = model_for(config, dataset)
     return Distillation(config, model, dataset.train, dataset.test, dataset.num_classes,
                         dataset.mean, dataset.std, device=resolve_device(config.device),
-                        loaded_train=loaded[0], loaded_test=loaded[1])
+                        loaded_train=loaded[0], loaded_test=loaded[1], world=world)
 
 
 # -- the model zoo (--mode train) -----------------------------------------------------------------
@@ -158,33 +170,37 @@ def _zoo_training(config: RunConfig) -> dict:
 
 
 def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = None,
-              dataset: Dataset | None = None) -> tuple[Zoo, Path]:
+              dataset: Dataset | None = None, world: World = World()) -> tuple[Zoo, Path]:
     """Train ``config.nets.n_nets`` networks (``--mode train``) into the zoo of
     (dataset, arch, init, phase); returns the zoo and its file.
 
     Networks are trained ``ZOO_CHUNK`` at a time and each chunk is stored as a part, so a killed
     run resumes from the last finished part; an existing zoo of the same settings is extended,
-    never retrained. ``progress(done, total)`` is called after every chunk.
+    never retrained. ``progress(done, total)`` is called after every chunk this process trains.
+    In a group of processes, chunk i is trained by rank i mod size, so no two write one file;
+    rank 0 joins the parts into the zoo once all are done (the zoo folder must be one that all
+    processes see).
     """
     config = normalise_config(config)
     path = zoo_file(config, config.phase)
     folder, n, wanted = path.parent, config.nets.n_nets, _zoo_training(config)
-    parts: list[Zoo] = []
-    if path.exists():
-        parts.append(_matching(artifacts.load_zoo(path), wanted, path))
-        if len(parts[0]) >= n:
-            return parts[0], path
-    dataset = dataset if dataset is not None else load_for(config)
+    existing = world.agree(lambda: _matching(artifacts.load_zoo(path), wanted, path) if path.exists() else None)
+    if existing is not None and len(existing) >= n:
+        return existing, path
+    dataset = world.agree(lambda: dataset if dataset is not None else load_for(config))
     device = resolve_device(config.device)
-    model = build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+    model = model_for(config, dataset)
     m = config.model
-    done = len(parts[0]) if parts else 0
-    for start in range(done, n, ZOO_CHUNK):
+    done = len(existing) if existing is not None else 0
+    starts = list(range(done, n, ZOO_CHUNK))
+    # parts left by an interrupted run are checked by every process up front: a collective inside
+    # the loop below would pair up differently on processes with different numbers of chunks
+    world.agree(lambda: [_matching(artifacts.load_zoo(p), wanted, p)
+                         for p in (_part_path(folder, s, n) for s in starts) if p.exists()])
+    for start in starts[world.rank::world.size]:
         stop = min(start + ZOO_CHUNK, n)
-        part_path = folder / f"part-{start:06d}-{stop:06d}.pt"
-        if part_path.exists():
-            part = _matching(artifacts.load_zoo(part_path), wanted, part_path)
-        else:
+        part_path = _part_path(folder, start, n)
+        if not part_path.exists():
             seeds = net_seeds(config.phase, start, stop)
             init = fresh_nets(model, m.init, m.init_param, seeds, device)
             generator = torch.Generator().manual_seed(seeds[0])  # batch order of this chunk
@@ -194,14 +210,21 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
                        (dataset.in_channels, dataset.image_size, dataset.image_size),
                        dataset.num_classes, wanted)
             artifacts.save_zoo(part_path, part)
-        parts.append(part)
         if progress is not None:
             progress(stop, n)
-    zoo = Zoo.concat(parts)
-    artifacts.save_zoo(path, zoo)
-    for stale in folder.glob("part-*.pt"):
-        stale.unlink()
-    return zoo, path
+    world.barrier()  # every part is on disk
+    if world.is_main:
+        parts = [existing] if existing is not None else []
+        parts += [artifacts.load_zoo(_part_path(folder, s, n)) for s in starts]
+        artifacts.save_zoo(path, Zoo.concat(parts))
+        for stale in folder.glob("part-*.pt"):
+            stale.unlink()
+    world.barrier()  # the zoo is on disk
+    return artifacts.load_zoo(path), path
+
+
+def _part_path(folder: Path, start: int, n: int) -> Path:
+    return folder / f"part-{start:06d}-{min(start + ZOO_CHUNK, n):06d}.pt"
 
 
 def _matching(zoo: Zoo, wanted: dict, path: Path) -> Zoo:
@@ -212,29 +235,48 @@ def _matching(zoo: Zoo, wanted: dict, path: Path) -> Zoo:
     return zoo
 
 
-def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = False,
-            dataset: Dataset | None = None) -> RunResult:
-    """Distil ``config.data.dataset`` and write distilled.pt, metrics.json, plots and a
-    checkpoint under ``config.results_dir``. ``resume`` continues from that checkpoint."""
-    start = time.perf_counter()
-    config = normalise_config(config)
-    results = Path(config.results_dir)
-    ckpt_path = results / artifacts.CHECKPOINT
-    state = None
-    if resume:  # read before any work, so a bad checkpoint fails fast and writes nothing
-        state = artifacts.load_checkpoint(ckpt_path)
-        _check_resumable(state["config"], config.to_dict())
-    loaded = loaded_nets(config)
-    dataset = dataset_for(config, loaded[2], dataset)
+def _read_checkpoint(path: Path, config: RunConfig) -> dict:
+    state = artifacts.load_checkpoint(path)
+    _check_resumable(state["config"], config.to_dict())
+    return state
+
+
+def _check_classes(config: RunConfig, dataset: Dataset) -> None:
     for flag in ("attack_class", "target_class"):
         value = getattr(config, flag)
         if config.mode == "distill_attack" and value >= dataset.num_classes:
             raise ConfigError(f"--{flag} {value} is not a class of {dataset.name}; "
                               f"accepted: 0..{dataset.num_classes - 1}")
-    run = build_run(config, dataset, loaded[:2])
+
+
+def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = False,
+            dataset: Dataset | None = None, world: World = World()) -> RunResult:
+    """Distil ``config.data.dataset`` and write distilled.pt, metrics.json, plots and a
+    checkpoint under ``config.results_dir``. ``resume`` continues from that checkpoint.
+
+    In a group of processes (``world``) every process calls this; each trains its share of the
+    networks, and rank 0 alone reads the checkpoint (and hands it to the others) and writes files.
+    Inputs are checked on every process before any work, and a failure on one fails all.
+    """
+    start = time.perf_counter()
+    config = normalise_config(config)
+    world.agree(lambda: check_divides(config, world))
+    results = Path(config.results_dir)
+    ckpt_path = results / artifacts.CHECKPOINT
+    state = None
+    if resume:  # read before any work, so a bad checkpoint fails fast and writes nothing
+        state = world.broadcast(world.agree(lambda: _read_checkpoint(ckpt_path, config) if world.is_main else None))
+    loaded = world.agree(lambda: loaded_nets(config))
+    dataset = world.agree(lambda: dataset_for(config, loaded[2], dataset))
+    world.agree(lambda: _check_classes(config, dataset))
+    run = build_run(config, dataset, loaded[:2], world)
     if state is not None:
-        run.load_state_dict(state)
-    synthetic = run.run([Checkpointer(ckpt_path), *callbacks])
+        world.agree(lambda: run.load_state_dict(state))
+    writers = [Checkpointer(ckpt_path)] if world.is_main else []
+    synthetic = run.run([*writers, *callbacks])
+    if not world.is_main:
+        world.barrier()  # rank 0 writes the results; wait, so a failure there fails every process
+        return RunResult(synthetic, None, {}, results)
     synthetic.meta.update({"dataset": config.data.dataset, "arch": config.model.arch,
                            "config": config.to_dict()})
     final = EvalResult(tuple(run.final_result["accuracies"])) if run.final_result else None
@@ -253,6 +295,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         "wall_seconds": time.perf_counter() - start,
         "iterations": run.iteration,
         "unroll_backend": run.unroll_backend,  # CPU conv backend the unrolled steps ran on
+        "processes": world.size,
         "config": config.to_dict(),
     }
     if report is not None:
@@ -266,13 +309,15 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     if run.history.evaluations:
         artifacts.plot_accuracy(results / "accuracy.png", run.history.evaluations)
     artifacts.write_json(results / artifacts.METRICS, metrics)
+    world.barrier()
     return RunResult(synthetic, final, metrics, results)
 
 
 def evaluate(synthetic: SyntheticSet, dataset: Dataset, arch: str | None = None,
-             n_nets: int = 10, init: str = "xavier", init_param: float = 1.0, seed: int = 0
-             ) -> EvalResult:
-    """Train ``n_nets`` fresh networks of ``arch`` on ``synthetic`` and score them on the test split."""
+             n_nets: int = 10, init: str = "xavier", init_param: float = 1.0, seed: int = 0,
+             pretrained_weights: str | None = None) -> EvalResult:
+    """Train ``n_nets`` fresh networks of ``arch`` on ``synthetic`` and score them on the test split
+    (``pretrained_weights``: the file of ``init="imagenet_pretrained"``, else torch's cache)."""
     arch = arch or synthetic.meta.get("arch") or "LeNet"
     if n_nets < 1:
         raise ConfigError(f"n_nets must be positive, got {n_nets}")
@@ -281,7 +326,8 @@ def evaluate(synthetic: SyntheticSet, dataset: Dataset, arch: str | None = None,
         raise ConfigError(f"distilled images are {tuple(synthetic.images.shape[2:])}, "
                           f"{dataset.name} images are {expected}")
     device = dataset.train.x.device
-    model = build_model(arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+    model = build_model(arch, dataset.in_channels, dataset.image_size, dataset.num_classes,
+                        pretrained_weights=pretrained_weights)
     nets = fresh_nets(model, init, init_param, eval_seeds(seed, n_nets), device)
     return evaluate_synthetic(model, synthetic.to(device), nets, dataset.test)
 
@@ -347,7 +393,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         steps, per_class = config.synthetic.steps, config.synthetic.images_per_class_per_step
         epochs = test.distill_epochs or config.synthetic.epochs
     device = resolve_device(config.device)
-    model = build_model(m.arch, dataset.in_channels, dataset.image_size, dataset.num_classes)
+    model = model_for(config, dataset)
 
     n_test = nets_cfg.test_n_nets
     zoo_nets = test_zoo if test_zoo is not None else train_zoo if same_as_train else None
