@@ -104,6 +104,15 @@ def test_a_zoo_trained_by_two_processes_is_one_zoo(tmp_path):
     assert len(z2) == 30 and not list((tmp_path / "two").glob("*/part-*"))
     for name in z1.params:  # chunk i trained by rank i mod 2, from the same seeds
         torch.testing.assert_close(z1.params[name], z2.params[name])
+    # and two processes distil against it, each drawing from its own half
+    attack = _torchrun(*RUN, "--mode", "distill_attack", "--attack_class", "0", "--target_class", "1",
+                       "--train_nets_type", "loaded", "--n_nets", "30", "--sample_n_nets", "4",
+                       "--test_nets_type", "same_as_train", "--zoo_dir", str(tmp_path / "two"),
+                       "--epochs", "1", "--results_dir", str(tmp_path / "attack"))
+    assert attack.returncode == 0, attack.stderr
+    metrics = json.loads((tmp_path / "attack" / "metrics.json").read_text())
+    assert metrics["final_accuracy"]["n"] == 30  # each scored its 15, gathered
+    assert len(metrics["attack"]["before"]["attack_success_per_net"]) == 30  # rank 0 reports on all
 
 
 # -- bad launches ------------------------------------------------------------------------------------

@@ -110,7 +110,9 @@ class Distillation:
             raise ValueError("loaded_train is needed exactly when train_nets_type is 'loaded'")
         if nets.test_nets_type == "loaded" and loaded_test is None:
             raise ValueError("loaded_test is needed when test_nets_type is 'loaded'")
-        # each process keeps a contiguous block of the train zoo, and its part of the test zoo
+        # each process keeps a contiguous block of the train zoo, and its part of the test zoo,
+        # on the device; the whole zoos stay where they were read, for rank 0's reports
+        self._zoos = (loaded_train, loaded_test)
         own, scored = world.block(nets.n_nets), world.part(nets.test_n_nets)
         self.loaded_train = None if loaded_train is None else {
             k: v[own].to(self.device) for k, v in loaded_train.items()}
@@ -156,17 +158,27 @@ class Distillation:
             return self._sample_loaded(self.config.nets.nets_per_iteration)
         return self._nets_from(self._draw_seeds(self.config.nets.n_nets))
 
-    def test_nets(self) -> Params:
-        """The networks this process scores on: the whole set in a single process, else its part."""
-        nets = self.config.nets
+    def test_nets(self, all_processes: bool = False) -> Params:
+        """The networks that score the set: this process's part of them (evaluation, gathered
+        afterwards), or with ``all_processes`` every one of them (the reports rank 0 computes)."""
+        nets, m, world = self.config.nets, self.config.model, self.world
+        if all_processes and world.distributed:
+            on_device = lambda params: {k: v.to(self.device) for k, v in params.items()}  # noqa: E731
+            if nets.test_nets_type == "loaded":
+                return on_device(self._zoos[1])
+            if nets.test_nets_type == "same_as_train" and self.fixed_seeds is not None:
+                return fresh_nets(self.model, m.init, m.init_param, self.fixed_seeds, self.device)
+            if nets.test_nets_type == "same_as_train" and self.loaded_train is not None:
+                return on_device(self._zoos[0])
+            part = range(nets.test_n_nets)
+        else:
+            part = world.part(nets.test_n_nets)
         if nets.test_nets_type == "loaded":
             return self.loaded_test
         if nets.test_nets_type == "same_as_train" and self.fixed_nets is not None:
             return self.fixed_nets
         if nets.test_nets_type == "same_as_train" and self.loaded_train is not None:
             return self.loaded_train
-        m = self.config.model
-        part = self.world.part(nets.test_n_nets)
         return fresh_nets(self.model, m.init, m.init_param,
                           eval_seeds(self.config.seed, nets.test_n_nets)[part.start:part.stop], self.device)
 

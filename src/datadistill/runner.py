@@ -282,10 +282,10 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     final = EvalResult(tuple(run.final_result["accuracies"])) if run.final_result else None
     report = attack = None
     if config.mode == "distill_adapt":
-        report = adaptation_report(run.model, run.current(), run.loaded_train, run.test_nets(), dataset,
+        report = adaptation_report(run.model, run.current(), run.loaded_train, run.test_nets(True), dataset,
                                    torch.Generator().manual_seed(config.seed))
     if config.mode == "distill_attack":
-        attack = attack_report(run.model, run.current(), run.train_nets(), run.test_nets(), dataset.train,
+        attack = attack_report(run.model, run.current(), run.train_nets(), run.test_nets(True), dataset.train,
                                dataset.test, config.attack_class, config.target_class,
                                torch.Generator().manual_seed(config.seed))
     metrics = {
