@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from .backends import BACKENDS, fastest_backend, pinned_backend
 from .config import RunConfig
-from .errors import ArtifactError
 from .data import Split, batches_per_epoch, class_balanced_sample, shuffled_batches
+from .errors import ArtifactError
 from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
 from .inner import batched_unroll, summed_loss_grad
 from .models import Params
