@@ -8,11 +8,11 @@ import sys
 import torch
 
 from . import __version__
-from .config import (CONV_BACKENDS, IMAGE_INITS, INITS, MODES, TEST_IMAGES, TEST_LRS, TEST_NETS_TYPES, TRAIN_NETS_TYPES,
-                     DataConfig, ModelConfig, NetsConfig, OuterConfig, RunConfig, SyntheticConfig,
+from .config import (CONV_BACKENDS, IMAGE_INITS, INITS, MODES, TEST_IMAGES, TEST_LRS, TEST_NETS_TYPES,
+                     TRAIN_NETS_TYPES, DataConfig, ModelConfig, NetsConfig, OuterConfig, RunConfig, SyntheticConfig,
                      TestPhaseConfig)
 from .errors import ConfigError, DatadistillError
-from .world import DEFAULT_TIMEOUT, DistributedError, World, launched_size
+from .world import DEFAULT_TIMEOUT, DistributedError, World, launched_size, start, stop
 
 EXIT_USAGE = 2
 _DEFAULTS = RunConfig()
@@ -108,16 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device_id", type=int, default=None,
                    help="the original's device flag: N for cuda:N, negative for CPU")
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    g.add_argument("--conv_backend", default=d.conv_backend,
+                   help=f"CPU convolutions of the unrolled steps: {', '.join(CONV_BACKENDS)} (auto times "
+                        f"both on the first step; fix one for bit-for-bit repeatable runs)")
     g = p.add_argument_group("many processes (torchrun, or the original's launch)")
     g.add_argument("--world_size", type=int, default=None,
                    help="processes in the run, with RANK and MASTER_ADDR/MASTER_PORT or INIT_FILE in "
                         "the environment (default: WORLD_SIZE as torchrun sets it, else 1)")
     g.add_argument("--dist_timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds to wait for the other processes before failing")
-    g.add_argument("--no_progress", action="store_true", help="no progress bar")
-    g.add_argument("--conv_backend", default=d.conv_backend,
-                   help=f"CPU convolutions of the unrolled steps: {', '.join(CONV_BACKENDS)} (auto times "
-                        f"both on the first step; fix one for bit-for-bit repeatable runs)")
     return p
 
 
@@ -195,12 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluate_cli import main as evaluate_main
         return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from . import world as processes
-
     world = World()
     try:
         config = config_from_args(args)
-        world, device = processes.start(args.world_size, config.device, args.dist_timeout)
+        world, device = start(args.world_size, config.device, args.dist_timeout)
         config = dataclasses.replace(config, device=device)
         quiet = args.no_progress or not world.is_main
         if config.mode == "train":
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
         return 130
     finally:
-        processes.stop(world)
+        stop(world)
     if not world.is_main:
         return 0
     if "adaptation" in result.metrics:
