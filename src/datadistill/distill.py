@@ -161,24 +161,17 @@ class Distillation:
     def test_nets(self, all_processes: bool = False) -> Params:
         """The networks that score the set: this process's part of them (evaluation, gathered
         afterwards), or with ``all_processes`` every one of them (the reports rank 0 computes)."""
-        nets, m, world = self.config.nets, self.config.model, self.world
-        if all_processes and world.distributed:
-            on_device = lambda params: {k: v.to(self.device) for k, v in params.items()}  # noqa: E731
-            if nets.test_nets_type == "loaded":
-                return on_device(self._zoos[1])
-            if nets.test_nets_type == "same_as_train" and self.fixed_seeds is not None:
-                return fresh_nets(self.model, m.init, m.init_param, self.fixed_seeds, self.device)
-            if nets.test_nets_type == "same_as_train" and self.loaded_train is not None:
-                return on_device(self._zoos[0])
-            part = range(nets.test_n_nets)
-        else:
-            part = world.part(nets.test_n_nets)
+        nets, m = self.config.nets, self.config.model
+        everyone = all_processes and self.world.distributed
+        on_device = lambda params: {k: v.to(self.device) for k, v in params.items()}  # noqa: E731
         if nets.test_nets_type == "loaded":
-            return self.loaded_test
+            return on_device(self._zoos[1]) if everyone else self.loaded_test
         if nets.test_nets_type == "same_as_train" and self.fixed_nets is not None:
-            return self.fixed_nets
+            return fresh_nets(self.model, m.init, m.init_param, self.fixed_seeds, self.device) \
+                if everyone else self.fixed_nets
         if nets.test_nets_type == "same_as_train" and self.loaded_train is not None:
-            return self.loaded_train
+            return on_device(self._zoos[0]) if everyone else self.loaded_train
+        part = range(nets.test_n_nets) if everyone else self.world.part(nets.test_n_nets)
         return fresh_nets(self.model, m.init, m.init_param,
                           eval_seeds(self.config.seed, nets.test_n_nets)[part.start:part.stop], self.device)
 

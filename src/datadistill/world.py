@@ -117,7 +117,7 @@ class World:
         for i, failure in enumerate(errors):
             if failure is not None:
                 kind, message = failure
-                raise kind(message if i == self.rank or self.size == 1 else f"on rank {i}: {message}")
+                raise kind(message if i == self.rank else f"on rank {i}: {message}")
         return value
 
     def check_identical(self, tensors: list[torch.Tensor], what: str) -> None:
