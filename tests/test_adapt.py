@@ -41,12 +41,14 @@ def test_distilled_steps_adapt_source_networks_to_the_target():
                        loaded_train=train_zoo, loaded_test=test_zoo)
     run.run()
     rows = adaptation_report(model, run.current(), train_zoo, test_zoo, target, torch.Generator().manual_seed(0),
-                             finetune_epochs=20, finetune_lr=1e-2, finetune_batch=30)
+                             finetune_steps=40, finetune_lr=1e-2, finetune_batch=30)
     before = rows["no adaptation"]["mean"]
     after = rows["distilled (learned step sizes)"]["mean"]
     assert after > before + 0.2, format_table(rows)
     assert rows["random real (best fixed step size)"]["lr"] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     assert all(r["n"] == 6 for r in rows.values())
+    # 40 steps at 6 batches an epoch: 7 whole epochs, and the bound does adapt
+    assert rows["full fine-tune (7 epochs, bound)"]["mean"] > before + 0.2, format_table(rows)
 
 
 def test_best_fixed_lr_picks_the_grid_point_that_trains_best():

@@ -40,6 +40,12 @@ def test_class_balanced_sample(blobs):
     x, y = data.class_balanced_sample(blobs.train, 4, 3, torch.Generator().manual_seed(0))
     assert y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert len({tuple(r.flatten().tolist()) for r in x}) == 12
+    class_of = {tuple(r.flatten().tolist()): int(c) for r, c in zip(blobs.train.x, blobs.train.y)}
+    assert [class_of[tuple(r.flatten().tolist())] for r in x] == y.tolist()
+    # the attack's start: the slots labelled 1 hold images of class 0
+    x, y = data.class_balanced_sample(blobs.train, 4, 3, torch.Generator().manual_seed(0), source={1: 0})
+    assert y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert [class_of[tuple(r.flatten().tolist())] for r in x] == [0] * 8 + [2] * 4
 
 
 @pytest.mark.mnist

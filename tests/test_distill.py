@@ -96,6 +96,36 @@ def test_two_phase_chunked_step_equals_one_backward(blobs, n_nets):
     pool.close()
 
 
+def test_weighted_chunked_gradient_equals_the_weighted_mean_backward(blobs):
+    """With per-image weights (the attack's --attack_weight) the two-phase step is still the
+    gradient of sum_i a_i CE_i / sum_i a_i, averaged over the networks, written out directly."""
+    import torch.nn.functional as F
+    from torch.func import functional_call
+    from datadistill.distill import real_batch_gradient
+    from datadistill.inner import batched_unroll
+    from datadistill.objectives import loss_weights
+    from datadistill.parallel import ChunkPool
+
+    run = _run(blobs, nets=NetsConfig("unknown_init", 2, "unknown_init", 1))
+    nets, s = run.train_nets(), run.synthetic
+    x, y = blobs.train.x[:100], blobs.train.y[:100]
+    weights = loss_weights(y, 0, 4.0)
+    assert sorted(set(weights.tolist())) == [1.0, 4.0] and (weights == 4.0).sum() == (y == 0).sum()
+    trained = batched_unroll(run.model, nets, s.images, s.labels, run.log_lrs.exp())
+    direct = sum((weights * F.cross_entropy(functional_call(run.model, {k: v[i] for k, v in trained.items()}, (x,)),
+                                            y, reduction="none")).sum() / weights.sum() for i in range(2)) / 2
+    want = torch.autograd.grad(direct, (s.images, run.log_lrs), retain_graph=True)
+    pool = ChunkPool(run.model, workers=2, max_chunk=16, min_chunk=8)
+    loss, grads = real_batch_gradient(pool, trained, x, y, weights=weights)
+    got = torch.autograd.grad(list(trained.values()), (s.images, run.log_lrs), [grads[k] for k in trained])
+    torch.testing.assert_close(loss, direct.detach(), rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    unweighted = real_batch_gradient(pool, trained, x, y)[0]
+    assert abs(float(unweighted - loss)) > 1e-3  # the weights change the objective
+    pool.close()
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
 def test_outer_lr_follows_the_schedule_per_iteration(blobs, schedule):
     cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=1),

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distill_attack: the class whose images the attacked networks should misclassify")
     g.add_argument("--target_class", type=int, default=None,
                    help="distill_attack: the class they should take those images for")
+    g.add_argument("--attack_weight", type=float, default=d.attack_weight,
+                   help="distill_attack: weight of attack_class images in the outer loss against 1 "
+                        "for the other classes' (1: the paper's objective)")
     g.add_argument("--phase", default=d.phase,
                    help="--mode train: fill the train or the test zoo; distill modes: test scores a "
                         "distilled set or baselines instead of distilling (see the test phase flags)")
@@ -185,7 +188,7 @@ def config_from_args(args) -> RunConfig:
         test=_test(args),
         eval_every=args.eval_every, results_dir=args.results_dir, seed=args.seed, device=_device(args),
         phase=args.phase, zoo_dir=args.zoo_dir, attack_class=args.attack_class,
-        target_class=args.target_class, conv_backend=args.conv_backend,
+        target_class=args.target_class, attack_weight=args.attack_weight, conv_backend=args.conv_backend,
     )
 
 

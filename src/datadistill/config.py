@@ -233,6 +233,7 @@ class RunConfig:
     phase: str = "train"  # --mode train: which zoo to fill; distill modes: "test" scores, never distils
     attack_class: int | None = None  # distill_attack: images of this class ...
     target_class: int | None = None  # ... should be taken for this one
+    attack_weight: float = 1.0  # distill_attack: weight of attack_class images in the outer loss
     zoo_dir: str | None = None  # None: <results_dir>/zoo
     conv_backend: str = "auto"  # auto: time both on the first step; fixed: the same numerics every run
 
@@ -250,6 +251,7 @@ class RunConfig:
                                   f"an attack needs two different classes")
             if min(self.attack_class, self.target_class) < 0:
                 raise ConfigError("--attack_class and --target_class must be class indices >= 0")
+        _positive("--attack_weight", self.attack_weight)
         if self.mode == "distill_adapt":
             if self.data.source_dataset is None:
                 raise ConfigError("--mode distill_adapt needs --source_dataset, the domain the "

@@ -348,13 +348,17 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 
 def class_balanced_sample(split: Split, per_class: int, num_classes: int,
-                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_class`` distinct random images of each class, ordered class by class."""
+                          generator: torch.Generator, source: dict[int, int] | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` distinct random images of each class, ordered class by class; the slots of a
+    class c in ``source`` hold images of class ``source[c]`` instead (labels stay c)."""
     picks = []
     for c in range(num_classes):
-        idx = (split.y == c).nonzero().squeeze(1).cpu()
+        drawn = (source or {}).get(c, c)
+        idx = (split.y == drawn).nonzero().squeeze(1).cpu()
         if len(idx) < per_class:
-            raise ConfigError(f"class {c} has {len(idx)} training images, {per_class} asked for")
+            raise ConfigError(f"class {drawn} has {len(idx)} training images, {per_class} asked for")
         picks.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
     idx = torch.cat(picks).to(split.x.device)
-    return split.x[idx], split.y[idx]
+    labels = torch.arange(num_classes, device=split.y.device).repeat_interleave(per_class)
+    return split.x[idx], labels

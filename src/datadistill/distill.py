@@ -21,7 +21,7 @@ from .errors import ArtifactError
 from .evaluate import EvalResult, eval_seeds, evaluate_synthetic, fresh_nets
 from .inner import batched_unroll, summed_loss_grad
 from .models import Params
-from .objectives import wanted_labels
+from .objectives import loss_weights, wanted_labels
 from .parallel import ChunkPool
 from .synthetic import SyntheticSet, initial_set
 from .world import World
@@ -30,13 +30,21 @@ CHECK_EVERY = 100  # iterations between checks that all processes hold the same 
 
 
 def real_batch_gradient(pool: ChunkPool, trained: Params, real_x: torch.Tensor, real_y: torch.Tensor,
-                        n_nets: int | None = None) -> tuple[torch.Tensor, Params]:
+                        n_nets: int | None = None, weights: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, Params]:
     """Real-batch loss of the ``trained`` networks, and its gradient w.r.t. their weights,
     computed chunk by chunk on all cores, as their share of the mean over ``n_nets`` networks
-    (default: these alone; more when other processes hold the rest). Nothing here keeps a graph."""
+    (default: these alone; more when other processes hold the rest). With per-image ``weights``
+    the mean is a weighted one (``objectives``). Nothing here keeps a graph."""
     detached = {k: v.detach() for k, v in trained.items()}
-    parts = pool.map(lambda model, x, y: summed_loss_grad(model, detached, x, y), real_x, real_y)
-    scale = 1.0 / (real_x.shape[0] * (n_nets or next(iter(detached.values())).shape[0]))
+    if weights is None:
+        parts = pool.map(lambda model, x, y: summed_loss_grad(model, detached, x, y), real_x, real_y)
+        total = real_x.shape[0]
+    else:
+        parts = pool.map(lambda model, x, y, w: summed_loss_grad(model, detached, x, y, w),
+                         real_x, real_y, weights)
+        total = weights.sum()
+    scale = 1.0 / (total * (n_nets or next(iter(detached.values())).shape[0]))
     grads = {k: sum(g[k] for g, _ in parts) * scale for k in detached}
     return sum(v for _, v in parts) * scale, grads
 
@@ -85,8 +93,13 @@ class Distillation:
                                      syn.epochs, syn.images_per_class_per_step, syn.init_lr,
                                      mean, std, self.generator)
         if syn.image_init == "real":
+            # an attack starts from its baseline: the images labelled target_class are real
+            # images of attack_class, the rest real images of their own class
+            attack_class, target_class = config.relabel
+            source = None if attack_class is None else {target_class: attack_class}
             self.synthetic.images = torch.stack([
-                class_balanced_sample(train, syn.images_per_class_per_step, num_classes, self.generator)[0].cpu()
+                class_balanced_sample(train, syn.images_per_class_per_step, num_classes, self.generator,
+                                      source)[0].cpu()
                 for _ in range(syn.steps)])
         self.synthetic.images = self.synthetic.images.to(self.device).requires_grad_()
         self.synthetic.labels = self.synthetic.labels.to(self.device)
@@ -196,8 +209,11 @@ class Distillation:
             with self._unroll_backend():
                 trained = batched_unroll(self.model, self.train_nets(), s.images, s.labels,
                                          self.log_lrs.exp())  # (n_nets, ...) each, with the graph
-            wanted = wanted_labels(real_y, *self.config.relabel)
-            loss, grads = real_batch_gradient(self.pool, trained, real_x, wanted, self.config.nets.nets_per_iteration)
+            attack_class, target_class = self.config.relabel
+            wanted = wanted_labels(real_y, attack_class, target_class)
+            weights = loss_weights(real_y, attack_class, self.config.attack_weight)
+            loss, grads = real_batch_gradient(self.pool, trained, real_x, wanted,
+                                              self.config.nets.nets_per_iteration, weights)
             with self._unroll_backend():
                 torch.autograd.backward(list(trained.values()), [grads[k] for k in trained])
         # every process pushed back its networks' share of the mean; their sum is the step of all

@@ -67,24 +67,29 @@ def batched_unroll(model: nn.Module, stacked: Params, images: torch.Tensor, labe
     return vmap(partial(unroll, model), in_dims=(0, None, None, None))(stacked, images, labels, lrs)
 
 
-def summed_loss(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over the n_nets stacked networks and the B images x, a scalar."""
+def summed_loss(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy summed over the n_nets stacked networks and the B images x, a scalar; each
+    image's term times ``weights`` (B,) when given."""
     n_nets = next(iter(stacked.values())).shape[0]
     if n_nets == 1:
         logits = functional_call(model, {k: v[0] for k, v in stacked.items()}, (x,)).unsqueeze(0)
     else:
         logits = vmap(lambda p: functional_call(model, p, (x,)))(stacked)  # (n_nets, B, classes)
-    return F.cross_entropy(logits.flatten(0, 1), y.repeat(n_nets), reduction="sum")
+    if weights is None:
+        return F.cross_entropy(logits.flatten(0, 1), y.repeat(n_nets), reduction="sum")
+    per_image = F.cross_entropy(logits.flatten(0, 1), y.repeat(n_nets), reduction="none")
+    return (per_image * weights.to(per_image.dtype).repeat(n_nets)).sum()
 
 
-def summed_loss_grad(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor
-                     ) -> tuple[Params, torch.Tensor]:
+def summed_loss_grad(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Tensor,
+                     weights: torch.Tensor | None = None) -> tuple[Params, torch.Tensor]:
     """(gradient w.r.t. ``stacked``, value) of ``summed_loss``: first order, no graph kept.
 
     Summed rather than averaged so that chunks of one batch add up exactly to the whole.
     """
     with torch.enable_grad():
-        g, value = grad_and_value(partial(summed_loss, model))(stacked, x, y)
+        g, value = grad_and_value(partial(summed_loss, model))(stacked, x, y, weights)
     return g, value
 
 
