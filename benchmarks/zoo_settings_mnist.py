@@ -9,7 +9,8 @@ Trains a zoo of 50 train-phase and 20 test-phase LeNets on MNIST (--mode train),
   and other-class accuracy before / after / baseline.
 Every figure is on the test zoo; wall times are printed.
 
-    python benchmarks/zoo_settings_mnist.py [--zoo_epochs 2] [--adapt_epochs 100] [--attack_epochs 2]
+    python benchmarks/zoo_settings_mnist.py [--zoo_epochs 2] [--train_zoo 50] [--adapt_epochs 100]
+        [--attack_epochs 2] [--attack_weight 1] [--keep DIR] [--skip adapt,attack]
 """
 import argparse
 import json
@@ -32,6 +33,8 @@ def main():
     p.add_argument("--zoo_epochs", default="2")
     p.add_argument("--adapt_epochs", default="100")
     p.add_argument("--attack_epochs", default="2")
+    p.add_argument("--attack_weight", default="1")
+    p.add_argument("--train_zoo", default="50", help="networks in the train zoo (the test zoo has 20)")
     p.add_argument("--keep", default=None, help="results folder to keep (default: a temporary one)")
     p.add_argument("--skip", default="", help="comma list of adapt,attack to skip")
     args = p.parse_args()
@@ -42,10 +45,10 @@ def main():
         common = ["--arch", "LeNet", "--dataset_root", root, "--zoo_dir", zoo_dir, "--no_progress"]
         zoo = ["--mode", "train", "--dataset", "MNIST", "--epochs", args.zoo_epochs, "--lr", "1e-3",
                "--results_dir", str(base / "zoo_run")]
-        for phase, n in (("train", "50"), ("test", "20")):
+        for phase, n in (("train", args.train_zoo), ("test", "20")):
             seconds, proc = timed(datadistill(*zoo, "--n_nets", n, "--phase", phase, *common))
             print(proc.stdout.strip(), f"[{seconds:.0f} s wall]", flush=True)
-        loaded = ["--train_nets_type", "loaded", "--n_nets", "50", "--sample_n_nets", "4",
+        loaded = ["--train_nets_type", "loaded", "--n_nets", args.train_zoo, "--sample_n_nets", "4",
                   "--test_nets_type", "loaded", "--test_n_nets", "20"]
         if "adapt" not in args.skip:
             out = str(base / "adapt")
@@ -60,6 +63,7 @@ def main():
             report = run(datadistill("--mode", "distill_attack", "--dataset", "MNIST", *loaded,
                                      "--attack_class", "0", "--target_class", "1", "--distill_steps", "1",
                                      "--distill_epochs", "1", "--epochs", args.attack_epochs, "--lr", "0.02",
+                                     "--attack_weight", args.attack_weight,
                                      "--results_dir", out, *common), out)["attack"]
             drop = report["before"]["other_classes_accuracy"] - report["distilled"]["other_classes_accuracy"]
             print(f"attack success {100 * report['distilled']['attack_success']:.2f}% (baseline "

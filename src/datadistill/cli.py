@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distilled_images_per_class_per_step", type=int, default=d.synthetic.images_per_class_per_step)
     g.add_argument("--distill_lr", type=float, default=d.synthetic.init_lr, help="initial step size of every step")
     g.add_argument("--image_init", default=d.synthetic.image_init,
-                   help=f"start from Gaussian noise or random training images: {', '.join(IMAGE_INITS)}")
+                   help=f"start from Gaussian noise or random training images: {', '.join(IMAGE_INITS)} "
+                        "(default: real against loaded networks, else noise)")
     g = p.add_argument_group("networks")
     g.add_argument("--train_nets_type", default=d.nets.train_nets_type, help=" or ".join(TRAIN_NETS_TYPES))
     g.add_argument("--n_nets", type=int, default=d.nets.n_nets, help="networks per outer iteration")

@@ -78,10 +78,13 @@ class SyntheticConfig:
     epochs: int = 3
     images_per_class_per_step: int = 1
     init_lr: float = 0.02
-    image_init: str = "noise"  # "noise": N(0, 1) in normalised space; "real": random training images
+    # "noise": N(0, 1) in normalised space; "real": random training images; None: the measured
+    # default of the run's mode (RunConfig.default_image_init)
+    image_init: str | None = None
 
     def __post_init__(self):
-        _choice("--image_init", self.image_init, IMAGE_INITS)
+        if self.image_init is not None:
+            _choice("--image_init", self.image_init, IMAGE_INITS)
         _positive("--distill_steps", self.steps)
         _positive("--distill_epochs", self.epochs)
         _positive("--distilled_images_per_class_per_step", self.images_per_class_per_step)
@@ -243,6 +246,9 @@ class RunConfig:
         _choice("--conv_backend", self.conv_backend, CONV_BACKENDS)
         if self.outer.lr is None:
             object.__setattr__(self, "outer", dataclasses.replace(self.outer, lr=self.default_lr()))
+        if self.synthetic.image_init is None:
+            object.__setattr__(self, "synthetic", dataclasses.replace(self.synthetic,
+                                                                      image_init=self.default_image_init()))
         if self.mode == "distill_attack":
             if self.attack_class is None or self.target_class is None:
                 raise ConfigError("--mode distill_attack needs --attack_class and --target_class")
@@ -273,6 +279,18 @@ class RunConfig:
         if self.mode == "train":
             return 1e-3
         return 0.03 if self.nets.train_nets_type == "known_init" else 0.01
+
+    def default_image_init(self) -> str:
+        """How the synthetic images start when ``--image_init`` is not given, measured on MNIST.
+
+        Against a zoo of trained networks, real images: they are already what the networks read,
+        and the distillation refines them. MNIST -> digits adaptation, 50 + 20 LeNets: 91.54%
+        against 85.52% from noise (random real digits with the best fixed step: 82.98%); attack
+        0 -> 1: 34% success with 84% on the other classes against 23% and 77% from noise
+        (fewer steps). Fresh or fixed networks: noise (fixed init, 38 epochs: 91.2% from real
+        images, 92.2% from noise at 40).
+        """
+        return "real" if self.nets.train_nets_type == "loaded" else "noise"
 
     @property
     def relabel(self) -> tuple[int | None, int | None]:
