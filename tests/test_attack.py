@@ -99,6 +99,7 @@ def test_distilled_attack_moves_the_attacked_class_and_reports_a_baseline():
     (["--attack_class", "0", "--target_class", "12", "--train_nets_type", "unknown_init"],
      "--target_class 12 is not a class of digits; accepted: 0..9"),
     (["--attack_class", "0", "--target_class", "1", "--train_nets_type", "loaded"], "zoo.pt does not exist"),
+    (["--attack_class", "0", "--target_class", "1", "--attack_weight", "0"], "--attack_weight must be positive"),
 ])
 def test_attack_refusals(tmp_path, capsys, flags, message):
     code = main(["--mode", "distill_attack", "--dataset", "digits", "--results_dir", str(tmp_path / "r"),
