@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "distilled set or baselines instead of distilling (see the test phase flags)")
     g.add_argument("--zoo_dir", default=None, help="where zoos live (default <results_dir>/zoo)")
     g = p.add_argument_group("outer optimisation")
-    g.add_argument("--epochs", type=int, default=d.outer.epochs, help="passes over the training split")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training split (default: 6 with fresh networks every "
+                        "iteration, else 45)")
     g.add_argument("--lr_schedule", default=None,
                    help=f"cosine (to zero over the run) or step; default {d.outer.schedule}, or step "
                         f"when --decay_epochs or --decay_factor is given")
