@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -43,3 +45,30 @@ def test_unknown_arch_and_size_are_refused():
     with pytest.raises(ConfigError, match="32-pixel"):
         models.build_model("AlexCifarNet", 3, 28, 10)
     assert models.arch_class("lenet") is models.LeNet
+
+
+def test_lenet_pools_before_relu_without_changing_outputs_or_gradients():
+    """LeNet applies ReLU after max pooling for speed; it must equal the paper's pool(relu(.))."""
+    import torch.nn.functional as F
+    from torch.func import grad
+
+    model = models.build_model("LeNet", 1, 28, 10).double()
+    params = {k: v.double() for k, v in models.init_params(model, "xavier", 1.0, 0).items()}
+    x = torch.randn(16, 1, 28, 28, dtype=torch.float64)
+    y = torch.arange(16) % 10
+
+    def textbook(p, x):
+        h = F.max_pool2d(F.relu(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=2)), 2)
+        h = F.max_pool2d(F.relu(F.conv2d(h, p["conv2.weight"], p["conv2.bias"])), 2).flatten(1)
+        h = F.relu(F.linear(h, p["fc1.weight"], p["fc1.bias"]))
+        h = F.relu(F.linear(h, p["fc2.weight"], p["fc2.bias"]))
+        return F.linear(h, p["fc3.weight"], p["fc3.bias"])
+
+    def loss(forward, p):
+        return F.cross_entropy(forward(p, x), y)
+
+    ours = lambda p, x: functional_call(model, p, (x,))  # noqa: E731
+    torch.testing.assert_close(ours(params, x), textbook(params, x), rtol=0, atol=1e-12)
+    g_ours, g_book = grad(partial(loss, ours))(params), grad(partial(loss, textbook))(params)
+    for k in params:
+        torch.testing.assert_close(g_ours[k], g_book[k], rtol=0, atol=1e-12)
