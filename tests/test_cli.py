@@ -39,6 +39,24 @@ def test_the_originals_decay_flags_select_a_step_schedule():
     assert outer("--decay_factor", "0.5", "--lr_schedule", "cosine").schedule == "cosine"
 
 
+def test_defaults_that_depend_on_the_run_follow_its_networks():
+    """Flags left out take the measured default of the run (RunConfig), not the CLI's."""
+    from datadistill.cli import build_parser, config_from_args
+
+    def config(*flags):
+        return config_from_args(build_parser().parse_args(list(flags)))
+
+    fresh, fixed = config(), config("--train_nets_type", "known_init")
+    loaded = config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
+                    "--target_class", "1")
+    assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 6, 0.01)
+    assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 45, 0.03)
+    assert (loaded.synthetic.image_init, loaded.outer.epochs) == ("real", 45)
+    assert config("--mode", "train").outer.epochs == 45
+    given = config("--train_nets_type", "loaded", "--image_init", "noise", "--epochs", "3")
+    assert (given.synthetic.image_init, given.outer.epochs) == ("noise", 3)
+
+
 def test_python_dash_m_and_aliases(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "datadistill", *FAST, "--epochs", "1", "--dataset", "DIGITS",
                            "--device_id", "-1", "--results_dir", str(tmp_path)], capture_output=True, text=True)

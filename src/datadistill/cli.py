@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill_epochs", type=int, default=d.synthetic.epochs, help="passes over the steps")
     g.add_argument("--distilled_images_per_class_per_step", type=int, default=d.synthetic.images_per_class_per_step)
     g.add_argument("--distill_lr", type=float, default=d.synthetic.init_lr, help="initial step size of every step")
-    g.add_argument("--image_init", default=d.synthetic.image_init,
+    g.add_argument("--image_init", default=None,
                    help=f"start from Gaussian noise or random training images: {', '.join(IMAGE_INITS)} "
                         "(default: real against loaded networks, else noise)")
     g = p.add_argument_group("networks")
