@@ -1,6 +1,6 @@
 """Issues 4 and 5: the settings that distil against a zoo of trained networks, on real MNIST.
 
-Trains a zoo of 50 train-phase and 20 test-phase LeNets on MNIST (--mode train), then
+Trains a zoo of 50 (--train_zoo) train-phase and 20 test-phase LeNets on MNIST (--mode train), then
 - adaptation MNIST -> digits (the bundled dataset as the second domain): 10 images per class
   (10 steps x 1 per class, 3 passes) distilled from digits' training split against the train
   zoo; prints the report on the 20 test-zoo networks (no adaptation, distilled, random real digits
