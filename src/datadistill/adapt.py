@@ -17,6 +17,8 @@ Pure: no files, no printing.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -63,7 +65,7 @@ def adaptation_report(model: nn.Module, synthetic: SyntheticSet, train_nets: Par
     real.lrs = fixed_lrs(real.lrs.shape[0], lr).to(device)
     rows["random real (best fixed step size)"] = {**evaluate_synthetic(model, real, test_nets, target.test).to_dict(),
                                                   "lr": lr}
-    finetune_epochs = -(-finetune_steps // batches_per_epoch(len(target.train), finetune_batch))
+    finetune_epochs = math.ceil(finetune_steps / batches_per_epoch(len(target.train), finetune_batch))
     outer = OuterConfig(epochs=finetune_epochs, lr=finetune_lr, batch_size=finetune_batch)
     tuned = train_networks(model, test_nets, target.train, outer, generator)
     rows[f"full fine-tune ({finetune_epochs} epochs, bound)"] = EvalResult(

@@ -37,13 +37,9 @@ def real_batch_gradient(pool: ChunkPool, trained: Params, real_x: torch.Tensor, 
     (default: these alone; more when other processes hold the rest). With per-image ``weights``
     the mean is a weighted one (``objectives``). Nothing here keeps a graph."""
     detached = {k: v.detach() for k, v in trained.items()}
-    if weights is None:
-        parts = pool.map(lambda model, x, y: summed_loss_grad(model, detached, x, y), real_x, real_y)
-        total = real_x.shape[0]
-    else:
-        parts = pool.map(lambda model, x, y, w: summed_loss_grad(model, detached, x, y, w),
-                         real_x, real_y, weights)
-        total = weights.sum()
+    batch = (real_x, real_y) if weights is None else (real_x, real_y, weights)
+    parts = pool.map(lambda model, *chunk: summed_loss_grad(model, detached, *chunk), *batch)
+    total = real_x.shape[0] if weights is None else weights.sum()
     scale = 1.0 / (total * (n_nets or next(iter(detached.values())).shape[0]))
     grads = {k: sum(g[k] for g, _ in parts) * scale for k in detached}
     return sum(v for _, v in parts) * scale, grads

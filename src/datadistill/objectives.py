@@ -29,4 +29,4 @@ def loss_weights(y: torch.Tensor, attack_class: int | None = None, attack_weight
     """a(y) for labels y (B,): ``attack_weight`` on ``attack_class``, 1 elsewhere; None when all 1."""
     if attack_class is None or attack_weight == 1.0:
         return None
-    return torch.where(y == attack_class, attack_weight, 1.0).to(torch.get_default_dtype())
+    return torch.where(y == attack_class, attack_weight, 1.0)

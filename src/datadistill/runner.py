@@ -76,9 +76,9 @@ class Checkpointer(Callback):
 
 
 # config fields a resumed run may change; anything else must match the checkpoint
+# (test: the test phase's own settings; conv_backend: a resumed run keeps its checkpoint's backend)
 _RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",),
-                      ("data", "root"), ("data", "download"), ("test",),
-                      ("conv_backend",)}  # a resumed run keeps its checkpoint's backend  # test: the test phase's own
+                      ("data", "root"), ("data", "download"), ("test",), ("conv_backend",)}
 
 
 def _check_resumable(saved: dict, current: dict, prefix=()) -> None:
