@@ -6,8 +6,9 @@ from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConf
 from datadistill.distill import Callback, Distillation
 
 
-def _run(dataset, seed=1, epochs=2, nets=NetsConfig("known_init", 2, "same_as_train", 2), lr=0.05):
-    cfg = RunConfig(synthetic=SyntheticConfig(steps=2, epochs=2),
+def _run(dataset, seed=1, epochs=2, nets=NetsConfig("known_init", 2, "same_as_train", 2), lr=0.05,
+         learn_labels=False):
+    cfg = RunConfig(synthetic=SyntheticConfig(steps=2, epochs=2, learn_labels=learn_labels),
                     outer=OuterConfig(epochs=epochs, decay_epochs=1, lr=lr, batch_size=32),
                     nets=nets, seed=seed, eval_every=1)
     model = models.build_model("MLP", 1, 8, 3)
@@ -57,14 +58,40 @@ def test_resume_from_checkpoint_continues_exactly(blobs, tmp_path):
     torch.testing.assert_close(out.lrs, straight.lrs, rtol=0, atol=1e-7)
 
 
-def test_distillation_learns(blobs):
+def test_learned_labels_move_stay_distributions_and_resume(blobs, tmp_path):
+    fixed = _run(blobs, epochs=2).run()
+    straight = _run(blobs, epochs=2, learn_labels=True).run()
+    assert fixed.labels.dtype == torch.int64 and fixed.labels.shape == (2, 3)
+    labels = straight.labels
+    assert labels.shape == (2, 3, 3) and labels.dtype == torch.float32
+    torch.testing.assert_close(labels.sum(-1), torch.ones(2, 3))
+    start = torch.nn.functional.one_hot(fixed.labels, 3).float() * 3.0
+    assert not torch.allclose(labels, start.softmax(-1), atol=1e-3)  # they were learned
+    assert torch.equal(straight.hard_labels, fixed.labels)  # and still favour their own class here
+
+    class StopAfterOne(Callback):
+        def on_epoch_end(self, run):
+            artifacts.save_checkpoint(tmp_path / "ckpt.pt", run.state_dict())
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(blobs, epochs=2, learn_labels=True).run([StopAfterOne()])
+    resumed = _run(blobs, epochs=2, learn_labels=True)
+    resumed.load_state_dict(artifacts.load_checkpoint(tmp_path / "ckpt.pt"))
+    out = resumed.run()
+    torch.testing.assert_close(out.labels, labels, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.images, straight.images, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("learn_labels", [False, True])
+def test_distillation_learns(blobs, learn_labels):
     events = []
 
     class Record(Callback):
         def on_evaluation(self, run, result):
             events.append(result.mean)
 
-    run = _run(blobs, epochs=8, lr=0.05)
+    run = _run(blobs, epochs=8, lr=0.05, learn_labels=learn_labels)
     run.run([Record()])
     assert len(events) == 9  # before every epoch, and at the end
     assert events[-1] >= 0.95 and events[-1] > events[0] + 0.3

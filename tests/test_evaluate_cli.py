@@ -19,15 +19,19 @@ def _blobs_set(blobs, steps=2, per_class=2, seed=0):
 
 
 @pytest.mark.parametrize("batch_size", [None, 5])
-def test_from_scratch_equals_torch_optim_sgd(blobs, batch_size):
+@pytest.mark.parametrize("learned_labels", [False, True])
+def test_from_scratch_equals_torch_optim_sgd(blobs, batch_size, learned_labels):
     model = build_model("MLP", 1, 8, 3).double()
     nets = fresh_nets(model, "xavier", 1.0, [1, 2], "cpu")
     nets = {k: v.double() for k, v in nets.items()}
     synthetic = _blobs_set(blobs)  # 12 images: batches of 5, 5, 2
     synthetic.images = synthetic.images.double()
+    if learned_labels:  # class distributions, as --learn_labels writes them
+        synthetic.labels = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(3),
+                                       dtype=torch.float64).softmax(-1)
     got = train_from_scratch(model, nets, synthetic, epochs=3, lr=0.05, batch_size=batch_size,
                              generator=torch.Generator().manual_seed(7))
-    x, y = synthetic.images.flatten(0, 1), synthetic.labels.flatten()
+    x, y = synthetic.images.flatten(0, 1), synthetic.labels.flatten(0, 1)
     for i, init in enumerate(unstack_params(nets)):
         model.load_state_dict(init)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image_init", default=None,
                    help=f"start from Gaussian noise or random training images: {', '.join(IMAGE_INITS)} "
                         "(default: real against loaded networks, else noise)")
+    g.add_argument("--learn_labels", action="store_true",
+                   help="learn each image's label as a distribution over the classes, starting "
+                        "from its class (default: fixed one-per-class labels)")
     g = p.add_argument_group("networks")
     g.add_argument("--train_nets_type", default=d.nets.train_nets_type, help=" or ".join(TRAIN_NETS_TYPES))
     g.add_argument("--n_nets", type=int, default=d.nets.n_nets, help="networks per outer iteration")
@@ -184,7 +187,7 @@ def config_from_args(args) -> RunConfig:
         model=ModelConfig(args.arch, args.init, args.init_param, args.pretrained_weights),
         synthetic=SyntheticConfig(args.distill_steps, args.distill_epochs,
                                   args.distilled_images_per_class_per_step, args.distill_lr,
-                                  args.image_init),
+                                  args.image_init, args.learn_labels),
         outer=_outer(args),
         nets=NetsConfig(args.train_nets_type, args.n_nets, args.test_nets_type, args.test_n_nets,
                         args.sample_n_nets),

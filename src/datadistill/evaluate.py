@@ -87,7 +87,7 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     All networks see the same batches; returns the trained (n_nets, ...) weights, no graph.
     """
     x = synthetic.images.detach().flatten(0, 1)  # (S * N, C, H, W)
-    y = synthetic.labels.detach().flatten()  # (S * N,)
+    y = synthetic.labels.detach().flatten(0, 1)  # (S * N,), or (S * N, classes) if learned
     n = x.shape[0]
     size = n if batch_size is None else min(batch_size, n)
     # SGD is elementwise, so one optimiser over the stacked weights is one SGD per network

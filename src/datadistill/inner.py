@@ -76,9 +76,11 @@ def summed_loss(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Ten
         logits = functional_call(model, {k: v[0] for k, v in stacked.items()}, (x,)).unsqueeze(0)
     else:
         logits = vmap(lambda p: functional_call(model, p, (x,)))(stacked)  # (n_nets, B, classes)
+    # y: (B,) classes or (B, classes) distributions (learned labels), the same for every network
+    y = y.repeat(n_nets, *[1] * (y.dim() - 1))
     if weights is None:
-        return F.cross_entropy(logits.flatten(0, 1), y.repeat(n_nets), reduction="sum")
-    per_image = F.cross_entropy(logits.flatten(0, 1), y.repeat(n_nets), reduction="none")
+        return F.cross_entropy(logits.flatten(0, 1), y, reduction="sum")
+    per_image = F.cross_entropy(logits.flatten(0, 1), y, reduction="none")
     return (per_image * weights.to(per_image.dtype).repeat(n_nets)).sum()
 
 

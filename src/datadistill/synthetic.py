@@ -15,8 +15,10 @@ FORMAT = "datadistill.distilled/1"
 class SyntheticSet:
     """A training set of ``steps`` batches used for ``epochs`` passes of GD.
 
-    images: (S, N, C, H, W), normalised like the real data; labels: (S, N) int64;
-    lrs: (S * epochs,) positive step sizes, one per GD step in the order they are taken.
+    images: (S, N, C, H, W), normalised like the real data; labels: (S, N) int64 classes, or
+    (S, N, num_classes) float class probabilities when they were learned (the inner GD's
+    cross-entropy takes either); lrs: (S * epochs,) positive step sizes, one per GD step in the
+    order they are taken.
     """
 
     images: torch.Tensor
@@ -34,6 +36,11 @@ class SyntheticSet:
     @property
     def epochs(self) -> int:
         return self.lrs.shape[0] // self.steps
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        """(S, N) int64: the labels, or the most probable class of learned ones."""
+        return self.labels if self.labels.dtype == torch.int64 else self.labels.argmax(-1)
 
     def to(self, device) -> "SyntheticSet":
         """The same set with its tensors on ``device``."""

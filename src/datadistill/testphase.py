@@ -83,7 +83,7 @@ def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfi
     neighbour) the single accuracy of the candidate's images as memory, shape (n,)."""
     if test.lrs == "nearest_neighbor":
         memory_x = candidate.images.flatten(0, 1)  # (S * N, C, H, W): every step's images
-        memory_y = candidate.labels.flatten()
+        memory_y = candidate.hard_labels.flatten()
         acc = knn_accuracy(memory_x, memory_y, split.x, split.y, test.knn_k, test.knn_p)
         return torch.tensor([acc], dtype=torch.float64)
     return torch.tensor(evaluate_synthetic(model, candidate, nets, split).accuracies, dtype=torch.float64)
