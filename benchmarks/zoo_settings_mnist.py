@@ -10,7 +10,7 @@ Trains a zoo of 50 (--train_zoo) train-phase and 20 test-phase LeNets on MNIST (
 Every figure is on the test zoo; wall times are printed.
 
     python benchmarks/zoo_settings_mnist.py [--zoo_epochs 2] [--train_zoo 50] [--adapt_epochs 100]
-        [--attack_epochs 2] [--attack_weight 1] [--keep DIR] [--skip adapt,attack]
+        [--attack_epochs 2] [--attack_weight 1] [--learn_labels] [--keep DIR] [--skip adapt,attack]
 """
 import argparse
 import json
@@ -34,6 +34,7 @@ def main():
     p.add_argument("--adapt_epochs", default="100")
     p.add_argument("--attack_epochs", default="2")
     p.add_argument("--attack_weight", default="1")
+    p.add_argument("--learn_labels", action="store_true", help="the attack learns its labels")
     p.add_argument("--train_zoo", default="50", help="networks in the train zoo (the test zoo has 20)")
     p.add_argument("--keep", default=None, help="results folder to keep (default: a temporary one)")
     p.add_argument("--skip", default="", help="comma list of adapt,attack to skip")
@@ -64,6 +65,7 @@ def main():
                                      "--attack_class", "0", "--target_class", "1", "--distill_steps", "1",
                                      "--distill_epochs", "1", "--epochs", args.attack_epochs, "--lr", "0.02",
                                      "--attack_weight", args.attack_weight,
+                                     *(["--learn_labels"] if args.learn_labels else []),
                                      "--results_dir", out, *common), out)["attack"]
             drop = report["before"]["other_classes_accuracy"] - report["distilled"]["other_classes_accuracy"]
             print(f"attack success {100 * report['distilled']['attack_success']:.2f}% (baseline "
