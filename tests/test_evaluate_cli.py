@@ -26,9 +26,9 @@ def test_from_scratch_equals_torch_optim_sgd(blobs, batch_size, learned_labels):
     nets = {k: v.double() for k, v in nets.items()}
     synthetic = _blobs_set(blobs)  # 12 images: batches of 5, 5, 2
     synthetic.images = synthetic.images.double()
-    if learned_labels:  # class distributions, as --learn_labels writes them
+    if learned_labels:  # free target vectors, as --learn_labels writes them
         synthetic.labels = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(3),
-                                       dtype=torch.float64).softmax(-1)
+                                       dtype=torch.float64)
     got = train_from_scratch(model, nets, synthetic, epochs=3, lr=0.05, batch_size=batch_size,
                              generator=torch.Generator().manual_seed(7))
     x, y = synthetic.images.flatten(0, 1), synthetic.labels.flatten(0, 1)

@@ -81,8 +81,8 @@ class SyntheticConfig:
     # "noise": N(0, 1) in normalised space; "real": random training images; None: the measured
     # default of the run's mode (RunConfig.default_image_init)
     image_init: str | None = None
-    # learn each image's label as a distribution over the classes (targets = softmax of learned
-    # logits) instead of keeping the fixed one-per-class labels
+    # learn each image's label as a vector of class weights (the target of the inner
+    # cross-entropy), starting from its one-hot class, instead of keeping the fixed labels
     learn_labels: bool = False
 
     def __post_init__(self):

@@ -27,9 +27,6 @@ from .parallel import ChunkPool
 from .synthetic import SyntheticSet, initial_set
 from .world import World
 
-# learned labels start as softmax(3 * one-hot): 0.69 on the image's own class, 0.03 on each
-# other (attack 0 -> 1, 200-network zoo: 72.64% success against 67.02% with fixed labels)
-LABEL_LOGIT_INIT = 3.0
 CHECK_EVERY = 100  # iterations between checks that all processes hold the same synthetic set
 
 
@@ -106,11 +103,13 @@ class Distillation:
         # step sizes are optimised in log space: positive by construction, and Adam's
         # scale-free updates suit a quantity whose useful range spans orders of magnitude
         self.log_lrs = self.synthetic.lrs.log().to(self.device).requires_grad_()
-        # learned labels are the softmax of logits: always a distribution over the classes
-        self.label_logits: torch.Tensor | None = None
+        # learned labels are free target vectors (any real weights on the classes' log-probabilities)
+        # that start as the fixed labels' one-hot vectors. Attack 0 -> 1 against a 200-network zoo:
+        # 74.40% success with 82.76% on the other classes, against 67.02% / 75.93% with fixed
+        # labels and 72.64% / 76.43% with labels kept to distributions (softmax of learned logits)
+        self.label_targets: torch.Tensor | None = None
         if syn.learn_labels:
-            self.label_logits = (LABEL_LOGIT_INIT * F.one_hot(self.synthetic.labels, num_classes).float()
-                                 ).requires_grad_()
+            self.label_targets = F.one_hot(self.synthetic.labels, num_classes).float().requires_grad_()
         self.optimizer = torch.optim.Adam(self._learned(), lr=config.outer.lr, betas=(0.5, 0.999))
         # stepped every iteration; the factor is a pure function of the iteration and the config,
         # so a resumed run (even one with more epochs) lands on the same curve
@@ -196,11 +195,11 @@ class Distillation:
     def _learned(self) -> list[torch.Tensor]:
         """The tensors the outer optimiser updates."""
         learned = [self.synthetic.images, self.log_lrs]
-        return learned if self.label_logits is None else learned + [self.label_logits]
+        return learned if self.label_targets is None else learned + [self.label_targets]
 
     def inner_labels(self) -> torch.Tensor:
-        """The labels the inner GD trains on: fixed classes, or the learned distributions."""
-        return self.synthetic.labels if self.label_logits is None else self.label_logits.softmax(-1)
+        """The labels the inner GD trains on: fixed classes, or the learned target vectors."""
+        return self.synthetic.labels if self.label_targets is None else self.label_targets
 
     def current(self) -> SyntheticSet:
         """A detached snapshot of the synthetic set with its step sizes."""
@@ -324,7 +323,7 @@ class Distillation:
             "config": self.config.to_dict(),
             "images": self.synthetic.images.detach().cpu(),
             "log_lrs": self.log_lrs.detach().cpu(),
-            "label_logits": None if self.label_logits is None else self.label_logits.detach().cpu(),
+            "label_targets": None if self.label_targets is None else self.label_targets.detach().cpu(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
@@ -342,8 +341,8 @@ class Distillation:
         with torch.no_grad():
             self.synthetic.images.copy_(state["images"])
             self.log_lrs.copy_(state["log_lrs"])
-            if self.label_logits is not None:
-                self.label_logits.copy_(state["label_logits"])
+            if self.label_targets is not None:
+                self.label_targets.copy_(state["label_targets"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])

@@ -16,8 +16,8 @@ class SyntheticSet:
     """A training set of ``steps`` batches used for ``epochs`` passes of GD.
 
     images: (S, N, C, H, W), normalised like the real data; labels: (S, N) int64 classes, or
-    (S, N, num_classes) float class probabilities when they were learned (the inner GD's
-    cross-entropy takes either); lrs: (S * epochs,) positive step sizes, one per GD step in the
+    (S, N, num_classes) float target vectors when they were learned (the inner GD's cross-entropy
+    -sum_c y_c log p_c takes either; learned targets may be negative and need not sum to 1); lrs: (S * epochs,) positive step sizes, one per GD step in the
     order they are taken.
     """
 
@@ -39,7 +39,7 @@ class SyntheticSet:
 
     @property
     def hard_labels(self) -> torch.Tensor:
-        """(S, N) int64: the labels, or the most probable class of learned ones."""
+        """(S, N) int64: the labels, or the class with the largest learned weight."""
         return self.labels if self.labels.dtype == torch.int64 else self.labels.argmax(-1)
 
     def to(self, device) -> "SyntheticSet":
