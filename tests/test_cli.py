@@ -52,9 +52,12 @@ def test_defaults_that_depend_on_the_run_follow_its_networks():
     assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 6, 0.01)
     assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 45, 0.03)
     assert (loaded.synthetic.image_init, loaded.outer.epochs) == ("real", 45)
+    assert loaded.synthetic.learn_labels and not (fresh.synthetic.learn_labels or fixed.synthetic.learn_labels)
     assert config("--mode", "train").outer.epochs == 45
-    given = config("--train_nets_type", "loaded", "--image_init", "noise", "--epochs", "3")
-    assert (given.synthetic.image_init, given.outer.epochs) == ("noise", 3)
+    given = config("--train_nets_type", "loaded", "--image_init", "noise", "--epochs", "3", "--learn_labels")
+    assert (given.synthetic.image_init, given.outer.epochs, given.synthetic.learn_labels) == ("noise", 3, True)
+    assert not config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
+                      "--target_class", "1", "--no-learn_labels").synthetic.learn_labels
 
 
 def test_python_dash_m_and_aliases(tmp_path):

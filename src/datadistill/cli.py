@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image_init", default=None,
                    help=f"start from Gaussian noise or random training images: {', '.join(IMAGE_INITS)} "
                         "(default: real against loaded networks, else noise)")
-    g.add_argument("--learn_labels", action="store_true",
+    g.add_argument("--learn_labels", action=argparse.BooleanOptionalAction, default=None,
                    help="learn each image's label as a vector of class weights, starting from its "
-                        "one-hot class (default: fixed one-per-class labels)")
+                        "one-hot class (default: in an attack; elsewhere fixed one-per-class labels)")
     g = p.add_argument_group("networks")
     g.add_argument("--train_nets_type", default=d.nets.train_nets_type, help=" or ".join(TRAIN_NETS_TYPES))
     g.add_argument("--n_nets", type=int, default=d.nets.n_nets, help="networks per outer iteration")

@@ -82,8 +82,9 @@ class SyntheticConfig:
     # default of the run's mode (RunConfig.default_image_init)
     image_init: str | None = None
     # learn each image's label as a vector of class weights (the target of the inner
-    # cross-entropy), starting from its one-hot class, instead of keeping the fixed labels
-    learn_labels: bool = False
+    # cross-entropy), starting from its one-hot class, instead of keeping the fixed labels;
+    # None: the measured default of the run's mode (RunConfig.default_learn_labels)
+    learn_labels: bool | None = None
 
     def __post_init__(self):
         if self.image_init is not None:
@@ -256,6 +257,9 @@ class RunConfig:
         if self.synthetic.image_init is None:
             object.__setattr__(self, "synthetic", dataclasses.replace(self.synthetic,
                                                                       image_init=self.default_image_init()))
+        if self.synthetic.learn_labels is None:
+            object.__setattr__(self, "synthetic", dataclasses.replace(
+                self.synthetic, learn_labels=self.default_learn_labels()))
         if self.mode == "distill_attack":
             if self.attack_class is None or self.target_class is None:
                 raise ConfigError("--mode distill_attack needs --attack_class and --target_class")
@@ -310,6 +314,14 @@ class RunConfig:
         images, 92.2% from noise at 40; fresh networks, 6 epochs: 77.81% against 78.00%).
         """
         return "real" if self.nets.train_nets_type == "loaded" else "noise"
+
+    def default_learn_labels(self) -> bool:
+        """Whether labels are learned when neither ``--learn_labels`` nor ``--no-learn_labels`` is
+        given: in an attack, where they were measured to help both of its figures (0 -> 1 against
+        a 200-network zoo, scored on 20 others: 74.40% success and 82.76% on the other classes,
+        against 67.02% and 75.93% with fixed labels); elsewhere the paper's fixed labels.
+        """
+        return self.mode == "distill_attack"
 
     @property
     def relabel(self) -> tuple[int | None, int | None]:
