@@ -19,7 +19,8 @@ from .models import Params
 
 
 def task_loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the network ``params`` on images x (B, C, H, W) with labels y (B,)."""
+    """Mean cross-entropy of the network ``params`` on images x (B, C, H, W) with labels y: (B,)
+    classes, or (B, classes) target vectors y_c in -sum_c y_c log p_c (learned labels)."""
     return F.cross_entropy(functional_call(model, params, (x,)), y)
 
 
@@ -27,7 +28,8 @@ def unroll(model: nn.Module, params: Params, images: torch.Tensor, labels: torch
            lrs: torch.Tensor) -> Params:
     """Weights after ``len(lrs)`` GD steps on the synthetic set.
 
-    Step t uses batch ``t % S``: images (S, N, C, H, W), labels (S, N), step sizes lrs (T,), so
+    Step t uses batch ``t % S``: images (S, N, C, H, W), labels (S, N) or (S, N, classes),
+    step sizes lrs (T,), so
     T = S * epochs cycles through the batches ``epochs`` times, as in the paper.
         w_{t+1} = w_t - lrs[t] * grad_w CE(f(images[t % S]; w_t), labels[t % S])
     """
@@ -76,7 +78,7 @@ def summed_loss(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Ten
         logits = functional_call(model, {k: v[0] for k, v in stacked.items()}, (x,)).unsqueeze(0)
     else:
         logits = vmap(lambda p: functional_call(model, p, (x,)))(stacked)  # (n_nets, B, classes)
-    # y: (B,) classes or (B, classes) distributions (learned labels), the same for every network
+    # y: (B,) classes or (B, classes) target vectors (learned labels), the same for every network
     y = y.repeat(n_nets, *[1] * (y.dim() - 1))
     if weights is None:
         return F.cross_entropy(logits.flatten(0, 1), y, reduction="sum")

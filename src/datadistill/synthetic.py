@@ -17,8 +17,8 @@ class SyntheticSet:
 
     images: (S, N, C, H, W), normalised like the real data; labels: (S, N) int64 classes, or
     (S, N, num_classes) float target vectors when they were learned (the inner GD's cross-entropy
-    -sum_c y_c log p_c takes either; learned targets may be negative and need not sum to 1); lrs: (S * epochs,) positive step sizes, one per GD step in the
-    order they are taken.
+    -sum_c y_c log p_c takes either; learned targets may be negative and need not sum to 1);
+    lrs: (S * epochs,) positive step sizes, one per GD step in the order they are taken.
     """
 
     images: torch.Tensor
