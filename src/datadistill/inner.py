@@ -29,8 +29,8 @@ def unroll(model: nn.Module, params: Params, images: torch.Tensor, labels: torch
     """Weights after ``len(lrs)`` GD steps on the synthetic set.
 
     Step t uses batch ``t % S``: images (S, N, C, H, W), labels (S, N) or (S, N, classes),
-    step sizes lrs (T,), so
-    T = S * epochs cycles through the batches ``epochs`` times, as in the paper.
+    step sizes lrs (T,), so T = S * epochs cycles through the batches ``epochs`` times, as in
+    the paper.
         w_{t+1} = w_t - lrs[t] * grad_w CE(f(images[t % S]; w_t), labels[t % S])
     """
     step_grad = grad(partial(task_loss, model))
