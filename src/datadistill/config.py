@@ -242,7 +242,10 @@ class RunConfig:
     phase: str = "train"  # --mode train: which zoo to fill; distill modes: "test" scores, never distils
     attack_class: int | None = None  # distill_attack: images of this class ...
     target_class: int | None = None  # ... should be taken for this one
-    attack_weight: float = 1.0  # distill_attack: weight of attack_class images in the outer loss
+    # distill_attack: weight of attack_class images in the outer loss; 1 is the paper's objective,
+    # 3 the measured default (0 -> 1 on MNIST, 200-network zoo, learned labels, 4 epochs: 80.91%
+    # success with the other classes at 86.40%, 9.03 points lost)
+    attack_weight: float = 3.0
     zoo_dir: str | None = None  # None: <results_dir>/zoo
     conv_backend: str = "auto"  # auto: time both on the first step; fixed: the same numerics every run
 
@@ -297,10 +300,14 @@ class RunConfig:
         One fixed network: 45 (94.39% in 319 s on a 2-core CPU; 40 gave 92.20%). Fresh networks
         every iteration: 6, because the accuracy levels off after two passes (72.4% after one,
         76.4% after two, 78.0% +- 2.8 after six over 20 fresh LeNets) and 45 passes did no better
-        (76.67% +- 8.16) at seven times the cost. Loaded networks and zoo training: 45, the
-        original's order of magnitude.
+        (76.67% +- 8.16) at seven times the cost. An attack: 4, because longer runs overfit the
+        train zoo (0 -> 1, 200-network zoo, scored on 20 others: success / other classes 80.91% /
+        86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% / 82.55% after 9, 71.83% / 79.99%
+        after 18). Other loaded networks and zoo training: 45, the original's order of magnitude.
         """
         fresh = self.mode != "train" and self.nets.train_nets_type == "unknown_init"
+        if self.mode == "distill_attack":
+            return 4
         return 6 if fresh else 45
 
     def default_image_init(self) -> str:
