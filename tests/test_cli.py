@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from datadistill.cli import main
+from datadistill.config import RunConfig, SyntheticConfig
 
 FAST = ["--dataset", "digits", "--arch", "LeNet", "--distill_steps", "2", "--distill_epochs", "1",
         "--batch_size", "256", "--no_progress"]
@@ -111,6 +112,19 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     assert main([*FAST, "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
     assert main([*FAST, "--epochs", "2", "--distill_steps", "3", "--results_dir", str(tmp_path), "--resume"]) == 2
     assert "synthetic.steps=2" in capsys.readouterr().err
+
+
+def test_checkpoints_from_before_a_setting_existed_resume_with_its_old_value():
+    """A checkpoint whose config predates --learn_labels ran with fixed labels."""
+    from datadistill.errors import ArtifactError
+    from datadistill.runner import _check_resumable
+
+    current = RunConfig(synthetic=SyntheticConfig(learn_labels=False)).to_dict()
+    older = {**current, "synthetic": {k: v for k, v in current["synthetic"].items() if k != "learn_labels"}}
+    _check_resumable(older, current)
+    learned = RunConfig(synthetic=SyntheticConfig(learn_labels=True)).to_dict()
+    with pytest.raises(ArtifactError, match="synthetic.learn_labels=False, this run has True"):
+        _check_resumable(older, learned)
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):

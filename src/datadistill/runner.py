@@ -81,12 +81,16 @@ _RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval
                       ("data", "root"), ("data", "download"), ("test",), ("conv_backend",)}
 
 
+# fields added after checkpoints were first written, with the value every older run had
+_BEFORE_THE_FIELD = {("attack_weight",): 1.0, ("synthetic", "learn_labels"): False}
+
+
 def _check_resumable(saved: dict, current: dict, prefix=()) -> None:
     for key, value in current.items():
         path = prefix + (key,)
         if path in _RESUMABLE_CHANGES:
             continue
-        old = saved.get(key)
+        old = saved.get(key, _BEFORE_THE_FIELD.get(path))
         if isinstance(value, dict) and isinstance(old, dict):
             _check_resumable(old, value, path)
         elif old != value:
