@@ -305,9 +305,9 @@ class RunConfig:
         86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% / 82.55% after 9, 71.83% / 79.99%
         after 18). Other loaded networks and zoo training: 45, the original's order of magnitude.
         """
-        fresh = self.mode != "train" and self.nets.train_nets_type == "unknown_init"
         if self.mode == "distill_attack":
             return 4
+        fresh = self.mode != "train" and self.nets.train_nets_type == "unknown_init"
         return 6 if fresh else 45
 
     def default_image_init(self) -> str:

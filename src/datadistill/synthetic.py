@@ -40,7 +40,7 @@ class SyntheticSet:
     @property
     def hard_labels(self) -> torch.Tensor:
         """(S, N) int64: the labels, or the class with the largest learned weight."""
-        return self.labels if self.labels.dtype == torch.int64 else self.labels.argmax(-1)
+        return self.labels.argmax(-1) if self.labels.is_floating_point() else self.labels
 
     def to(self, device) -> "SyntheticSet":
         """The same set with its tensors on ``device``."""
