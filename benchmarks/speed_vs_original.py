@@ -20,7 +20,7 @@ from _common import TIME_ORIGINAL, datadistill, require_mnist, timed
 SETTINGS = ["--mode", "distill_basic", "--dataset", "MNIST", "--arch", "LeNet", "--distill_steps", "1",
             "--train_nets_type", "known_init", "--n_nets", "1", "--test_nets_type", "same_as_train",
             "--batch_size", "1024", "--distill_epochs", "3", "--distill_lr", "0.02",
-            "--device", "cpu", "--no_progress"]
+            "--device", "cpu", "--no_progress", "--no-learn_labels"]  # the original's fixed labels
 
 
 def per_epoch_ours(root: str) -> float:
@@ -57,7 +57,8 @@ def breakdown(root: str, batch_sizes=(64, 256, 1024), reps: int = 30) -> None:
     print(f"\nper iteration (median of {reps}), seconds:")
     print(f"{'batch':>6} {'total':>8} {'unrolled':>9} {'real f/b':>9} {'optim':>8}")
     for bs in batch_sizes:
-        cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=3), outer=OuterConfig(batch_size=bs),
+        cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=3, learn_labels=False),
+                        outer=OuterConfig(batch_size=bs),
                         nets=NetsConfig("known_init", 1, "same_as_train", 1))
         run = Distillation(cfg, model, ds.train, None, 10, ds.mean, ds.std)
         s, x, y = run.synthetic, ds.train.x[:bs], ds.train.y[:bs]

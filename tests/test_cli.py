@@ -51,12 +51,13 @@ def test_defaults_that_depend_on_the_run_follow_its_networks():
     loaded = config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
                     "--target_class", "1")
     assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 6, 0.01)
-    assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 45, 0.03)
+    assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 25, 0.05)
     assert (loaded.synthetic.image_init, loaded.outer.epochs, loaded.attack_weight) == ("real", 4, 3.0)
     adapt = config("--mode", "distill_adapt", "--source_dataset", "MNIST", "--dataset", "digits",
                    "--train_nets_type", "loaded")
     assert (adapt.synthetic.image_init, adapt.outer.epochs) == ("real", 45)
-    assert loaded.synthetic.learn_labels and not (fresh.synthetic.learn_labels or fixed.synthetic.learn_labels)
+    assert loaded.synthetic.learn_labels and fixed.synthetic.learn_labels and not fresh.synthetic.learn_labels
+    assert not config("--train_nets_type", "known_init", "--no-learn_labels").synthetic.learn_labels
     assert config("--mode", "train").outer.epochs == 45
     given = config("--train_nets_type", "loaded", "--image_init", "noise", "--epochs", "3", "--learn_labels")
     assert (given.synthetic.image_init, given.outer.epochs, given.synthetic.learn_labels) == ("noise", 3, True)

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: real against loaded networks, else noise)")
     g.add_argument("--learn_labels", action=argparse.BooleanOptionalAction, default=None,
                    help="learn each image's label as a vector of class weights, starting from its "
-                        "one-hot class (default: in an attack; elsewhere fixed one-per-class labels)")
+                        "one-hot class (default: in an attack and with known_init; elsewhere fixed "
+                        "one-per-class labels)")
     g = p.add_argument_group("networks")
     g.add_argument("--train_nets_type", default=d.nets.train_nets_type, help=" or ".join(TRAIN_NETS_TYPES))
     g.add_argument("--n_nets", type=int, default=d.nets.n_nets, help="networks per outer iteration")
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("outer optimisation")
     g.add_argument("--epochs", type=int, default=None,
                    help="passes over the training split (default: 6 with fresh networks every "
-                        "iteration, 4 in an attack, else 45)")
+                        "iteration, 25 with known_init, 4 in an attack, else 45)")
     g.add_argument("--lr_schedule", default=None,
                    help=f"cosine (to zero over the run) or step; default {d.outer.schedule}, or step "
                         f"when --decay_epochs or --decay_factor is given")
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decay_factor", type=float, default=None,
                    help=f"step schedule: lr multiplier at each decay (default {d.outer.decay_factor})")
     g.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate of images and step sizes (default 0.03 with known_init, "
+                   help="Adam learning rate of images and step sizes (default 0.05 with known_init, "
                         "0.01 with random or loaded nets), or of the networks in --mode train (default 1e-3)")
     g.add_argument("--batch_size", type=int, default=d.outer.batch_size, help="real images per outer step")
     g.add_argument("--eval_every", type=int, default=d.eval_every,
