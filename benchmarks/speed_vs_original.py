@@ -48,10 +48,12 @@ def breakdown(root: str, batch_sizes=(64, 256, 1024), reps: int = 30) -> None:
     (forward through the synthetic GD, and later the backward through it), the real-batch
     forward/backward (chunked over the cores), and the Adam step."""
     from datadistill import data, models
+    from datadistill.allocator import keep_freed_memory
     from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
     from datadistill.distill import Distillation, real_batch_gradient
     from datadistill.inner import batched_unroll
 
+    keep_freed_memory()  # as the command line does
     ds = data.load_dataset("MNIST", root)
     model = models.build_model("LeNet", 1, 28, 10)
     print(f"\nper iteration (median of {reps}), seconds:")

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .config import (CONV_BACKENDS, IMAGE_INITS, INITS, MODES, TEST_IMAGES, TEST_LRS, TEST_NETS_TYPES,
                      TRAIN_NETS_TYPES, DataConfig, ModelConfig, NetsConfig, OuterConfig, RunConfig, SyntheticConfig,
                      TestPhaseConfig)
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decay_factor", type=float, default=None,
                    help=f"step schedule: lr multiplier at each decay (default {d.outer.decay_factor})")
     g.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate of images and step sizes (default 0.05 with known_init, "
+                   help="Adam learning rate of images and step sizes (default 0.04 with known_init, "
                         "0.01 with random or loaded nets), or of the networks in --mode train (default 1e-3)")
     g.add_argument("--batch_size", type=int, default=d.outer.batch_size, help="real images per outer step")
     g.add_argument("--eval_every", type=int, default=d.eval_every,
@@ -201,6 +202,8 @@ def config_from_args(args) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # the steps allocate the same buffers thousands of times: keep them mapped (``allocator``)
+    keep_freed_memory()
     if argv[:1] == ["evaluate"]:
         from .evaluate_cli import main as evaluate_main
         return evaluate_main(argv[1:])
