@@ -2,9 +2,10 @@
 
 Prints the final test accuracy (full 10k test split) and the wall time of the whole command.
 
-    python benchmarks/known_init_mnist.py
+    python benchmarks/known_init_mnist.py [extra flags, e.g. --epochs 27 --seed 2]
 """
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ COMMAND = ["--mode", "distill_basic", "--dataset", "MNIST", "--arch", "LeNet", "
 def main():
     root = require_mnist()
     with tempfile.TemporaryDirectory() as d:
-        cmd = datadistill(*COMMAND, "--dataset_root", root, "--results_dir", d, "--no_progress")
+        cmd = datadistill(*COMMAND, "--dataset_root", root, "--results_dir", d, "--no_progress", *sys.argv[1:])
         print("command: datadistill " + " ".join(cmd[3:]), flush=True)
         seconds, _ = timed(cmd)
         metrics = json.loads((Path(d) / "metrics.json").read_text())

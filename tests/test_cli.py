@@ -51,7 +51,7 @@ def test_defaults_that_depend_on_the_run_follow_its_networks():
     loaded = config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
                     "--target_class", "1")
     assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 6, 0.01)
-    assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 25, 0.04)
+    assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 27, 0.04)
     assert (loaded.synthetic.image_init, loaded.outer.epochs, loaded.attack_weight) == ("real", 4, 3.0)
     adapt = config("--mode", "distill_adapt", "--source_dataset", "MNIST", "--dataset", "digits",
                    "--train_nets_type", "loaded")
