@@ -8,13 +8,14 @@ from datadistill.runner import distill
 
 @pytest.mark.mnist
 def test_known_init_lenet_reaches_high_accuracy(mnist_root, tmp_path):
-    # 8 epochs x 234 iterations, the cosine schedule compressed into them; measured 83.3% (under
-    # load from another job); single runs of this length vary by a few points with the init
+    # 8 epochs x 234 iterations, the cosine schedule compressed into them, labels learned (the
+    # default with one fixed network); measured 91.06% in 91 s (83.3% with fixed labels); single
+    # runs of this length vary by a few points with the init
     config = RunConfig(data=DataConfig("mnist", mnist_root), synthetic=SyntheticConfig(steps=1, epochs=3),
                        outer=OuterConfig(epochs=8),
                        nets=NetsConfig("known_init", 1, "same_as_train", 1), results_dir=str(tmp_path))
     result = distill(config)
-    assert result.final.mean >= 0.78, result.final
+    assert result.final.mean >= 0.85, result.final
     assert result.final.mean > result.metrics["history"]["evaluations"][0]["mean"] + 0.7
     # the saved set is the one that was scored: 10 images, 3 learned step sizes
     synthetic = load_distilled(tmp_path / "distilled.pt")

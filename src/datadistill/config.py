@@ -287,7 +287,8 @@ class RunConfig:
 
         One fixed network, whose labels are learned by default: 0.04 (25 epochs, seeds 1, 2, 3:
         93.81%, 94.90%, 94.33%, against 94.84%, 92.84%, 93.85% at 0.05 and 93.53% for seed 1 at
-        0.03; with fixed labels 0.03 had beaten 0.015, 91.7% against 89.3% after 6000 iterations). Random or loaded networks, whose 30 unrolled steps are far less forgiving:
+        0.03; with fixed labels 0.03 had beaten 0.015, 91.7% against 89.3% after 6000
+        iterations). Random or loaded networks, whose 30 unrolled steps are far less forgiving:
         0.01, the original's rate; at 0.03 the learned step sizes grew past 1 and the run diverged
         within 4 epochs. Training a zoo's own weights (--mode train): 1e-3, Adam's usual rate.
         """
@@ -331,8 +332,8 @@ class RunConfig:
         """Whether labels are learned when neither ``--learn_labels`` nor ``--no-learn_labels`` is
         given, measured on real MNIST / LeNet. In an attack (0 -> 1 against a 200-network zoo,
         scored on 20 others: 74.40% success and 82.76% on the other classes, against 67.02% and
-        75.93% with fixed labels) and with one fixed network (10 images, 3 steps, 20 epochs:
-        93.88% against 90.36% with fixed labels; after 4 epochs 86.73% against 67.57%), as
+        75.93% with fixed labels) and with one fixed network (10 images, 3 steps, 20 epochs at
+        lr 0.03: 93.88% against 90.36% with fixed labels; after 4, 86.73% against 67.57%), as
         Sucholutsky and Schonlau (2019) found for soft labels. Fresh networks every iteration keep
         the paper's fixed labels: learned ones scored lower there (74.04% against 77.84%).
         """
