@@ -9,10 +9,13 @@ from datadistill import allocator
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # In a fresh interpreter: bytes glibc maps for one 16 MiB malloc (mallinfo2's hblkhd), with or
-# without keep_freed_memory() first. mallinfo2 is glibc >= 2.33.
+# without keep_freed_memory() first. mallinfo2 is glibc >= 2.33. The module is loaded from its
+# file, without the package (and torch), whose freed imports would raise glibc's own threshold.
 MAPPED_FOR_ONE_BLOCK = """
-import ctypes, sys
-from datadistill.allocator import keep_freed_memory
+import ctypes, importlib.util, sys
+spec = importlib.util.spec_from_file_location("allocator", sys.argv[2])
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
                 "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -20,7 +23,7 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
 libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]
 if sys.argv[1] == "keep":
-    assert keep_freed_memory()
+    assert allocator.keep_freed_memory()
 before = libc.mallinfo2().hblkhd
 block = libc.malloc(16 << 20)
 print(libc.mallinfo2().hblkhd - before)
@@ -33,8 +36,8 @@ libc.free(block)
                     reason="mallinfo2 needs glibc 2.33")
 def test_a_large_block_comes_from_the_heap_instead_of_fresh_pages():
     def mapped(mode):
-        out = subprocess.run([sys.executable, "-c", MAPPED_FOR_ONE_BLOCK, mode], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-c", MAPPED_FOR_ONE_BLOCK, mode, allocator.__file__],
+                             capture_output=True, text=True, check=True).stdout
         return int(out)
     assert mapped("default") >= 16 << 20  # glibc's default: mapped afresh, unmapped on free
     assert mapped("keep") == 0
