@@ -309,12 +309,11 @@ class RunConfig:
         86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% / 82.55% after 9, 71.83% / 79.99%
         after 18). Other loaded networks and zoo training: 45, the original's order of magnitude.
         """
+        if self.mode == "train":
+            return 45
         if self.mode == "distill_attack":
             return 4
-        if self.mode != "train" and self.nets.train_nets_type == "known_init":
-            return 27
-        fresh = self.mode != "train" and self.nets.train_nets_type == "unknown_init"
-        return 6 if fresh else 45
+        return {"known_init": 27, "unknown_init": 6}.get(self.nets.train_nets_type, 45)
 
     def default_image_init(self) -> str:
         """How the synthetic images start when ``--image_init`` is not given, measured on MNIST.

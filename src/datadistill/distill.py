@@ -36,13 +36,13 @@ def real_batch_gradient(pool: ChunkPool, trained: Params, real_x: torch.Tensor, 
     """Real-batch loss of the ``trained`` networks, and its gradient w.r.t. their weights,
     computed chunk by chunk on all cores, as their share of the mean over ``n_nets`` networks
     (default: these alone; more when other processes hold the rest). With per-image ``weights``
-    the mean is a weighted one (``objectives``). Nothing here keeps a graph."""
-    detached = {k: v.detach() for k, v in trained.items()}
+    the mean is a weighted one (``objectives``). Nothing here keeps a graph: each chunk's
+    ``summed_loss_grad`` differentiates its own detached copy of the weights."""
     batch = (real_x, real_y) if weights is None else (real_x, real_y, weights)
-    parts = pool.map(lambda model, *chunk: summed_loss_grad(model, detached, *chunk), *batch)
+    parts = pool.map(lambda model, *chunk: summed_loss_grad(model, trained, *chunk), *batch)
     total = real_x.shape[0] if weights is None else weights.sum()
-    scale = 1.0 / (total * (n_nets or next(iter(detached.values())).shape[0]))
-    grads = {k: sum(g[k] for g, _ in parts) * scale for k in detached}
+    scale = 1.0 / (total * (n_nets or next(iter(trained.values())).shape[0]))
+    grads = {k: sum(g[k] for g, _ in parts) * scale for k in trained}
     return sum(v for _, v in parts) * scale, grads
 
 
