@@ -76,7 +76,8 @@ def breakdown(root: str, batch_sizes=(64, 256, 1024), reps: int = 30) -> None:
                 loss, grads = real_batch_gradient(run.pool, trained, x, y)
                 t2 = time.perf_counter()
                 with run._unroll_backend():
-                    torch.autograd.backward(list(trained.values()), [grads[k] for k in trained])
+                    torch.autograd.backward(list(trained.values()), [grads[k] for k in trained],
+                                            inputs=run._learned())
             t3 = time.perf_counter()
             run.optimizer.step()
             run.scheduler.step()

@@ -26,7 +26,11 @@ def _problem(steps=2, per_step=3, epochs=2, dtype=torch.float32):
     return model.to(dtype), params, images, labels, lrs, real_x, real_y
 
 
-def test_unroll_equals_torch_optim_sgd():
+STEP_GRADS = {"torch.func": lambda model: None, "reverse_mode": inner.reverse_mode_grad}
+
+
+@pytest.mark.parametrize("step_grad", STEP_GRADS)
+def test_unroll_equals_torch_optim_sgd(step_grad):
     model, params, images, labels, lrs, _, _ = _problem()
     net = copy.deepcopy(model)
     net.load_state_dict(params)
@@ -36,17 +40,19 @@ def test_unroll_equals_torch_optim_sgd():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(images[t % 2]), labels[t % 2]).backward()
         opt.step()
-    ours = inner.unroll(model, params, images, labels, lrs)
+    ours = inner.unroll(model, params, images, labels, lrs, STEP_GRADS[step_grad](model))
     for name, p in net.named_parameters():
         torch.testing.assert_close(ours[name], p.detach(), rtol=1e-5, atol=1e-6)
     assert not torch.equal(ours["net.1.weight"], params["net.1.weight"])
 
 
-def test_hypergradient_matches_finite_differences(f64):
+@pytest.mark.parametrize("step_grad", STEP_GRADS)
+def test_hypergradient_matches_finite_differences(f64, step_grad):
     model, params, images, labels, lrs, real_x, real_y = _problem(dtype=torch.float64)
     images.requires_grad_()
     lrs.requires_grad_()
-    loss = inner.unrolled_loss(model, params, images, labels, lrs, real_x, real_y)
+    trained = inner.unroll(model, params, images, labels, lrs, STEP_GRADS[step_grad](model))
+    loss = inner.task_loss(model, trained, real_x, real_y)
     g_images, g_lrs = torch.autograd.grad(loss, (images, lrs))
 
     def f(imgs, rates):

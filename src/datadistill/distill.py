@@ -227,7 +227,9 @@ class Distillation:
             loss, grads = real_batch_gradient(self.pool, trained, real_x, wanted,
                                               self.config.nets.nets_per_iteration, weights)
             with self._unroll_backend():
-                torch.autograd.backward(list(trained.values()), [grads[k] for k in trained])
+                # only to what is learned: fixed networks' initial weights need no gradient
+                torch.autograd.backward(list(trained.values()), [grads[k] for k in trained],
+                                        inputs=self._learned())
         # every process pushed back its networks' share of the mean; their sum is the step of all
         self.world.all_reduce_sum([p.grad for p in self._learned()] + [loss])
         self.optimizer.step()
