@@ -1,9 +1,9 @@
 """Figure 3 of issue 3: the random-init command, verbatim plus --dataset_root and --test_n_nets 20.
 
-Prints the mean +- std test accuracy over 20 fresh networks and the wall time (about 6 minutes on
-a 2-core CPU at the default 6 epochs; pass --epochs 45 for the earlier default, about 33 minutes).
+Prints the mean +- std test accuracy over 20 fresh networks and the wall time (about 5.5 minutes
+on a 2-core CPU at the default 3 epochs; --epochs 6 --lr 0.01 gives the earlier default).
 
-    python benchmarks/unknown_init_mnist.py [extra flags, e.g. --epochs 5 for a quick look]
+    python benchmarks/unknown_init_mnist.py [extra flags, e.g. --epochs 1 for a quick look]
 """
 import json
 import sys

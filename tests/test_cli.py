@@ -50,8 +50,12 @@ def test_defaults_that_depend_on_the_run_follow_its_networks():
     fresh, fixed = config(), config("--train_nets_type", "known_init")
     loaded = config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
                     "--target_class", "1")
-    assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 6, 0.01)
+    assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 3, 0.05)
     assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 27, 0.04)
+    # step sizes: the images' rate, held to at most 0.01 with fresh networks
+    assert (fresh.outer.step_size_lr, fixed.outer.step_size_lr, loaded.outer.step_size_lr) == (0.01, 0.04, 0.01)
+    assert config("--lr", "0.005").outer.step_size_lr == 0.005
+    assert config("--lr", "0.005", "--step_size_lr", "0.02").outer.step_size_lr == 0.02
     assert (loaded.synthetic.image_init, loaded.outer.epochs, loaded.attack_weight) == ("real", 4, 3.0)
     adapt = config("--mode", "distill_adapt", "--source_dataset", "MNIST", "--dataset", "digits",
                    "--train_nets_type", "loaded")
@@ -82,6 +86,7 @@ def test_python_dash_m_and_aliases(tmp_path):
     (["--image_init", "zeros"], "accepted: noise, real"),
     (["--n_nets", "0"], "--n_nets must be positive"),
     (["--lr", "-1"], "--lr must be positive"),
+    (["--step_size_lr", "0"], "--step_size_lr must be positive"),
     (["--distill_steps", "0"], "--distill_steps must be positive"),
     (["--batch_size", "0"], "--batch_size must be positive"),
     (["--distill_lr", "0"], "--distill_lr must be positive"),

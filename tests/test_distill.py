@@ -166,13 +166,17 @@ def test_weighted_chunked_gradient_equals_the_weighted_mean_backward(blobs):
 def test_outer_lr_follows_the_schedule_per_iteration(blobs, schedule):
     cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=1),
                     outer=OuterConfig(epochs=4, schedule=schedule, decay_epochs=1, decay_factor=0.5,
-                                      lr=0.1, batch_size=40),
+                                      lr=0.1, step_size_lr=0.02, batch_size=40),
                     nets=NetsConfig("known_init", 1, "same_as_train", 1))
     run = Distillation(cfg, models.build_model("MLP", 1, 8, 3), blobs.train, None, 3, blobs.mean, blobs.std)
     assert run.iterations_per_epoch == 3
     seen = []
     for _ in range(12):
-        seen.append(run.optimizer.param_groups[0]["lr"])
+        images_group, step_size_group = run.optimizer.param_groups
+        assert step_size_group["params"] == [run.log_lrs]
+        # the step sizes' own rate follows the same schedule
+        assert step_size_group["lr"] == pytest.approx(images_group["lr"] * 0.2)
+        seen.append(images_group["lr"])
         run.step(blobs.train.x[:40], blobs.train.y[:40])
     if schedule == "step":  # halved after every 3 iterations (one epoch)
         assert seen == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025] * 3 + [0.0125] * 3)

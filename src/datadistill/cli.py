@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--zoo_dir", default=None, help="where zoos live (default <results_dir>/zoo)")
     g = p.add_argument_group("outer optimisation")
     g.add_argument("--epochs", type=int, default=None,
-                   help="passes over the training split (default: 6 with fresh networks every "
+                   help="passes over the training split (default: 3 with fresh networks every "
                         "iteration, 27 with known_init, 4 in an attack, else 45)")
     g.add_argument("--lr_schedule", default=None,
                    help=f"cosine (to zero over the run) or step; default {d.outer.schedule}, or step "
@@ -89,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decay_factor", type=float, default=None,
                    help=f"step schedule: lr multiplier at each decay (default {d.outer.decay_factor})")
     g.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate of images and step sizes (default 0.04 with known_init, "
-                        "0.01 with random or loaded nets), or of the networks in --mode train (default 1e-3)")
+                   help="Adam learning rate of the images and learned labels (default 0.04 with "
+                        "known_init, 0.05 with fresh nets, 0.01 with loaded ones), or of the networks "
+                        "in --mode train (default 1e-3)")
+    g.add_argument("--step_size_lr", type=float, default=None,
+                   help="Adam learning rate of the log step sizes (default: --lr, but at most 0.01 "
+                        "with fresh nets every iteration)")
     g.add_argument("--batch_size", type=int, default=d.outer.batch_size, help="real images per outer step")
     g.add_argument("--eval_every", type=int, default=d.eval_every,
                    help="evaluate every N epochs (0: about five times per run)")
@@ -150,7 +154,7 @@ def _outer(args) -> OuterConfig:
     return OuterConfig(epochs=args.epochs, schedule=schedule,
                        decay_epochs=d.decay_epochs if args.decay_epochs is None else args.decay_epochs,
                        decay_factor=d.decay_factor if args.decay_factor is None else args.decay_factor,
-                       lr=args.lr, batch_size=args.batch_size)
+                       lr=args.lr, step_size_lr=args.step_size_lr, batch_size=args.batch_size)
 
 
 def _number(kind, text: str, what: str):

@@ -110,7 +110,11 @@ class Distillation:
         self.label_targets: torch.Tensor | None = None
         if syn.learn_labels:
             self.label_targets = F.one_hot(self.synthetic.labels, num_classes).float().requires_grad_()
-        self.optimizer = torch.optim.Adam(self._learned(), lr=config.outer.lr, betas=(0.5, 0.999))
+        # the step sizes have their own rate: with fresh networks they must move slower than the images
+        images_and_labels = [t for t in self._learned() if t is not self.log_lrs]
+        self.optimizer = torch.optim.Adam(
+            [{"params": images_and_labels}, {"params": [self.log_lrs], "lr": config.outer.step_size_lr}],
+            lr=config.outer.lr, betas=(0.5, 0.999))
         # stepped every iteration; the factor is a pure function of the iteration and the config,
         # so a resumed run (even one with more epochs) lands on the same curve
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
