@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datadistill.cli import main
-from datadistill.config import RunConfig, SyntheticConfig
+from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
 
 FAST = ["--dataset", "digits", "--arch", "LeNet", "--distill_steps", "2", "--distill_epochs", "1",
         "--batch_size", "256", "--no_progress"]
@@ -131,6 +131,14 @@ def test_checkpoints_from_before_a_setting_existed_resume_with_its_old_value():
     learned = RunConfig(synthetic=SyntheticConfig(learn_labels=True)).to_dict()
     with pytest.raises(ArtifactError, match="synthetic.learn_labels=False, this run has True"):
         _check_resumable(older, learned)
+    # before --step_size_lr, the step sizes moved at the images' rate
+    fixed = RunConfig(nets=NetsConfig("known_init", 1, "same_as_train", 1)).to_dict()
+    assert fixed["outer"]["step_size_lr"] == fixed["outer"]["lr"] == 0.04
+    older = {**fixed, "outer": {k: v for k, v in fixed["outer"].items() if k != "step_size_lr"}}
+    _check_resumable(older, fixed)
+    slower = RunConfig(outer=OuterConfig(step_size_lr=0.01), nets=NetsConfig("known_init", 1, "same_as_train", 1))
+    with pytest.raises(ArtifactError, match="outer.step_size_lr=0.04, this run has 0.01"):
+        _check_resumable(older, slower.to_dict())
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -56,6 +58,33 @@ def test_resume_from_checkpoint_continues_exactly(blobs, tmp_path):
     out = resumed.run()
     torch.testing.assert_close(out.images, straight.images, rtol=0, atol=1e-6)
     torch.testing.assert_close(out.lrs, straight.lrs, rtol=0, atol=1e-7)
+
+
+def test_checkpoint_from_before_the_step_sizes_own_rate_continues_exactly(blobs):
+    """Older checkpoints hold one Adam group [images, log step sizes, labels] at one rate."""
+    straight = _run(blobs, epochs=2, learn_labels=True).run()
+    saved = {}
+
+    class StopAfterOne(Callback):
+        def on_epoch_end(self, run):
+            saved.update(run.state_dict())
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(blobs, epochs=2, learn_labels=True).run([StopAfterOne()])
+    state = copy.deepcopy(saved)
+    (images_group, step_size_group) = state["optimizer"]["param_groups"]
+    images, labels = images_group["params"]
+    state["optimizer"]["param_groups"] = [{**images_group, "params": [images, *step_size_group["params"], labels]}]
+    state["scheduler"] = {**state["scheduler"], "base_lrs": state["scheduler"]["base_lrs"][:1],
+                          "_last_lr": state["scheduler"]["_last_lr"][:1]}
+    resumed = _run(blobs, epochs=2, learn_labels=True)
+    resumed.load_state_dict(state)
+    assert resumed.optimizer.param_groups[1]["params"] == [resumed.log_lrs]
+    out = resumed.run()
+    torch.testing.assert_close(out.images, straight.images, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.lrs, straight.lrs, rtol=0, atol=1e-7)
+    torch.testing.assert_close(out.labels, straight.labels, rtol=0, atol=1e-6)
 
 
 def test_learned_labels_start_as_the_fixed_ones(blobs):

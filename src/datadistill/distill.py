@@ -349,8 +349,11 @@ class Distillation:
             self.log_lrs.copy_(state["log_lrs"])
             if self.label_targets is not None:
                 self.label_targets.copy_(state["label_targets"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        optimizer, scheduler = state["optimizer"], state["scheduler"]
+        if len(optimizer["param_groups"]) == 1:
+            optimizer, scheduler = _split_step_size_group(optimizer, scheduler)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
         self.generator.set_state(state["generator"])
         saved_size = state.get("world_size", 1)
         if saved_size != self.world.size:
@@ -366,6 +369,18 @@ class Distillation:
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.history = History(**state["history"])
         self.check_replicas()
+
+
+def _split_step_size_group(optimizer: dict, scheduler: dict) -> tuple[dict, dict]:
+    """Adam and scheduler states of a checkpoint from before the step sizes had their own rate,
+    in today's layout. Then one group held [images, log step sizes, (labels)], all at ``--lr``;
+    now the images and labels form the first group and the step sizes the second, at the same
+    rate (``default_step_size_lr`` of such a run equals its ``--lr``, which the resume check asks)."""
+    group = optimizer["param_groups"][0]
+    images, step_sizes, *labels = group["params"]
+    groups = [{**group, "params": [images, *labels]}, {**group, "params": [step_sizes]}]
+    twice = {k: scheduler[k] * 2 for k in ("base_lrs", "_last_lr") if k in scheduler}
+    return {**optimizer, "param_groups": groups}, {**scheduler, **twice}
 
 
 def check_divides(config: RunConfig, world: World) -> None:

@@ -81,8 +81,10 @@ _RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval
                       ("data", "root"), ("data", "download"), ("test",), ("conv_backend",)}
 
 
-# fields added after checkpoints were first written, with the value every older run had
-_BEFORE_THE_FIELD = {("attack_weight",): 1.0, ("synthetic", "learn_labels"): False}
+# fields added after checkpoints were first written, with the value every older run had (or a
+# function of the older run's section giving it: the step sizes moved at the images' rate)
+_BEFORE_THE_FIELD = {("attack_weight",): 1.0, ("synthetic", "learn_labels"): False,
+                     ("outer", "step_size_lr"): lambda outer: outer["lr"]}
 
 
 def _check_resumable(saved: dict, current: dict, prefix=()) -> None:
@@ -90,7 +92,8 @@ def _check_resumable(saved: dict, current: dict, prefix=()) -> None:
         path = prefix + (key,)
         if path in _RESUMABLE_CHANGES:
             continue
-        old = saved.get(key, _BEFORE_THE_FIELD.get(path))
+        before = _BEFORE_THE_FIELD.get(path)
+        old = saved[key] if key in saved else before(saved) if callable(before) else before
         if isinstance(value, dict) and isinstance(old, dict):
             _check_resumable(old, value, path)
         elif old != value:
