@@ -53,9 +53,9 @@ def reverse_mode_grad(model: nn.Module) -> StepGrad:
     For one network only: it does not compose with ``vmap``. It exists for speed: the transform's
     wrappers cost every operation of the unrolled steps and of their backward (LeNet, 10 MNIST
     images, 3 steps, forward and backward on one core: 21.4 against 25.8 ms; per outer step at
-    batch 256, 42.8 against 46.2 ms). Weights that do not require grad
-    become leaves that do, so the loss can be differentiated w.r.t. them; a caller that pushes a
-    gradient back through the steps names its ``inputs``, so nothing flows into those leaves.
+    batch 256, 42.8 against 46.2 ms). Weights that do not require grad become leaves that do, so
+    the loss can be differentiated w.r.t. them; a caller that pushes a gradient back through the
+    steps names its ``inputs``, so nothing flows into those leaves.
     """
     def step_grad(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
         with torch.enable_grad():
