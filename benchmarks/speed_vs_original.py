@@ -69,15 +69,15 @@ def breakdown(root: str, batch_sizes=(64, 256, 1024), reps: int = 30) -> None:
         for rep in range(reps + 3):
             t0 = time.perf_counter()
             run.optimizer.zero_grad(set_to_none=True)
+            with run._unroll_backend():  # as Distillation.step runs it
+                trained = batched_unroll(model, run.train_nets(), s.images, s.labels, run.log_lrs.exp())
+            t1 = time.perf_counter()
             with run.pool.cores_to_chunks():
-                with run._unroll_backend():
-                    trained = batched_unroll(model, run.train_nets(), s.images, s.labels, run.log_lrs.exp())
-                t1 = time.perf_counter()
                 loss, grads = real_batch_gradient(run.pool, trained, x, y)
-                t2 = time.perf_counter()
-                with run._unroll_backend():
-                    torch.autograd.backward(list(trained.values()), [grads[k] for k in trained],
-                                            inputs=run._learned())
+            t2 = time.perf_counter()
+            with run._unroll_backend():
+                torch.autograd.backward(list(trained.values()), [grads[k] for k in trained],
+                                        inputs=run._learned())
             t3 = time.perf_counter()
             run.optimizer.step()
             run.scheduler.step()
