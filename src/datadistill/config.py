@@ -299,8 +299,8 @@ class RunConfig:
         iterations). Fresh networks every iteration: 0.05, with the step sizes kept at 0.01 (after
         2 epochs over 20 fresh LeNets, one thread: 78.29% against 72.62% with everything at 0.01;
         images at 0.03: 76.90%, at 0.1: 77.03%; step sizes at 0.003: 72.99% after one epoch
-        against 76.78%). Loaded networks: 0.01, the original's rate. Training a
-        zoo's own weights (--mode train): 1e-3, Adam's usual rate.
+        against 76.78%). Loaded networks: 0.01, the original's rate. Training a zoo's own weights
+        (--mode train): 1e-3, Adam's usual rate.
         """
         if self.mode == "train":
             return 1e-3
@@ -324,11 +324,12 @@ class RunConfig:
         every iteration: 3, with the images at 0.05 (``default_lr``): over 20 fresh LeNets, 79.23%
         +- 1.50 in 323 s against 78.08% +- 2.01 after 2 (220 s) and 76.85% after 6; the rate is
         high enough to reach the level early, and longer runs at it only wander (the real-batch
-        loss rose again after 2 epochs of 6 and 12). Everything at 0.01, the earlier default: 77.84%
-        +- 2.60 after 6, and 45 did no better (76.67% +- 8.16). An attack: 4, because longer runs overfit the
-        train zoo (0 -> 1, 200-network zoo, scored on 20 others: success / other classes 80.91% /
-        86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% / 82.55% after 9, 71.83% / 79.99%
-        after 18). Other loaded networks and zoo training: 45, the original's order of magnitude.
+        loss rose again after 2 epochs of 6 and 12). Everything at 0.01, the earlier default:
+        77.84% +- 2.60 after 6, and 45 did no better (76.67% +- 8.16). An attack: 4, because longer
+        runs overfit the train zoo (0 -> 1, 200-network zoo, scored on 20 others: success / other
+        classes 80.91% / 86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% / 82.55% after 9,
+        71.83% / 79.99% after 18). Other loaded networks and zoo training: 45, the original's order
+        of magnitude.
         """
         if self.mode == "train":
             return 45
