@@ -72,3 +72,29 @@ def test_lenet_pools_before_relu_without_changing_outputs_or_gradients():
     g_ours, g_book = grad(partial(loss, ours))(params), grad(partial(loss, textbook))(params)
     for k in params:
         torch.testing.assert_close(g_ours[k], g_book[k], rtol=0, atol=1e-12)
+
+
+def test_one_lenet_reads_its_batch_channels_last_with_the_same_loss_and_gradient():
+    """A single network's real batch runs channels-last for speed, also with one input channel
+    (where ``.contiguous(memory_format=...)`` would change nothing); values must not change."""
+    from datadistill import inner
+
+    model = models.build_model("LeNet", 1, 28, 10).double()
+    params = {k: v.double() for k, v in models.init_params(model, "xavier", 1.0, 0).items()}
+    x = torch.randn(32, 1, 28, 28, dtype=torch.float64)
+    y = torch.arange(32) % 10
+    fast = models.in_fast_layout(model, x)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and fast.stride(1) == 1
+    assert torch.equal(fast, x)
+    conv = torch.nn.functional.conv2d(fast, params["conv1.weight"], padding=2)
+    assert conv.stride(1) == 1  # the activations follow: 6 channels, channels-last
+    assert models.in_fast_layout(models.build_model("MLP", 1, 28, 10), x) is x
+
+    stacked = {k: v.unsqueeze(0) for k, v in params.items()}
+    g_fast, v_fast = inner.summed_loss_grad(model, stacked, x, y)
+    nchw = {k: v.detach().requires_grad_() for k, v in params.items()}
+    v_ref = torch.nn.functional.cross_entropy(functional_call(model, nchw, (x,)), y, reduction="sum")
+    g_ref = torch.autograd.grad(v_ref, list(nchw.values()))
+    torch.testing.assert_close(v_fast, v_ref.detach(), rtol=0, atol=1e-10)
+    for k, g in zip(nchw, g_ref):
+        torch.testing.assert_close(g_fast[k][0], g, rtol=0, atol=1e-10)

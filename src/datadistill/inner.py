@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from .models import Params
+from .models import Params, in_fast_layout
 
 StepGrad = Callable[[Params, torch.Tensor, torch.Tensor], Params]  # (weights, x, y) -> gradient
 
@@ -100,7 +100,8 @@ def summed_loss(model: nn.Module, stacked: Params, x: torch.Tensor, y: torch.Ten
     image's term times ``weights`` (B,) when given."""
     n_nets = next(iter(stacked.values())).shape[0]
     if n_nets == 1:
-        logits = functional_call(model, {k: v[0] for k, v in stacked.items()}, (x,)).unsqueeze(0)
+        one = {k: v[0] for k, v in stacked.items()}
+        logits = functional_call(model, one, (in_fast_layout(model, x),)).unsqueeze(0)
     else:
         logits = vmap(lambda p: functional_call(model, p, (x,)))(stacked)  # (n_nets, B, classes)
     # y: (B,) classes or (B, classes) target vectors (learned labels), the same for every network

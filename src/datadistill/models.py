@@ -61,6 +61,19 @@ def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
     return model
 
 
+def in_fast_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The images x (B, C, H, W) laid out in memory as ``model`` runs them fastest on the CPU:
+    channels-last where its class sets ``channels_last_input``, else x itself. Only the layout
+    changes, not the values. For one network outside ``vmap``; several stacked networks gained
+    nothing (LeNet, 4 networks, 512 images: 447.8 against 448.7 ms).
+    """
+    if not getattr(model, "channels_last_input", False) or x.dim() != 4 or x.device.type != "cpu":
+        return x
+    # not x.contiguous(memory_format=...): with one channel both layouts count as contiguous and
+    # it returns x unchanged, while convolutions follow the strides of what they are given
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+
+
 def _pretrained_archs() -> list[str]:
     """Archs that can load ImageNet weights: their class declares a ``pretrained_weights`` slot."""
     return sorted(name for name, cls in ARCHS.items() if hasattr(cls, "pretrained_weights"))
@@ -72,6 +85,9 @@ class LeNet(nn.Module):
 
     supported_sizes = {28, 32}
     default_size = 28
+    # one network's large batch runs faster with channels-last activations (max-pooling above
+    # all): forward and backward of 512 MNIST images on one core, 52.9 against 75.8 ms
+    channels_last_input = True
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int):
         super().__init__()
