@@ -63,6 +63,9 @@ def test_defaults_that_depend_on_the_run_follow_its_networks():
     assert loaded.synthetic.learn_labels and fixed.synthetic.learn_labels and not fresh.synthetic.learn_labels
     assert not config("--train_nets_type", "known_init", "--no-learn_labels").synthetic.learn_labels
     assert config("--mode", "train").outer.epochs == 45
+    # passes of the inner GD: more with fresh networks, the paper's 3 elsewhere, a given one kept
+    assert (fresh.synthetic.epochs, fixed.synthetic.epochs, loaded.synthetic.epochs) == (10, 3, 3)
+    assert config("--distill_epochs", "3").synthetic.epochs == 3
     given = config("--train_nets_type", "loaded", "--image_init", "noise", "--epochs", "3", "--learn_labels")
     assert (given.synthetic.image_init, given.outer.epochs, given.synthetic.learn_labels) == ("noise", 3, True)
     assert not config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",

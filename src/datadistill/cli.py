@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the file in torch hub's cache, never downloaded")
     g = p.add_argument_group("distilled set")
     g.add_argument("--distill_steps", type=int, default=d.synthetic.steps, help="GD steps, each with its own images")
-    g.add_argument("--distill_epochs", type=int, default=d.synthetic.epochs, help="passes over the steps")
+    g.add_argument("--distill_epochs", type=int, default=None,
+                   help="passes over the steps (default: 10 with fresh networks, unknown_init; else 3)")
     g.add_argument("--distilled_images_per_class_per_step", type=int, default=d.synthetic.images_per_class_per_step)
     g.add_argument("--distill_lr", type=float, default=d.synthetic.init_lr, help="initial step size of every step")
     g.add_argument("--image_init", default=None,
