@@ -50,7 +50,7 @@ def test_defaults_that_depend_on_the_run_follow_its_networks():
     fresh, fixed = config(), config("--train_nets_type", "known_init")
     loaded = config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
                     "--target_class", "1")
-    assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 3, 0.05)
+    assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 5, 0.05)
     assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 27, 0.04)
     # step sizes: the images' rate, held to at most 0.01 with fresh networks
     assert (fresh.outer.step_size_lr, fixed.outer.step_size_lr, loaded.outer.step_size_lr) == (0.01, 0.04, 0.01)
