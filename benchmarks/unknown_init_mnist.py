@@ -1,8 +1,8 @@
 """Figure 3 of issue 3: the random-init command, verbatim plus --dataset_root and --test_n_nets 20.
 
-Prints the mean +- std test accuracy over 20 fresh networks and the wall time (about 18.5 minutes
-on a 2-core CPU at the defaults: 10 passes over the steps, 5 epochs; --distill_epochs 3 --epochs 3 gives the
-paper's 3 passes: 79.52% in 242 s).
+Prints the mean +- std test accuracy over 20 fresh networks and the wall time (about 18.5
+minutes on a 2-core CPU at the defaults: 10 passes over the steps, 5 epochs; the paper's 3
+passes with `--distill_epochs 3 --epochs 3` gave 79.52% in 242 s).
 
     python benchmarks/unknown_init_mnist.py [extra flags, e.g. --epochs 1 for a quick look]
 """

@@ -331,11 +331,11 @@ class RunConfig:
         same, 87.71% +- 1.06, in more time (1574 s). With the paper's 3 passes the level was
         reached early and longer runs only wandered (79.23% after 3 epochs, 76.85% after 6: the
         real-batch loss rose again after 2 epochs of 6 and 12); everything at 0.01, an earlier
-        default: 77.84% +- 2.60 after 6, and 45 did no better (76.67% +- 8.16). An attack: 4, because longer
-        runs overfit the train zoo (0 -> 1, 200-network zoo, scored on 20 others: success / other
-        classes 80.91% / 86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% / 82.55% after 9,
-        71.83% / 79.99% after 18). Other loaded networks and zoo training: 45, the original's order
-        of magnitude.
+        default: 77.84% +- 2.60 after 6, and 45 did no better (76.67% +- 8.16). An attack: 4,
+        because longer runs overfit the train zoo (0 -> 1, 200-network zoo, scored on 20 others:
+        success / other classes 80.91% / 86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% /
+        82.55% after 9, 71.83% / 79.99% after 18). Other loaded networks and zoo training: 45, the
+        original's order of magnitude.
         """
         if self.mode == "train":
             return 45
@@ -347,10 +347,10 @@ class RunConfig:
         """Passes of the inner GD over the distilled steps when ``--distill_epochs`` is not given.
 
         The paper's 3, except with fresh networks every iteration (unknown_init), where more passes
-        over the same images train a network from scratch much further: 10 steps of 10 MNIST
-        images, over 20 fresh LeNets after 3 epochs (one thread each): 3 passes 79.23%, 5 passes
-        83.98%, 10 passes 85.35%, 15 passes 83.88%. (At the earlier Adam rate of 0.01 for the images, 6 and 10
-        passes had not helped: 73.30% and 77.64%.)
+        over the same images train a network from scratch much further. 10 steps of 10 MNIST
+        images, 20 fresh LeNets, 3 epochs: 3 passes 79.23% (the benchmark, two threads); one-thread
+        runs: 5 passes 83.98%, 10 passes 85.35%, 15 passes 83.88%. (At the earlier Adam rate of
+        0.01 for the images, 6 and 10 passes had not helped: 73.30% and 77.64%.)
         """
         return 10 if self.nets.train_nets_type == "unknown_init" else 3
 
