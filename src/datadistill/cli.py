@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--zoo_dir", default=None, help="where zoos live (default <results_dir>/zoo)")
     g = p.add_argument_group("outer optimisation")
     g.add_argument("--epochs", type=int, default=None,
-                   help="passes over the training split (default: 3 with fresh networks every "
+                   help="passes over the training split (default: 5 with fresh networks every "
                         "iteration, 27 with known_init, 4 in an attack, else 45)")
     g.add_argument("--lr_schedule", default=None,
                    help=f"cosine (to zero over the run) or step; default {d.outer.schedule}, or step "

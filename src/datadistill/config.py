@@ -312,8 +312,8 @@ class RunConfig:
 
     def default_step_size_lr(self) -> float:
         """Adam's learning rate of the log step sizes when none is given: the images' rate
-        (``--lr``), but at most 0.01 with fresh networks every iteration, whose 30 unrolled steps
-        are far less forgiving: with the step sizes at 0.03 they grew past 1 and the run diverged
+        (``--lr``), but at most 0.01 with fresh networks every iteration, whose unrolled steps
+        from scratch are far less forgiving (measured with 30 of them): with the step sizes at 0.03 they grew past 1 and the run diverged
         within 4 epochs."""
         if self.nets.train_nets_type == "unknown_init":
             return min(self.outer.lr, 0.01)
