@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from datadistill import models
+from datadistill import adapt, inner, models
 from datadistill.adapt import adaptation_report, best_fixed_lr, format_table
 from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
 from datadistill.data import Dataset, Split, to_shape
@@ -25,7 +25,27 @@ def _domains():
     return dataset(centres, 60, 20), dataset(moved, 60, 40)
 
 
-def test_distilled_steps_adapt_source_networks_to_the_target():
+def _recording(calls):
+    """``best_fixed_lr`` that also records what it chose from: (candidate, nets, split, grid)."""
+    def chooser(model, candidate, nets, split, grid=adapt.FIXED_LR_GRID):
+        calls.append((candidate, {k: v.clone() for k, v in nets.items()}, split, tuple(grid)))
+        return best_fixed_lr(model, candidate, nets, split, grid)
+    return chooser
+
+
+def _grid_scores(model, candidate, nets, split, grid):
+    """For each step size in ``grid`` (one fixed size for every step): the images of ``split``
+    that ``nets`` classify right after ``candidate``'s GD steps, counted over all the networks
+    (an integer, so that ties are exact; the networks' mean accuracy times their number of tests)."""
+    scores = []
+    for lr in grid:
+        trained = inner.batched_train(model, nets, candidate.images, candidate.labels,
+                                      torch.full(candidate.lrs.shape, float(lr)))
+        scores.append(int((inner.batched_logits(model, trained, split.x).argmax(-1) == split.y).sum()))
+    return scores
+
+
+def test_distilled_steps_adapt_source_networks_to_the_target(monkeypatch):
     source, target = _domains()
     model = models.build_model("MLP", 1, 8, 3)
     def zoo(first_seed, n):
@@ -40,12 +60,24 @@ def test_distilled_steps_adapt_source_networks_to_the_target():
     run = Distillation(cfg, model, target.train, target.test, 3, target.mean, target.std,
                        loaded_train=train_zoo, loaded_test=test_zoo)
     run.run()
+    chooser_calls = []
+    monkeypatch.setattr(adapt, "best_fixed_lr", _recording(chooser_calls))
     rows = adaptation_report(model, run.current(), train_zoo, test_zoo, target, torch.Generator().manual_seed(0),
                              finetune_steps=40, finetune_lr=1e-2, finetune_batch=30)
     before = rows["no adaptation"]["mean"]
     after = rows["distilled (learned step sizes)"]["mean"]
     assert after > before + 0.2, format_table(rows)
-    assert rows["random real (best fixed step size)"]["lr"] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    # the baseline's step size is the grid point whose steps score best on the selection data
+    # (target *training* images, *train* zoo networks), recomputed here one grid point at a time
+    (candidate, nets, selection, grid), = chooser_calls
+    assert grid == (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    assert all(torch.equal(nets[k], train_zoo[k][:len(nets[k])]) for k in train_zoo)
+    assert torch.equal(selection.x, target.train.x[:len(selection)])
+    assert torch.equal(selection.y, target.train.y[:len(selection)])
+    scores = _grid_scores(model, candidate, nets, selection, grid)
+    chosen = rows["random real (best fixed step size)"]["lr"]
+    assert scores[grid.index(chosen)] == max(scores), (chosen, dict(zip(grid, scores)))
+    assert len(set(scores)) > 1, "a grid whose every point scores alike chooses nothing"
     assert all(r["n"] == 6 for r in rows.values())
     # 40 steps at 6 batches an epoch: 7 whole epochs, and the bound does adapt
     assert rows["full fine-tune (7 epochs, bound)"]["mean"] > before + 0.2, format_table(rows)

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 from PIL import Image
@@ -49,6 +52,22 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         artifacts.atomic_write(target, broken)
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_write_gives_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mode):
+    """Not mkstemp's 0600 whatever the umask: others may read results under umask 022."""
+    saved = os.umask(umask)
+    try:
+        fresh = artifacts.write_json(tmp_path / "m.json", {"a": 1})
+        (tmp_path / "old.json").write_text("{}")
+        (tmp_path / "old.json").chmod(0o600)
+        replaced = artifacts.write_json(tmp_path / "old.json", {"a": 2})  # a new file, a new mode
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE(fresh.stat().st_mode) == mode
+    assert stat.S_IMODE(replaced.stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "old.json"]
 
 
 def test_pictures_are_pngs(tmp_path):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from datadistill import inner, models
+from datadistill import attack, inner, models
+from datadistill.adapt import FIXED_LR_GRID, best_fixed_lr
 from datadistill.attack import attack_figures, attack_report, confusion, format_attack_table
 from datadistill.cli import main
 from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
@@ -66,7 +67,15 @@ def _overlapping_blobs():
     return Dataset("blobs4", split(60), split(60), 4, (0.0,), (1.0,))
 
 
-def test_distilled_attack_moves_the_attacked_class_and_reports_a_baseline():
+def _correct_after_fixed_steps(model, candidate, nets, split, lr):
+    """Images of ``split`` that ``nets`` classify as labelled after ``candidate``'s GD steps, all
+    of step size ``lr``, counted over all the networks (an integer, so that ties are exact)."""
+    trained = inner.batched_train(model, nets, candidate.images, candidate.labels,
+                                  torch.full(candidate.lrs.shape, float(lr)))
+    return int((inner.batched_logits(model, trained, split.x).argmax(-1) == split.y).sum())
+
+
+def test_distilled_attack_moves_the_attacked_class_and_reports_a_baseline(monkeypatch):
     blobs = _overlapping_blobs()
     model = models.build_model("MLP", 1, 8, 4)
     def zoo(seed, n):  # a few epochs: accurate, but not so saturated that one step cannot move them
@@ -81,6 +90,12 @@ def test_distilled_attack_moves_the_attacked_class_and_reports_a_baseline():
     run = Distillation(cfg, model, blobs.train, blobs.test, 4, blobs.mean, blobs.std,
                        loaded_train=train_zoo, loaded_test=test_zoo)
     run.run()
+    chooser_calls = []
+
+    def chooser(model, candidate, nets, split, grid=FIXED_LR_GRID):  # best_fixed_lr, recording its inputs
+        chooser_calls.append((candidate, {k: v.clone() for k, v in nets.items()}, split, tuple(grid)))
+        return best_fixed_lr(model, candidate, nets, split, grid)
+    monkeypatch.setattr(attack, "best_fixed_lr", chooser)
     report = attack_report(model, run.current(), train_zoo, test_zoo, blobs.train, blobs.test, 0, 1,
                            torch.Generator().manual_seed(0))
     assert report["before"]["attack_success"] < 0.1
@@ -89,7 +104,18 @@ def test_distilled_attack_moves_the_attacked_class_and_reports_a_baseline():
     assert report["distilled"]["attack_success"] > report["before"]["attack_success"] + 0.25, \
         format_attack_table(report)
     assert report["distilled"]["other_classes_accuracy"] > 0.8
-    assert report["baseline"]["lr"] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    # the baseline's step size is the grid point that best serves the attack objective (training
+    # images with the attacked class relabelled, train-zoo networks), recomputed point by point
+    (candidate, nets, selection, grid), = chooser_calls
+    assert grid == (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    assert all(torch.equal(nets[k], train_zoo[k][:len(nets[k])]) for k in train_zoo)
+    assert torch.equal(selection.x, blobs.train.x[:len(selection)])
+    assert torch.equal(selection.y, wanted_labels(blobs.train.y[:len(selection)], 0, 1))
+    assert (candidate.labels == 1).all()  # real class-0 images labelled as the target class
+    scores = [_correct_after_fixed_steps(model, candidate, nets, selection, lr) for lr in grid]
+    chosen = report["baseline"]["lr"]
+    assert scores[grid.index(chosen)] == max(scores), (chosen, dict(zip(grid, scores)))
+    assert len(set(scores)) > 1, "a grid whose every point scores alike chooses nothing"
     assert run.history.losses[-1]["loss"] < 0.5 * run.history.losses[0]["loss"]
 
 

@@ -29,11 +29,27 @@ def test_missing_root_says_what_to_do(tmp_path):
 
 
 def test_shuffled_batches_cover_each_image_once(blobs):
-    seen = []
-    for x, y in data.shuffled_batches(blobs.train, 32, torch.Generator().manual_seed(0)):
-        assert x.shape[0] == 32
-        seen.append(y)
-    assert len(seen) == data.batches_per_epoch(len(blobs.train), 32) == 3
+    n = len(blobs.train)  # 120
+    # tag every image with its index, so a batch says which images it holds
+    tagged = data.Split(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 8, 8).clone(),
+                        blobs.train.y)
+
+    def epoch(batch_size):
+        seen = []
+        for x, y in data.shuffled_batches(tagged, batch_size, torch.Generator().manual_seed(0)):
+            assert x.shape[0] == batch_size
+            idx = x[:, 0, 0, 0].long()
+            assert torch.equal(x, tagged.x[idx]) and torch.equal(y, tagged.y[idx])  # images keep their labels
+            seen.append(idx)
+        assert len(seen) == data.batches_per_epoch(n, batch_size)
+        return torch.cat(seen)
+
+    # batches that divide the split: every image exactly once, and shuffled
+    idx = epoch(40)
+    assert sorted(idx.tolist()) == list(range(n)) and idx.tolist() != list(range(n))
+    # batches of 32: 3 whole batches, the remainder of 24 dropped, no image twice
+    idx = epoch(32)
+    assert len(idx) == 96 and len(set(idx.tolist())) == 96 and set(idx.tolist()) <= set(range(n))
 
 
 def test_class_balanced_sample(blobs):

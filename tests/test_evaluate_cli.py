@@ -71,6 +71,38 @@ def saved(tmp_path, digits_set):
     return str(artifacts.save_distilled(tmp_path / "distilled.pt", digits_set))
 
 
+def _plain_torch_accuracies(path, protocol, seed, n_nets):
+    """Test accuracy on digits of MLPs trained on the file at ``path`` with nn.Module and plain
+    autograd, one network at a time (the protocols of ``evaluate``, the settings of the test below)."""
+    from datadistill.evaluate import eval_seeds
+    d = torch.load(path, weights_only=True)
+    x, y, lrs = d["images"], d["labels"], d["lrs"]
+    test = load_dataset("digits", image_size=28).test
+    model = build_model("MLP", 1, 28, 10)
+    accs = []
+    for init in unstack_params(fresh_nets(model, "xavier", 1.0, eval_seeds(seed, n_nets), "cpu")):
+        model.load_state_dict(init)
+        if protocol == "unrolled":  # step t: GD on batch t % steps with the saved step size t
+            for t, lr in enumerate(lrs.tolist()):
+                model.zero_grad()
+                F.cross_entropy(model(x[t % x.shape[0]]), y[t % x.shape[0]]).backward()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p -= lr * p.grad
+        else:  # 5 epochs of SGD over the pooled images, batches of 10, the order seeded by --seed
+            flat_x, flat_y = x.flatten(0, 1), y.flatten(0, 1)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            g = torch.Generator().manual_seed(seed)
+            for _ in range(5):
+                for idx in torch.randperm(len(flat_y), generator=g).split(10):
+                    opt.zero_grad()
+                    F.cross_entropy(model(flat_x[idx]), flat_y[idx]).backward()
+                    opt.step()
+        with torch.no_grad():
+            accs.append(float((model(test.x).argmax(-1) == test.y).float().mean()))
+    return accs
+
+
 @pytest.mark.parametrize("protocol,extra", [
     ("unrolled", []),
     ("from_scratch", ["--scratch_epochs", "5", "--scratch_lr", "0.01", "--scratch_batch_size", "10"]),
@@ -87,7 +119,11 @@ def test_evaluate_round_trips_a_saved_set(tmp_path, capsys, saved, protocol, ext
     assert results["protocol"] == protocol and results["arch"] == "MLP"
     r = results["result"]
     assert r["n"] == 3 and len(r["accuracies"]) == 3 and all(0 <= a <= 1 for a in r["accuracies"])
-    assert r["mean"] == pytest.approx(sum(r["accuracies"]) / 3)
+    # re-evaluate the saved file in plain torch: the fresh networks of --seed 4, trained one by one
+    want = _plain_torch_accuracies(saved, protocol, seed=4, n_nets=3)
+    test_size = len(load_dataset("digits", image_size=28).test)
+    assert r["accuracies"] == pytest.approx(want, abs=1.5 / test_size)  # an argmax tie may flip one image
+    assert r["mean"] == pytest.approx(sum(want) / 3, abs=1.5 / test_size)
     assert f"{100 * r['mean']:.2f}% +- {100 * r['std']:.2f} over 3 nets" in printed
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # no temporary left behind
 

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 
@@ -58,11 +60,17 @@ def test_each_conv_backend_computes_the_same_unroll(name):
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
 
 
-def test_fastest_backend_times_the_work_under_each_choice():
+@pytest.mark.parametrize("slow,fast", [("mkldnn", "native"), ("native", "mkldnn")])
+def test_fastest_backend_times_the_work_under_each_choice(slow, fast):
     seen = []
-    chosen = backends.fastest_backend(lambda: seen.append(torch.backends.mkldnn.enabled),
-                                      torch.device("cpu"), reps=2)
+
+    def work():  # 20 ms under the slow backend, nothing under the other
+        seen.append(torch.backends.mkldnn.enabled)
+        if torch.backends.mkldnn.enabled == (slow == "mkldnn"):
+            time.sleep(0.02)
+
+    chosen = backends.fastest_backend(work, torch.device("cpu"), reps=2)
     if torch.backends.mkldnn.is_available():
         assert sorted(set(seen)) == [False, True] and len(seen) == 6
-        assert chosen in ("mkldnn", "native")
+        assert chosen == fast
     assert backends.fastest_backend(lambda: None, torch.device("meta")) == "unchanged"

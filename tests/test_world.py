@@ -9,10 +9,12 @@ import time
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from datadistill import artifacts
+from datadistill import world as world_module
 from datadistill.errors import ConfigError
-from datadistill.world import World, launched_size, start
+from datadistill.world import World, collective_device, launched_size, start
 
 RUN = ["--dataset", "digits", "--arch", "LeNet", "--distill_steps", "2", "--distill_epochs", "1",
        "--batch_size", "128", "--n_nets", "4", "--test_n_nets", "3", "--no_progress",
@@ -65,6 +67,48 @@ def test_a_single_process_needs_no_group_and_passes_values_through(monkeypatch):
     assert launched_size(None) == 2
     with pytest.raises(ConfigError, match="--world_size 3 but the launcher set WORLD_SIZE=2"):
         launched_size(3)
+
+
+def test_collectives_hand_the_backend_tensors_on_its_device(monkeypatch):
+    """NCCL takes only CUDA tensors, gloo CPU ones; checked without a GPU or a group: the backend
+    is faked, and a fake all_reduce records where its tensors are (summing over two processes
+    that hold the same values doubles them)."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    assert collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert collective_device() == torch.device("cpu")
+
+    seen = []
+
+    def all_reduce(t, op=dist.ReduceOp.SUM):
+        seen.append((t.device, op))
+        if op == dist.ReduceOp.SUM:
+            t.mul_(2)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    a, b = torch.ones(2, 3), torch.arange(4.0)
+    World(0, 2).all_reduce_sum([a, b])
+    World(0, 2).check_identical([a, b], "the images")
+    assert a.tolist() == [[2.0] * 3] * 2 and b.tolist() == [0.0, 2.0, 4.0, 6.0]  # summed, copied back
+    assert seen == [(torch.device("cpu"), dist.ReduceOp.SUM), (torch.device("cpu"), dist.ReduceOp.MIN),
+                    (torch.device("cpu"), dist.ReduceOp.MAX)]
+
+    class Stop(Exception):
+        pass
+
+    def stop(t, op=dist.ReduceOp.SUM):  # the collective itself cannot run on the meta device
+        seen.append(t.device)
+        raise Stop
+
+    # whatever device the helper names, not a fixed one (check_identical used to send the CPU's)
+    monkeypatch.setattr(world_module, "collective_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(dist, "all_reduce", stop)
+    seen.clear()
+    for call in (lambda: World(0, 2).all_reduce_sum([a, b]), lambda: World(0, 2).check_identical([a], "x")):
+        with pytest.raises(Stop):
+            call()
+    assert seen == [torch.device("meta")] * 2
 
 
 # -- real groups of two ------------------------------------------------------------------------------

@@ -1,5 +1,4 @@
-import sys
+"""``python -m datadistill``: the same command line as ``datadistill``."""
+from .commands import run
 
-from .cli import main
-
-sys.exit(main())
+run()

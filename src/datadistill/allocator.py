@@ -4,11 +4,11 @@ glibc's malloc serves large blocks (from 128 KiB, rising with use to at most 32 
 fresh pages, and hands freed memory at the top of the heap back to the system once more than a
 threshold is free. A distillation step allocates and frees the same few-hundred-KiB to
 few-MiB buffers (im2col columns of the unrolled convolutions, activations of the real batch)
-thousands of times, so each allocation can page-fault afresh (the zero-fill of the 784 KB of
-LeNet's first-layer columns for 10 images took 447 us). Raising both thresholds keeps those pages
-in the heap for reuse: measured on a loaded 2-core machine, the unrolled steps went from 27-32 to
-22 ms and a 256-image real-batch gradient from 69-89 to 58-75 ms. The cost is that the process
-keeps its peak memory until it exits, which a training run does anyway.
+thousands of times, so each allocation can page-fault afresh, and the kernel zero-fills every
+fresh page (784 KB for the columns of LeNet's first layer on 10 images). Raising both thresholds
+keeps those pages in the heap for reuse, so the steps stop paying for page faults and zero-fill.
+The cost is that the process keeps its peak memory until it exits, which a training run does
+anyway.
 
 Process-wide, so only the command line calls it; Python users may call it themselves.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -20,14 +20,19 @@ from .synthetic import SyntheticSet
 DISTILLED = "distilled.pt"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
-CHECKPOINT_FORMAT = "datadistill.checkpoint/1"
+CHECKPOINT_FORMAT = "datadistill.checkpoint/2"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The result has the mode any new file gets (``0o666`` less the umask, so 0644 under umask 022),
+    not ``mkstemp``'s 0600: the temporary file is created with mode ``0o666`` and the kernel
+    applies the umask, which avoids reading the umask (``os.umask`` sets it process-wide).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -38,6 +43,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty file ``.NAME.RANDOM.tmp`` beside ``path``, opened for writing; an exclusive
+    create under a random name, retried on the rare clash, as ``mkstemp`` does."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path, obj) -> Path:
@@ -82,7 +100,7 @@ def load_zoo(path):
     """Read a zoo file; ``ArtifactError`` if missing or not a zoo."""
     from .zoo import Zoo
 
-    hint = "train one with --mode train (and --phase test for the test zoo), or pass --zoo_dir"
+    hint = "train one with datadistill train-zoo (and --phase test for the test zoo), or pass --zoo_dir"
     d = _torch_load(path, "model zoo", hint)
     try:
         return Zoo.from_dict(d)
@@ -97,6 +115,9 @@ def save_checkpoint(path, state: dict) -> Path:
 def load_checkpoint(path) -> dict:
     hint = "expected a checkpoint.pt written by datadistill; run without --resume to start afresh"
     state = _torch_load(path, "checkpoint", hint)
+    if isinstance(state, dict) and state.get("format") == "datadistill.checkpoint/1":
+        raise ArtifactError(f"checkpoint {path} was written by datadistill 0.1, whose runs this version "
+                            f"does not continue; run without --resume to start afresh")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"cannot read checkpoint {path}: not a datadistill checkpoint; {hint}")
     return state

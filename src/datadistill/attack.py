@@ -1,6 +1,6 @@
 """What the attack setting (``--mode distill_attack``) adds to basic distillation: its report.
 
-The optimisation is basic distillation with relabelled real data (``objectives.wanted_labels``).
+The optimisation is basic distillation with relabelled real data (``methods.wang2018.Relabel``).
 The report scores networks of the *test* zoo, before and after the GD steps, through their
 confusion matrices on the test split:
 - accuracy per class;
@@ -8,20 +8,26 @@ confusion matrices on the test split:
 - accuracy on the other classes (every class but ``attack_class``, pooled over their images);
 and the same after the baseline: the same number of steps on as many real ``attack_class``
 training images labelled ``target_class``, with the best fixed step size (chosen by the attack
-objective on training images with train-zoo networks). Pure: no files, no printing.
+objective on the validation split with train-zoo networks). Pure: no files, no printing.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from .adapt import SELECTION_IMAGES, best_fixed_lr
+from .adapt import best_fixed_lr, selection_split
 from .baselines import fixed_lrs
 from .data import Split
 from .inner import batched_logits, batched_train
 from .models import Params
-from .objectives import wanted_labels
 from .synthetic import SyntheticSet
+
+
+def wanted_labels(y: torch.Tensor, attack_class: int, target_class: int) -> torch.Tensor:
+    """y (B,) with ``attack_class`` replaced by ``target_class``: what the attack wants predicted."""
+    return torch.where(y == attack_class, torch.full_like(y, target_class), y)
 
 
 def confusion(model: nn.Module, stacked: Params, split: Split, num_classes: int) -> torch.Tensor:
@@ -66,17 +72,20 @@ def real_attack_baseline(train: Split, like: SyntheticSet, attack_class: int, ta
 
 
 def attack_report(model: nn.Module, synthetic: SyntheticSet, train_nets: Params, test_nets: Params,
-                  train: Split, test: Split, attack_class: int, target_class: int,
-                  generator: torch.Generator) -> dict:
-    """Before / distilled / baseline figures on the test networks, and the baseline's step size."""
+                  train: Split, val: Split | None, test: Split, attack_class: int, target_class: int,
+                  generator: torch.Generator, progress: Callable[[str], None] = lambda what: None) -> dict:
+    """Before / distilled / baseline figures on the test networks, and the baseline's step size;
+    ``progress(what)`` is called before each part."""
+    progress("attack report: before and after the distilled steps")
     c = synthetic.num_classes
     report = {"attack_class": attack_class, "target_class": target_class,
               "before": attack_figures(confusion(model, test_nets, test, c), attack_class, target_class),
               "distilled": attack_figures(confusion(model, _trained(model, synthetic, test_nets), test, c),
                                           attack_class, target_class)}
     baseline = real_attack_baseline(train, synthetic, attack_class, target_class, generator)
-    selection = Split(train.x[:SELECTION_IMAGES], wanted_labels(train.y[:SELECTION_IMAGES], attack_class,
-                                                                target_class))
+    progress("attack report: real-image baseline, choosing its step size on validation")
+    chosen_on = selection_split(train, val)
+    selection = Split(chosen_on.x, wanted_labels(chosen_on.y, attack_class, target_class))
     choosers = {k: v[:10] for k, v in train_nets.items()}
     # best by the attack objective: accuracy against the wanted labels of training images
     best = best_fixed_lr(model, baseline, choosers, selection)

@@ -1,9 +1,9 @@
 """Choosing the CPU convolution backend for the unrolled steps by timing both, once per run.
 
 The unrolled steps convolve only the few synthetic images, and oneDNN (mkldnn) is slow on some of
-those small shapes: LeNet's first layer (one input channel) on 10 MNIST images took 18.6 ms for
-three unrolled steps and their backward with oneDNN, 13.9 ms with PyTorch's native kernels. On the
-large real batch oneDNN wins by far. Neither is best everywhere, so, like
+those small shapes: LeNet's first layer (one input channel) on a few images, for the unrolled
+steps and their backward, runs faster on PyTorch's native kernels. On the large real batch oneDNN
+wins by far. Neither is best everywhere, so, like
 ``torch.backends.cudnn.benchmark``, a run times both on its own shapes and keeps the faster one.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ TRAIN_NETS_TYPES = ("known_init", "unknown_init", "loaded")
 TEST_NETS_TYPES = ("same_as_train", "unknown_init", "loaded")
 PHASES = ("train", "test")
 IMAGE_INITS = ("noise", "real")
-CONV_BACKENDS = ("auto", "mkldnn", "native")  # CPU convolutions of the unrolled steps
+CONV_BACKENDS = ("native", "mkldnn", "auto")  # CPU convolutions of the unrolled steps (see runtime)
 LR_SCHEDULES = ("cosine", "step")
 RANDOM_INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
 INITS = RANDOM_INITS + ("imagenet_pretrained",)  # the last: torchvision's ImageNet AlexNet
@@ -44,6 +44,13 @@ class DataConfig:
     root: str | None = None  # None: ./data
     download: bool = False
     source_dataset: str | None = None  # distill_adapt: the domain the loaded networks know
+    # training images held out as the validation split (every choice is made on it, never on the
+    # test split); None: min(5000, a tenth of the training split)
+    val_size: int | None = None
+
+    def __post_init__(self):
+        if self.val_size is not None and self.val_size < 0:
+            raise ConfigError(f"--val_size must be >= 0, got {self.val_size}")
 
 
 @dataclass(frozen=True)
@@ -75,23 +82,18 @@ class SyntheticConfig:
     """
 
     steps: int = 10
-    epochs: int | None = None  # None: the measured default of the run (RunConfig.default_distill_epochs)
+    epochs: int = 3  # passes over the steps (the paper's 3)
     images_per_class_per_step: int = 1
     init_lr: float = 0.02
-    # "noise": N(0, 1) in normalised space; "real": random training images; None: the measured
-    # default of the run's mode (RunConfig.default_image_init)
-    image_init: str | None = None
+    image_init: str = "noise"  # "noise": N(0, 1) in normalised space; "real": random training images
     # learn each image's label as a vector of class weights (the target of the inner
-    # cross-entropy), starting from its one-hot class, instead of keeping the fixed labels;
-    # None: the measured default of the run's mode (RunConfig.default_learn_labels)
-    learn_labels: bool | None = None
+    # cross-entropy), starting from its one-hot class, instead of the paper's fixed labels
+    learn_labels: bool = False
 
     def __post_init__(self):
-        if self.image_init is not None:
-            _choice("--image_init", self.image_init, IMAGE_INITS)
+        _choice("--image_init", self.image_init, IMAGE_INITS)
         _positive("--distill_steps", self.steps)
-        if self.epochs is not None:
-            _positive("--distill_epochs", self.epochs)
+        _positive("--distill_epochs", self.epochs)
         _positive("--distilled_images_per_class_per_step", self.images_per_class_per_step)
         _positive("--distill_lr", self.init_lr)
 
@@ -100,30 +102,23 @@ class SyntheticConfig:
 class OuterConfig:
     """The outer optimisation of images and step sizes: Adam, and how its learning rate decays."""
 
-    # Measured on real MNIST, LeNet, known_init, 10 images x 3 steps (benchmarks/known_init_mnist.py):
-    # batch 256 gives ~4x the iterations of the original's 1024 for ~1/3 of the cost each; a cosine
-    # decay to zero over the run beat a step decay of the same length (91.7% vs 89.6% after 6000
-    # iterations, mean of two seeds), and the step decay of x0.8 every 3 epochs beat halving every 10.
-    # passes over the training split; None: the measured default of the run (RunConfig.default_epochs)
-    epochs: int | None = None
+    # a smaller real batch than the original's 1024 buys more outer iterations for the same time,
+    # and a cosine decay to zero over the run ends each run at its own settled point
+    epochs: int = 5  # passes over the training split
     schedule: str = "cosine"  # "cosine": to zero over all epochs; "step": x decay_factor every decay_epochs
     decay_epochs: int = 3
     decay_factor: float = 0.8
-    lr: float | None = None  # None: the measured default for the run's mode and networks (RunConfig)
-    # Adam's rate for the (log) step sizes; None: the measured default (RunConfig.default_step_size_lr)
-    step_size_lr: float | None = None
+    lr: float = 0.05  # Adam's rate of the images (and learned labels); of the weights when training a zoo
+    step_size_lr: float = 0.01  # Adam's rate of the log step sizes
     batch_size: int = 256  # real images per outer step
 
     def __post_init__(self):
         _choice("--lr_schedule", self.schedule, LR_SCHEDULES)
-        if self.epochs is not None:
-            _positive("--epochs", self.epochs)
+        _positive("--epochs", self.epochs)
         _positive("--decay_epochs", self.decay_epochs)
         _positive("--decay_factor", self.decay_factor)
-        if self.lr is not None:
-            _positive("--lr", self.lr)
-        if self.step_size_lr is not None:
-            _positive("--step_size_lr", self.step_size_lr)
+        _positive("--lr", self.lr)
+        _positive("--step_size_lr", self.step_size_lr)
         _positive("--batch_size", self.batch_size)
 
     def lr_factor(self, iteration: int, iterations_per_epoch: int) -> float:
@@ -231,49 +226,37 @@ class TestPhaseConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one run needs; ``to_dict`` is what goes into result files."""
+    """Everything one job needs; ``to_dict`` is what goes into result files.
+
+    The defaults are those of the ``fresh`` preset; ``build_config`` applies the preset a run's
+    setting calls for (``PRESETS``) under the flags given explicitly.
+    """
 
     mode: str = "distill_basic"
+    method: str = "wang2018"
+    preset: str = "fresh"  # the preset the defaults came from (recorded, not applied here)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
     nets: NetsConfig = field(default_factory=NetsConfig)
-    test: TestPhaseConfig = field(default_factory=TestPhaseConfig)  # --phase test of a distill mode
-    eval_every: int = 0  # evaluate every N outer epochs; 0 picks about five times per run
+    test: TestPhaseConfig = field(default_factory=TestPhaseConfig)  # the test phase (``datadistill test``)
+    eval_every: int = 0  # validate every N outer epochs; 0: about five times per run
     results_dir: str = "./results"
     seed: int = 1
     device: str = "cpu"
-    phase: str = "train"  # --mode train: which zoo to fill; distill modes: "test" scores, never distils
+    phase: str = "train"  # train-zoo: which zoo to fill
     attack_class: int | None = None  # distill_attack: images of this class ...
     target_class: int | None = None  # ... should be taken for this one
-    # distill_attack: weight of attack_class images in the outer loss; 1 is the paper's objective,
-    # 3 the measured default (0 -> 1 on MNIST, 200-network zoo, learned labels, 4 epochs: 80.91%
-    # success with the other classes at 86.40%, 9.03 points lost)
-    attack_weight: float = 3.0
+    attack_weight: float = 1.0  # distill_attack: weight of attack_class images in the outer loss (1: the paper's)
     zoo_dir: str | None = None  # None: <results_dir>/zoo
-    conv_backend: str = "auto"  # auto: time both on the first step; fixed: the same numerics every run
+    conv_backend: str = "native"  # CPU convolutions of the unrolled steps; auto: timed on the first step
 
     def __post_init__(self):
         _choice("mode", self.mode, MODES)
         _choice("--phase", self.phase, PHASES)
         _choice("--conv_backend", self.conv_backend, CONV_BACKENDS)
-        if self.outer.lr is None:
-            object.__setattr__(self, "outer", dataclasses.replace(self.outer, lr=self.default_lr()))
-        if self.outer.step_size_lr is None:
-            object.__setattr__(self, "outer", dataclasses.replace(
-                self.outer, step_size_lr=self.default_step_size_lr()))
-        if self.outer.epochs is None:
-            object.__setattr__(self, "outer", dataclasses.replace(self.outer, epochs=self.default_epochs()))
-        if self.synthetic.epochs is None:
-            object.__setattr__(self, "synthetic", dataclasses.replace(self.synthetic,
-                                                                      epochs=self.default_distill_epochs()))
-        if self.synthetic.image_init is None:
-            object.__setattr__(self, "synthetic", dataclasses.replace(self.synthetic,
-                                                                      image_init=self.default_image_init()))
-        if self.synthetic.learn_labels is None:
-            object.__setattr__(self, "synthetic", dataclasses.replace(
-                self.synthetic, learn_labels=self.default_learn_labels()))
+        _choice("--preset", self.preset, tuple(PRESETS))
         if self.mode == "distill_attack":
             if self.attack_class is None or self.target_class is None:
                 raise ConfigError("--mode distill_attack needs --attack_class and --target_class")
@@ -289,100 +272,14 @@ class RunConfig:
                                   "loaded networks were trained on")
             if self.nets.train_nets_type != "loaded":
                 raise ConfigError("--mode distill_adapt needs --train_nets_type loaded (networks "
-                                  "trained on --source_dataset with --mode train)")
+                                  "trained on --source_dataset with train-zoo)")
         if self.eval_every < 0:
             raise ConfigError(f"--eval_every must be >= 0, got {self.eval_every}")
 
-    def default_lr(self) -> float:
-        """Adam's learning rate of the images (and learned labels) when none is given, measured
-        per setting on real MNIST / LeNet; the step sizes have their own (``default_step_size_lr``).
-
-        One fixed network, whose labels are learned by default: 0.04 (25 epochs, seeds 1, 2, 3:
-        93.81%, 94.90%, 94.33%, against 94.84%, 92.84%, 93.85% at 0.05 and 93.53% for seed 1 at
-        0.03; with fixed labels 0.03 had beaten 0.015, 91.7% against 89.3% after 6000
-        iterations). Fresh networks every iteration: 0.05, with the step sizes kept at 0.01 (after
-        2 epochs over 20 fresh LeNets, one thread: 78.29% against 72.62% with everything at 0.01;
-        images at 0.03: 76.90%, at 0.1: 77.03%; step sizes at 0.003: 72.99% after one epoch
-        against 76.78%). Loaded networks: 0.01, the original's rate. Training a zoo's own weights
-        (--mode train): 1e-3, Adam's usual rate.
-        """
-        if self.mode == "train":
-            return 1e-3
-        return {"known_init": 0.04, "unknown_init": 0.05}.get(self.nets.train_nets_type, 0.01)
-
-    def default_step_size_lr(self) -> float:
-        """Adam's learning rate of the log step sizes when none is given: the images' rate
-        (``--lr``), but at most 0.01 with fresh networks every iteration, whose unrolled steps
-        from scratch are far less forgiving (measured with 30 of them): with the step sizes at 0.03 they grew past 1 and the run diverged
-        within 4 epochs."""
-        if self.nets.train_nets_type == "unknown_init":
-            return min(self.outer.lr, 0.01)
-        return self.outer.lr
-
-    def default_epochs(self) -> int:
-        """Passes over the training split when ``--epochs`` is not given, measured on real MNIST.
-
-        One fixed network: 27 with the learned labels of its default (94.64% in 289 s on a 2-core
-        CPU; 25 gave 93.48% in 264 s, and 94.35% as the mean of three seeds in one-thread runs;
-        with fixed labels 45 epochs had been needed for 94.39%, 40 gave 92.20%). Fresh networks
-        every iteration: 5, with the images at 0.05 (``default_lr``) and 10 passes over the steps
-        (``default_distill_epochs``): over 20 fresh LeNets (one thread), 87.62% +- 1.03 in 1410 s
-        against 85.35% +- 1.93 after 3 (855 s); two networks per iteration for 3 epochs gave the
-        same, 87.71% +- 1.06, in more time (1574 s). With the paper's 3 passes the level was
-        reached early and longer runs only wandered (79.23% after 3 epochs, 76.85% after 6: the
-        real-batch loss rose again after 2 epochs of 6 and 12); everything at 0.01, an earlier
-        default: 77.84% +- 2.60 after 6, and 45 did no better (76.67% +- 8.16). An attack: 4,
-        because longer runs overfit the train zoo (0 -> 1, 200-network zoo, scored on 20 others:
-        success / other classes 80.91% / 86.40% after 4 passes, 79.56% / 85.52% after 6, 76.53% /
-        82.55% after 9, 71.83% / 79.99% after 18). Other loaded networks and zoo training: 45, the
-        original's order of magnitude.
-        """
-        if self.mode == "train":
-            return 45
-        if self.mode == "distill_attack":
-            return 4
-        return {"known_init": 27, "unknown_init": 5}.get(self.nets.train_nets_type, 45)
-
-    def default_distill_epochs(self) -> int:
-        """Passes of the inner GD over the distilled steps when ``--distill_epochs`` is not given.
-
-        The paper's 3, except with fresh networks every iteration (unknown_init), where more passes
-        over the same images train a network from scratch much further. 10 steps of 10 MNIST
-        images, 20 fresh LeNets, 3 epochs: 3 passes 79.23% (the benchmark, two threads); one-thread
-        runs: 5 passes 83.98%, 10 passes 85.35%, 15 passes 83.88%. (At the earlier Adam rate of
-        0.01 for the images, 6 and 10 passes had not helped: 73.30% and 77.64%.)
-        """
-        return 10 if self.nets.train_nets_type == "unknown_init" else 3
-
-    def default_image_init(self) -> str:
-        """How the synthetic images start when ``--image_init`` is not given, measured on MNIST.
-
-        Against a zoo of trained networks, real images: they are already what the networks read,
-        and the distillation refines them. MNIST -> digits adaptation, 50 + 20 LeNets: 91.54%
-        against 85.52% from noise (random real digits with the best fixed step: 82.98%); attack
-        0 -> 1, 3 epochs: 43.93% success against 23.11% from noise, the other classes at 76.24%
-        against 77.27%. Fresh or fixed networks: noise (fixed init, 38 epochs: 91.2% from real
-        images, 92.2% from noise at 40; fresh networks, 6 epochs: 77.81% against 78.00%).
-        """
-        return "real" if self.nets.train_nets_type == "loaded" else "noise"
-
-    def default_learn_labels(self) -> bool:
-        """Whether labels are learned when neither ``--learn_labels`` nor ``--no-learn_labels`` is
-        given, measured on real MNIST / LeNet. In an attack (0 -> 1 against a 200-network zoo,
-        scored on 20 others: 74.40% success and 82.76% on the other classes, against 67.02% and
-        75.93% with fixed labels) and with one fixed network (10 images, 3 steps, 20 epochs at
-        lr 0.03: 93.88% against 90.36% with fixed labels; after 4, 86.73% against 67.57%), as
-        Sucholutsky and Schonlau (2019) found for soft labels. Fresh networks every iteration keep
-        the paper's fixed labels: learned ones scored lower there (74.04% against 77.84%).
-        """
-        return self.mode == "distill_attack" or self.nets.train_nets_type == "known_init"
-
     @property
-    def relabel(self) -> tuple[int | None, int | None]:
-        """(attack_class, target_class) in attack mode, else (None, None): see ``objectives``."""
-        if self.mode == "distill_attack":
-            return self.attack_class, self.target_class
-        return None, None
+    def setting(self) -> str:
+        """basic, adapt or attack: the mode without its prefix."""
+        return self.mode.removeprefix("distill_")
 
     @property
     def zoo_dataset(self) -> str:
@@ -393,10 +290,6 @@ class RunConfig:
     def zoo_root(self) -> str:
         return self.zoo_dir or f"{self.results_dir.rstrip('/')}/zoo"
 
-    @property
-    def eval_interval(self) -> int:
-        return self.eval_every or max(1, self.outer.epochs // 5)
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -406,3 +299,51 @@ class RunConfig:
                     "outer": OuterConfig, "nets": NetsConfig, "test": TestPhaseConfig}
         kwargs = {k: (sections[k](**v) if k in sections else v) for k, v in d.items()}
         return cls(**kwargs)
+
+
+# Named presets: the values a setting takes for what the flags leave out. Each was chosen on
+# real MNIST with LeNet (benchmarks/RESULTS.md has the current figures and their commands).
+# - fresh: fresh networks every iteration; 10 passes over the same images train a network from
+#   scratch much further than the paper's 3, and the step sizes must move slower than the images.
+# - fixed: one fixed network; learned labels (Sucholutsky and Schonlau 2019) reach the same
+#   accuracy in far fewer epochs than fixed ones.
+# - zoo: networks from a trained zoo (adaptation); real images, already what those networks read.
+# - attack: as zoo; learned labels and a weight on the attacked class; longer runs overfit the zoo.
+# - train-zoo: Adam's usual rate for the networks' own weights.
+PRESETS: dict[str, dict[str, object]] = {
+    "fresh": {"outer.lr": 0.05, "outer.step_size_lr": 0.01, "outer.epochs": 5, "synthetic.epochs": 10},
+    "fixed": {"outer.lr": 0.04, "outer.step_size_lr": 0.04, "outer.epochs": 27, "synthetic.epochs": 3,
+              "synthetic.learn_labels": True},
+    "zoo": {"outer.lr": 0.01, "outer.step_size_lr": 0.01, "outer.epochs": 45, "synthetic.epochs": 3,
+            "synthetic.image_init": "real"},
+    "attack": {"outer.lr": 0.01, "outer.step_size_lr": 0.01, "outer.epochs": 4, "synthetic.epochs": 3,
+               "synthetic.image_init": "real", "synthetic.learn_labels": True, "attack_weight": 3.0},
+    "train-zoo": {"outer.lr": 1e-3, "outer.epochs": 45},
+}
+
+
+def default_preset(mode: str, train_nets_type: str) -> str:
+    """The preset a setting takes when ``--preset`` is not given."""
+    if mode == "train":
+        return "train-zoo"
+    if mode == "distill_attack":
+        return "attack"
+    return {"unknown_init": "fresh", "known_init": "fixed"}.get(train_nets_type, "zoo")
+
+
+def build_config(given: dict[str, object], preset: str | None = None) -> RunConfig:
+    """A RunConfig from ``given`` values keyed by dotted field (``"outer.lr"``, ``"seed"``), over
+    the values of ``preset`` (default: ``default_preset`` of the setting), over the defaults."""
+    mode = given.get("mode", RunConfig.mode)
+    preset = preset or default_preset(mode, given.get("nets.train_nets_type", NetsConfig.train_nets_type))
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; accepted: {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **given, "preset": preset}
+    top = {k: v for k, v in values.items() if "." not in k}
+    sections = {"data": DataConfig, "model": ModelConfig, "synthetic": SyntheticConfig,
+                "outer": OuterConfig, "nets": NetsConfig, "test": TestPhaseConfig}
+    for name, cls in sections.items():
+        fields = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")}
+        if name not in top:
+            top[name] = cls(**fields)
+    return RunConfig(**top)

@@ -34,12 +34,16 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """``train`` is what distillation reads; ``val``, held out from the training files, is where
+    every choice is made; ``test`` is read once, for the final report."""
+
     name: str
     train: Split
     test: Split
     num_classes: int
     mean: tuple[float, ...]  # per channel, of the raw [0, 1] pixels
     std: tuple[float, ...]
+    val: Split | None = None
 
     @property
     def in_channels(self) -> int:
@@ -50,8 +54,8 @@ class Dataset:
         return self.train.x.shape[-1]
 
     def to(self, device) -> "Dataset":
-        return Dataset(self.name, self.train.to(device), self.test.to(device),
-                       self.num_classes, self.mean, self.std)
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes,
+                       self.mean, self.std, None if self.val is None else self.val.to(device))
 
 
 # name -> loader(root, download, image_size) returning raw ([0,1] float (N,C,H,W), labels) per split
@@ -304,16 +308,25 @@ def to_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     return x.clamp(0, 1).contiguous()
 
 
+VAL_SEED = 0  # the validation split is the same images on every run
+
+
+def default_val_size(n_train: int) -> int:
+    """Validation images held out of ``n_train`` training files when ``--val_size`` is not given."""
+    return min(5000, n_train // 10)
+
+
 def load_dataset(name: str, root: str | None = None, download: bool = False,
                  image_size: int = 28, device: torch.device | str = "cpu",
-                 shape: tuple[int, int, int] | None = None) -> Dataset:
+                 shape: tuple[int, int, int] | None = None, val_size: int | None = None) -> Dataset:
     """Load ``name`` into memory on ``device``.
 
     ``image_size`` only matters for the bundled ``digits`` and the JPEG folders (PASCAL_VOC,
     CUB200), which are resized to what the model takes; torchvision datasets keep their native size
     unless ``shape`` (C, H, W) asks for another, in which case ``to_shape`` maps both splits before
-    normalisation. Raises ``DatasetError`` when
-    files are missing.
+    normalisation. ``val_size`` training images (a fixed random draw; default
+    ``default_val_size``) become the validation split. Raises ``DatasetError`` when files are
+    missing.
     """
     name = canonical_name(name)
     root = os.path.expanduser(root or "./data")
@@ -323,12 +336,21 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
     (xtr, ytr), (xte, yte) = _LOADERS[name](root, download, image_size if shape is None else shape[-1])
     if shape is not None:
         xtr, xte = to_shape(xtr, shape), to_shape(xte, shape)
+    n_val = default_val_size(len(ytr)) if val_size is None else val_size
+    if n_val >= len(ytr):
+        raise ConfigError(f"--val_size {n_val} leaves no training images of {name}'s {len(ytr)}; "
+                          f"accepted: 0..{len(ytr) - 1}")
+    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(VAL_SEED))
+    xva, yva = xtr[order[:n_val]], ytr[order[:n_val]]
+    keep = order[n_val:].sort().values  # the training split keeps the files' order
+    xtr, ytr = xtr[keep], ytr[keep]
     mean = xtr.mean(dim=(0, 2, 3))
     std = xtr.std(dim=(0, 2, 3))
     norm = lambda x: (x - mean[:, None, None]) / std[:, None, None]  # noqa: E731
-    num_classes = int(ytr.max()) + 1
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    val = Split(norm(xva), yva) if n_val else None
     return Dataset(name, Split(norm(xtr), ytr), Split(norm(xte), yte), num_classes,
-                   tuple(mean.tolist()), tuple(std.tolist())).to(device)
+                   tuple(mean.tolist()), tuple(std.tolist()), val).to(device)
 
 
 def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator

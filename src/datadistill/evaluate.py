@@ -14,10 +14,9 @@ import torch.nn as nn
 
 from .data import Split
 from .inner import batched_logits, batched_train, mean_loss_per_net_summed
-from .models import Params, init_params, stack_params
+from .models import Params
 from .synthetic import SyntheticSet
 
-EVAL_SEED_OFFSET = 1_000_003  # evaluation networks come from seeds no training draw uses
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,6 @@ class EvalResult:
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f}% +- {100 * self.std:.2f} over {self.n} nets"
-
-
-def fresh_nets(model: nn.Module, init: str, init_param: float, seeds: list[int], device) -> Params:
-    """Stacked (n_nets, ...) weights, one network per seed."""
-    return stack_params([init_params(model, init, init_param, s, device) for s in seeds])
-
-
-def eval_seeds(run_seed: int, n: int) -> list[int]:
-    return [EVAL_SEED_OFFSET * (run_seed + 1) + i for i in range(n)]
 
 
 @torch.no_grad()

@@ -1,10 +1,10 @@
 """Spreading one large batch over the CPU cores: chunks evaluated concurrently in threads.
 
-oneDNN parallelises a LeNet-sized convolution over a batch poorly (measured: 1024 MNIST images,
-forward + backward, 96 ms with 2 intra-op threads; 50 ms as two concurrent single-threaded chunks
-on the same 2 cores). PyTorch kernels release the GIL, so plain Python threads run chunks truly in
-parallel. Each worker owns a replica of the model template because ``functional_call`` swaps a
-module's parameters while it runs and so must not share a module between threads.
+oneDNN parallelises a LeNet-sized convolution over a batch poorly, so concurrent single-threaded
+chunks of the batch use a few cores better than intra-op threads on the whole of it. PyTorch
+kernels release the GIL, so plain Python threads run chunks truly in parallel. Each worker owns a
+replica of the model template because ``functional_call`` swaps a module's parameters while it
+runs and so must not share a module between threads.
 
 On a GPU, or with one core, chunks run one after another in the calling thread.
 """
@@ -26,9 +26,8 @@ T = TypeVar("T")
 class ChunkPool:
     """Maps ``fn(model, *chunk)`` over slices of a batch on ``workers`` threads.
 
-    ``max_chunk`` bounds the images per call: smaller chunks stay in cache (256 measured best for
-    LeNet on MNIST); ``min_chunk`` keeps tiny batches in one piece, where threads cost more than
-    they save.
+    ``max_chunk`` bounds the images per call: smaller chunks keep their activations in cache;
+    ``min_chunk`` keeps tiny batches in one piece, where threads cost more than they save.
     """
 
     def __init__(self, model: nn.Module, device: torch.device | str = "cpu", workers: int | None = None,
@@ -74,8 +73,7 @@ class ChunkPool:
         """Run the enclosed code with one intra-op thread in the calling thread.
 
         With the chunks spread over the cores, a second intra-op thread in the caller only
-        competes with them (measured on 2 cores: an outer step at batch 1024 took 72 ms with the
-        caller on 2 threads, 67 ms on 1, 75 ms with no chunking at all).
+        competes with them for the same cores, so the caller keeps one.
         """
         if self._executor is None:
             yield

@@ -18,7 +18,7 @@ StateDict = dict[str, torch.Tensor]
 
 
 def _weights_url() -> str:
-    # imported here: torchvision costs about a second at start-up, and most runs never get here
+    # imported here: torchvision is slow to import, and most runs never get here
     from torchvision.models import AlexNet_Weights
 
     return AlexNet_Weights.IMAGENET1K_V1.url

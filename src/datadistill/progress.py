@@ -1,4 +1,4 @@
-"""A tqdm progress bar as a distillation callback: loss and the latest test accuracy."""
+"""A tqdm progress bar as a distillation callback: loss and the latest validation accuracy."""
 from __future__ import annotations
 
 import contextlib
@@ -23,21 +23,27 @@ class ProgressBar(Callback):
         total = run.config.outer.epochs * run.iterations_per_epoch
         self.bar = tqdm(total=total, initial=run.iteration, unit="it", file=self.file,
                         dynamic_ncols=True, desc="distilling")
+        self.bar.set_postfix(val_acc=self.acc, refresh=False)
 
     def on_iteration(self, run: Distillation, loss) -> None:
         self.bar.update(1)
         if run.iteration % self.every == 0:
-            self.bar.set_postfix(loss=f"{float(loss):.3f}", test_acc=self.acc, refresh=False)
+            self.bar.set_postfix(loss=f"{float(loss):.3f}", val_acc=self.acc, refresh=False)
 
     def on_evaluation(self, run: Distillation, result: EvalResult) -> None:
         self.acc = f"{100 * result.mean:.2f}%"
         if self.bar is not None:
-            self.bar.write(f"epoch {run.epoch}: test accuracy {result}", file=self.file)
-            self.bar.set_postfix(test_acc=self.acc, refresh=False)
+            self.bar.write(f"epoch {run.epoch}: validation accuracy {result}", file=self.file)
+            self.bar.set_postfix(val_acc=self.acc, refresh=False)
 
     def on_end(self, run: Distillation) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def on_report(self, run: Distillation, what: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(what + " ...", file=self.file)
 
 
 @contextlib.contextmanager

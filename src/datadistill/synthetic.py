@@ -77,12 +77,67 @@ class SyntheticSet:
                    int(d["num_classes"]), {k: v for k, v in d.items() if k not in core})
 
 
-def initial_set(num_classes: int, in_channels: int, image_size: int, steps: int, epochs: int,
-                per_class: int, init_lr: float, mean, std, generator: torch.Generator) -> SyntheticSet:
-    """Gaussian-noise images with one-per-class labels (class-major within a step) and every step
-    size at ``init_lr``."""
-    n = num_classes * per_class
-    images = torch.randn(steps, n, in_channels, image_size, image_size, generator=generator)
-    labels = torch.arange(num_classes).repeat_interleave(per_class).repeat(steps, 1)
-    lrs = torch.full((steps * epochs,), float(init_lr))
-    return SyntheticSet(images, labels, lrs, tuple(mean), tuple(std), num_classes)
+def noise_images(steps: int, per_step: int, shape: tuple[int, int, int], generator: torch.Generator
+                 ) -> torch.Tensor:
+    """N(0, 1) images (steps, per_step, C, H, W) in normalised space: the paper's start."""
+    return torch.randn(steps, per_step, *shape, generator=generator)
+
+
+def class_major_labels(steps: int, per_class: int, num_classes: int) -> torch.Tensor:
+    """(steps, num_classes * per_class) int64: ``per_class`` images of class 0, then of class 1, ..."""
+    return torch.arange(num_classes).repeat_interleave(per_class).repeat(steps, 1)
+
+
+class LearnableSet:
+    """The tensors the outer optimiser updates, and the synthetic set they stand for.
+
+    images (S, N, C, H, W) and, when step sizes are learned, ``log_lrs`` (T,): step sizes live in
+    log space so that they stay positive and Adam's scale-free steps suit a quantity whose useful
+    range spans orders of magnitude. ``labels`` (S, N) are the fixed classes; with learned labels,
+    ``label_targets`` (S, N, classes) are the inner cross-entropy's target vectors, starting at the
+    one-hot classes and free to take any real values.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor | None,
+                 num_classes: int, mean, std, learn_labels: bool = False, meta: dict | None = None):
+        self.images = images.detach().clone().requires_grad_()
+        self.labels = labels
+        self.log_lrs = None if lrs is None else lrs.detach().log().requires_grad_()
+        self.label_targets = None
+        if learn_labels:
+            self.label_targets = torch.nn.functional.one_hot(labels, num_classes).to(images.dtype).requires_grad_()
+        self.num_classes, self.mean, self.std = num_classes, tuple(mean), tuple(std)
+        self.meta = dict(meta or {})
+
+    def targets(self) -> torch.Tensor:
+        """The inner loss's labels: (S, N) classes, or (S, N, classes) learned target vectors."""
+        return self.labels if self.label_targets is None else self.label_targets
+
+    def lrs(self) -> torch.Tensor:
+        return self.log_lrs.exp()
+
+    def param_groups(self, lr: float, step_size_lr: float) -> list[dict]:
+        """Adam's groups: images and labels at ``lr``, the log step sizes at ``step_size_lr``."""
+        groups = [{"params": [self.images] + ([] if self.label_targets is None else [self.label_targets])}]
+        if self.log_lrs is not None:
+            groups.append({"params": [self.log_lrs], "lr": step_size_lr})
+        return groups
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every learned tensor, in a fixed order (checkpoints, replica checks, all-reduce)."""
+        return [t for t in (self.images, self.log_lrs, self.label_targets) if t is not None]
+
+    def to(self, device) -> "LearnableSet":
+        with torch.no_grad():
+            for name in ("images", "log_lrs", "label_targets"):
+                t = getattr(self, name)
+                if t is not None:
+                    setattr(self, name, t.detach().to(device).requires_grad_())
+        self.labels = self.labels.to(device)
+        return self
+
+    def current(self) -> SyntheticSet:
+        """A detached snapshot; sets without learned step sizes store an empty ``lrs``."""
+        lrs = torch.empty(0) if self.log_lrs is None else self.log_lrs.detach().exp().clone()
+        return SyntheticSet(self.images.detach().clone(), self.targets().detach().clone(), lrs,
+                            self.mean, self.std, self.num_classes, dict(self.meta))

@@ -4,11 +4,11 @@ A candidate set is the distilled one or a baseline built from training images wi
 number of images per class and per step (``baselines``). It is scored with its learned step
 sizes (repeated or truncated to ``distill_epochs`` passes), with one fixed step size, or as the
 memory of a k-nearest-neighbour classifier. For the stochastic baselines ``test_optimize`` draws
-many candidates and keeps the best as scored on *training* batches by *training* networks; it is
-never given the test split, which only the final scoring reads.
+many candidates and keeps the best as scored on *validation* batches by *training* networks; it
+is never given the test split, which only the final scoring reads.
 
 Pure: no files, no printing. Networks come in as stacked weights or callables that make them, so
-the caller (``runner.test_phase``) decides between zoo networks and fresh ones.
+the caller (``jobs.test_phase``) decides between zoo networks and fresh ones.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .baselines import average_train, fixed_lrs, kmeans_train, knn_accuracy, random_train
 from .config import TestPhaseConfig
-from .data import Split, shuffled_batches
+from .data import Dataset, Split, shuffled_batches
 from .errors import ConfigError
 from .evaluate import EvalResult, evaluate_synthetic
 from .models import Params
@@ -71,10 +71,10 @@ def make_candidate(images: str, train: Split, steps: int, per_class: int, num_cl
     return SOURCES[images](train, steps, per_class, num_classes, lrs, mean, std, generator)
 
 
-def selection_batches(train: Split, batch_size: int, n: int, generator: torch.Generator) -> list[Split]:
-    """``n`` random training batches (the first of ``n`` shuffles), shared by all candidates so
+def selection_batches(val: Split, batch_size: int, n: int, generator: torch.Generator) -> list[Split]:
+    """``n`` random validation batches (the first of ``n`` shuffles), shared by all candidates so
     that they are compared on the same data."""
-    return [Split(*next(shuffled_batches(train, batch_size, generator))) for _ in range(n)]
+    return [Split(*next(shuffled_batches(val, batch_size, generator))) for _ in range(n)]
 
 
 def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfig,
@@ -100,7 +100,7 @@ class Selection:
 def test_optimize(model: nn.Module | None, candidates: Callable[[int], SyntheticSet], n_candidates: int,
                   keep: int, test: TestPhaseConfig, nets: list[Params | None], batches: list[Split]
                   ) -> Selection:
-    """Score ``n_candidates`` candidates on training ``batches`` (batch i with networks
+    """Score ``n_candidates`` candidates on validation ``batches`` (batch i with networks
     ``nets[i]``), keep the ``keep`` best; ties go to the earlier draw.
 
     There is no test split among the arguments: the selection cannot read it.
@@ -117,41 +117,63 @@ def test_optimize(model: nn.Module | None, candidates: Callable[[int], Synthetic
 test_optimize.__test__ = False  # a library function, not a pytest test
 
 
-def run_test_phase(model: nn.Module | None, train: Split, test_split: Split, num_classes: int, mean, std,
-                   test: TestPhaseConfig, steps: int, per_class: int, epochs: int,
-                   loaded: SyntheticSet | None, test_nets: Callable[[int], Params] | None,
-                   optimize_nets: list[Params | None] | None, run_seed: int, batch_size: int) -> dict:
-    """Build the candidates, select among them if asked, score the kept ones on ``test_split``.
+@dataclass
+class TestPhaseInputs:
+    """What a test phase scores, and with which networks.
 
+    ``data``: train builds the baselines, val selects among candidates, test scores the kept ones;
     ``epochs``: passes of GD on each set (the step-size schedule's length / ``steps``);
-    ``test_nets(run)``: the (n_nets, ...) networks scoring run ``run``; ``optimize_nets``:
-    one stack of training networks per selection batch (``test.niter`` of them); both unused
-    for nearest_neighbor. Returns one result row: images, lrs, mean, std, n, runs, nets,
-    accuracies (run-major), run_seeds, and with a selection ``selection_scores``.
+    ``test_nets(run)``: the (n_nets, ...) networks scoring run ``run``; ``optimize_nets``: one stack
+    of training networks per selection batch; both unused for nearest_neighbor.
     """
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    model: nn.Module | None
+    data: Dataset
+    steps: int
+    per_class: int
+    epochs: int
+    loaded: SyntheticSet | None
+    test_nets: Callable[[int], Params] | None
+    optimize_nets: list[Params | None] | None
+    seed: int
+    batch_size: int
+
+
+def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
+    """Build the candidates, select among them if asked, score the kept ones on the test split.
+
+    Returns one result row: images, lrs, mean, std, n, runs, nets, accuracies (run-major),
+    run_seeds, and with a selection ``selection_scores``.
+    """
+    model, data, steps, per_class = inputs.model, inputs.data, inputs.steps, inputs.per_class
+    train, num_classes, run_seed, loaded = data.train, data.num_classes, inputs.seed, inputs.loaded
     device = train.x.device
-    lrs = step_sizes(test, steps, epochs, loaded)
+    lrs = step_sizes(test, steps, inputs.epochs, loaded)
     build_lrs = lrs if lrs is not None else fixed_lrs(steps, 1.0)  # baselines want a schedule
     build_lrs = build_lrs.to(device)
 
     def candidate(i: int) -> SyntheticSet:
         generator = torch.Generator().manual_seed(candidate_seed(run_seed, i))
-        s = make_candidate(test.images, train, steps, per_class, num_classes, build_lrs, mean, std,
-                           loaded, generator)
+        s = make_candidate(test.images, train, steps, per_class, num_classes, build_lrs, data.mean,
+                           data.std, loaded, generator)
         return SyntheticSet(s.images.to(device), s.labels.to(device), build_lrs, s.mean, s.std, s.num_classes)
 
     selection = None
     kept = list(range(test.n_runs))
     if test.optimize_n_runs is not None:
         generator = torch.Generator().manual_seed(candidate_seed(run_seed, -1))
-        batches = selection_batches(train, batch_size, test.niter, generator)
-        nets = optimize_nets if optimize_nets is not None else [None] * test.niter
+        if data.val is None:
+            raise ConfigError("--test_optimize_n_runs selects on the validation split; give --val_size > 0")
+        batches = selection_batches(data.val, inputs.batch_size, test.niter, generator)
+        nets = inputs.optimize_nets if inputs.optimize_nets is not None else [None] * test.niter
         selection = test_optimize(model, candidate, test.optimize_n_runs, test.n_runs, test, nets, batches)
         kept = selection.kept
     per_run = []
     for run, index in enumerate(kept):
-        nets = None if test.lrs == "nearest_neighbor" else test_nets(run)
-        per_run.append(score(model, candidate(index), test, nets, test_split))
+        nets = None if test.lrs == "nearest_neighbor" else inputs.test_nets(run)
+        per_run.append(score(model, candidate(index), test, nets, data.test))
     accs = torch.stack(per_run)  # (runs, nets)
     result = EvalResult(tuple(accs.flatten().tolist()))
     row = {"images": test.images, "lrs": test.lrs_label, "mean": result.mean, "std": result.std,

@@ -74,7 +74,8 @@ class World:
         """Sum ``tensors`` over the processes, in place, in one collective."""
         if not self.distributed:
             return
-        flat = torch.cat([t.reshape(-1) for t in tensors])
+        # one flat vector on the backend's device (gloo: the CPU, even for CUDA gradients)
+        flat = torch.cat([t.reshape(-1) for t in tensors]).to(collective_device())
         _collective("summing the hypergradients", dist.all_reduce, flat)
         offset = 0
         for t in tensors:
@@ -82,7 +83,10 @@ class World:
             offset += t.numel()
 
     def gather(self, values: list[T]) -> list[T]:
-        """Every process's ``values``, concatenated in rank order, on every process."""
+        """Every process's ``values``, concatenated in rank order, on every process.
+
+        An object collective: torch pickles ``values`` into tensors on the backend's device itself.
+        """
         if not self.distributed:
             return list(values)
         out: list = [None] * self.size
@@ -130,7 +134,7 @@ class World:
         if not self.distributed:
             return
         sums = torch.stack([torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
-                            for t in tensors]).reshape(-1).cpu()
+                            for t in tensors]).reshape(-1).to(collective_device())
         low, high = sums.clone(), sums.clone()
         _collective("comparing replicas", dist.all_reduce, low, dist.ReduceOp.MIN)
         _collective("comparing replicas", dist.all_reduce, high, dist.ReduceOp.MAX)
@@ -138,6 +142,16 @@ class World:
             raise DistributedError(f"{self}: the processes' copies of {what} differ (checksums "
                                    f"{low.tolist()} vs {high.tolist()}); the run is not deterministic "
                                    f"across processes")
+
+
+def collective_device() -> torch.device:
+    """The device whose tensors the current process group's backend takes: NCCL serves only CUDA
+    tensors (on this process's current CUDA device, which ``start`` set to ``cuda:LOCAL_RANK``),
+    gloo the CPU. Tensor collectives fail on any other device ("No backend type associated with
+    device type"). Needs an initialised group."""
+    if dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _collective(what: str, fn, *args) -> None:

@@ -25,15 +25,6 @@ from .models import Params
 
 FORMAT = "datadistill.zoo/1"
 PHASES = ("train", "test")
-# far apart, so no train-phase seed is ever a test-phase seed for any zoo size that fits on disk
-_PHASE_SEED_BASE = {"train": 10_000_000, "test": 900_000_000}
-
-
-def net_seeds(phase: str, start: int, stop: int) -> list[int]:
-    """Initialisation seeds of networks ``start..stop-1`` of a zoo of ``phase``."""
-    return [_PHASE_SEED_BASE[phase] + i for i in range(start, stop)]
-
-
 def zoo_dir_for(root: str | Path, dataset: str, arch: str, init: str, phase: str) -> Path:
     """Where the zoo of (dataset, arch, init, phase) lives under ``root``."""
     return Path(root) / f"{dataset}-{arch}-{init}-{phase}"

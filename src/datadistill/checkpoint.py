@@ -1,0 +1,84 @@
+"""Checkpoints: the outer loop's whole state after every epoch, and the rules for resuming it.
+
+A resumed run continues bit for bit: the learned tensors, Adam's moments, the schedule, the run's
+random generator, the network source's state (fixed seeds, zoo order) and the history.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import artifacts
+from .config import RunConfig
+from .distill import Callback, Distillation, History
+from .errors import ArtifactError
+
+# config fields a resumed run may change; anything else must match the checkpoint
+# (test: the test phase's own settings; preset: what is recorded is the values it gave)
+RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",), ("data", "root"),
+                     ("data", "download"), ("test",), ("preset",)}
+
+
+def state_dict(run: Distillation, world_size: int, backend: str | None) -> dict:
+    """Everything ``load_state_dict`` needs, as plain tensors and values on the CPU."""
+    return {
+        "learned": [t.detach().cpu() for t in run.learned.tensors()],
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "generator": run.generator.get_state(),
+        "nets": run.nets.state_dict(),
+        "world_size": world_size,
+        "conv_backend": backend,  # the numerics the run chose; a resumed run keeps them
+        "epoch": run.epoch,
+        "iteration": run.iteration,
+        "history": {"evaluations": run.history.evaluations, "losses": run.history.losses,
+                    "seconds": run.history.seconds},
+    }
+
+
+def load_state_dict(run: Distillation, state: dict, world_size: int) -> None:
+    if state["world_size"] != world_size:
+        raise ArtifactError(f"checkpoint was made by {state['world_size']} process(es), this run has "
+                            f"{world_size}; resume with the same number")
+    with torch.no_grad():
+        for mine, saved in zip(run.learned.tensors(), state["learned"], strict=True):
+            mine.copy_(saved)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.generator.set_state(state["generator"])
+    run.nets.load_state_dict(state["nets"])
+    run.epoch, run.iteration = state["epoch"], state["iteration"]
+    run.history = History(**state["history"])
+    run.check_replicas()
+
+
+class Checkpointer(Callback):
+    """Writes the run's state (and its config) after every outer epoch: ``--resume`` loses at most one."""
+
+    def __init__(self, path: Path, config: RunConfig, world_size: int, backend):
+        self.path, self.config, self.world_size, self.backend = path, config, world_size, backend
+
+    def on_epoch_end(self, run: Distillation) -> None:
+        state = state_dict(run, self.world_size, self.backend())
+        artifacts.save_checkpoint(self.path, {"config": self.config.to_dict(), **state})
+
+
+def read_checkpoint(path: Path, config: RunConfig) -> dict:
+    """The checkpoint at ``path``, checked to be one this config may continue."""
+    state = artifacts.load_checkpoint(path)
+    check_resumable(state["config"], config.to_dict())
+    return state
+
+
+def check_resumable(saved: dict, current: dict, prefix: tuple = ()) -> None:
+    for key, value in current.items():
+        path = prefix + (key,)
+        if path in RESUMABLE_CHANGES:
+            continue
+        old = saved.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            check_resumable(old, value, path)
+        elif old != value:
+            raise ArtifactError(f"checkpoint was made with {'.'.join(path)}={old!r}, this run has "
+                                f"{value!r}; rerun with the same settings or without --resume")

@@ -1,0 +1,99 @@
+"""The command line: ``datadistill {distill,train-zoo,test,evaluate} ...``, and the original
+flat form (``datadistill --mode distill_basic ...``, ``--mode train --phase test``,
+``--phase test``) mapped onto them. The only place that turns errors into exit codes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import DatadistillError
+from ..world import DistributedError, World, stop
+from . import distill, evaluate, test, train_zoo
+from .flags import EXIT_USAGE
+
+COMMANDS = {m.NAME: m for m in (distill, train_zoo, test, evaluate)}
+
+
+class Session:
+    """What a command leaves for ``main`` to clean up: its group of processes."""
+
+    world: World = World()
+
+
+def top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation: a few synthetic images "
+                                "that train a network. The original's flat flags (--mode, --phase) also work.")
+    p.add_argument("--version", action="version", version=f"datadistill {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        sub.add_parser(name, help=module.HELP, add_help=False)
+    return p
+
+
+def _flag_value(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last wins) and argv without it."""
+    value, rest, i = None, [], 0
+    while i < len(argv):
+        word = argv[i]
+        if word == flag and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if word.startswith(flag + "="):
+            value, i = word.split("=", 1)[1], i + 1
+            continue
+        rest.append(word)
+        i += 1
+    return value, rest
+
+
+def route(argv: list[str]) -> tuple[str, list[str]]:
+    """(command, its arguments) for a subcommand line or the original's flat form."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    mode, _ = _flag_value(argv, "--mode")
+    if mode == "train":  # --mode train [--phase test]: a zoo
+        return "train-zoo", _flag_value(argv, "--mode")[1]
+    phase, rest = _flag_value(argv, "--phase")
+    if phase == "test":
+        return "test", rest
+    if phase not in (None, "train"):
+        raise DatadistillError(f"unknown --phase {phase!r}; accepted: train, test")
+    return "distill", rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        if not argv:
+            argv = ["--help"]
+        top_parser().parse_args(argv)
+        return 0
+    session = Session()
+    try:
+        name, rest = route(argv)
+        module = COMMANDS[name]
+        args = module.build_parser().parse_args(rest)
+        return module.run(args, argv, session)
+    except DatadistillError as e:
+        _error(session.world, e)
+        return EXIT_USAGE
+    except (FloatingPointError, DistributedError) as e:  # not bad input, but no traceback either
+        _error(session.world, e)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
+        return 130
+    finally:
+        stop(session.world)
+
+
+def _error(world: World, error: Exception) -> None:
+    where = f"{world}: " if world.distributed and not str(error).startswith("rank ") else ""
+    sys.stderr.write(f"datadistill: error: {where}{error}\n")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""``datadistill distill``: distil a dataset into a few images (and step sizes)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..config import CONV_BACKENDS, IMAGE_INITS, PRESETS, RunConfig, build_config, default_preset
+from ..errors import ConfigError
+from ..world import DEFAULT_TIMEOUT, start
+from .flags import (D, Parser, add_data, add_model, add_mode, add_nets, add_outer, add_run, add_shape, add_world,
+                    given_fields, preset_note, refuse)
+
+NAME = "distill"
+HELP = "distil a dataset into a few synthetic images and step sizes"
+
+
+def build_parser(prog: str = "datadistill distill") -> Parser:
+    p = Parser(prog=prog, description="Distil a dataset into a few synthetic images (and learned step sizes) "
+                                      "that train a network; the test split scores the result once, at the end.")
+    add_mode(p)
+    p.add_argument("--method", help=f"distillation method (default {D.method})")
+    p.add_argument("--preset", help=f"named defaults for what the flags leave out: {', '.join(PRESETS)} "
+                                    "(default: by setting: fresh for unknown_init, fixed for known_init, zoo for "
+                                    "loaded nets, attack for distill_attack)")
+    add_data(p)
+    add_model(p)
+    g = add_shape(p)
+    g.add_argument("--distill_lr", type=float, help=f"initial step size of every step (default {D.synthetic.init_lr:g})")
+    g.add_argument("--image_init", help=f"{' or '.join(IMAGE_INITS)}: Gaussian noise or random training images; in an "
+                                        "attack, target_class slots start as attack_class images "
+                                        "(" + preset_note("synthetic.image_init") + ")")
+    g.add_argument("--learn_labels", action=argparse.BooleanOptionalAction,
+                   help="learn each image's label as a vector of class weights, from its one-hot class "
+                        "(" + preset_note("synthetic.learn_labels") + ")")
+    add_nets(p)
+    g = p.add_argument_group("attack (--mode distill_attack)")
+    g.add_argument("--attack_class", type=int, help="the class whose images the attacked networks should misclassify")
+    g.add_argument("--target_class", type=int, help="the class they should take those images for")
+    g.add_argument("--attack_weight", type=float, help="weight of attack_class images in the outer loss against 1 "
+                                                       "(" + preset_note("attack_weight") + "; 1 is the paper's)")
+    g = add_outer(p)
+    g.add_argument("--step_size_lr", type=float, help="Adam's rate of the log step sizes (" + preset_note("outer.step_size_lr") + ")")
+    g.add_argument("--eval_every", type=int, help="validate every N epochs (default 0: about five times a run)")
+    g = add_run(p)
+    g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")
+    g.add_argument("--conv_backend", help=f"CPU convolutions of the unrolled steps: {', '.join(CONV_BACKENDS)} "
+                                          f"(auto times both on the first step; default {D.conv_backend})")
+    add_world(p)
+    return p
+
+
+def check_applies(args) -> None:
+    """Refuse flags the chosen setting would ignore."""
+    mode = getattr(args, "mode", D.mode)
+    nets = getattr(args, "train_nets_type", D.nets.train_nets_type)
+    if mode == "train":
+        raise ConfigError("--mode train trains a zoo: use `datadistill train-zoo`")
+    if mode != "distill_attack":
+        for flag in ("attack_class", "target_class", "attack_weight"):
+            refuse(args, flag, f"applies to --mode distill_attack only, not {mode}")
+    if mode != "distill_adapt":
+        refuse(args, "source_dataset", f"applies to --mode distill_adapt only, not {mode}")
+    if nets != "loaded":
+        refuse(args, "sample_n_nets", f"draws from loaded networks; --train_nets_type is {nets}")
+    if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
+        refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
+    if "loaded" not in (nets, getattr(args, "test_nets_type", D.nets.test_nets_type)):
+        refuse(args, "zoo_dir", "is read only with loaded networks (--train_nets_type or --test_nets_type loaded)")
+
+
+def config_from_args(args) -> RunConfig:
+    check_applies(args)
+    given = given_fields(args)
+    return build_config(given, getattr(args, "preset", None)
+                        or default_preset(given.get("mode", D.mode), given.get("nets.train_nets_type", "unknown_init")))
+
+
+def run(args, argv: list[str], session) -> int:
+    from ..jobs import distill
+    from ..progress import ProgressBar
+    from ..runtime import apply_process_switches
+
+    config = config_from_args(args)
+    session.world, device = start(getattr(args, "world_size", None), config.device,
+                                  getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
+    world = session.world
+    config = dataclasses.replace(config, device=device)
+    apply_process_switches()
+    quiet = getattr(args, "no_progress", False) or not world.is_main
+    result = distill(config, callbacks=[] if quiet else [ProgressBar()], resume=getattr(args, "resume", False),
+                     world=world)
+    if world.is_main:
+        print_result(result)
+    return 0
+
+
+def print_result(result) -> None:
+    if "adaptation" in result.metrics:
+        from ..adapt import format_table
+
+        print(format_table(result.metrics["adaptation"]))
+    if "attack" in result.metrics:
+        from ..attack import format_attack_table
+
+        print(format_attack_table(result.metrics["attack"]))
+    val = result.metrics.get("validation")
+    val_text = f"; validation {100 * val['mean']:.2f}%" if val else ""
+    print(f"test accuracy: {result.final}{val_text} ({result.metrics['wall_seconds']:.0f} s wall); "
+          f"results in {result.results_dir}")

@@ -1,0 +1,47 @@
+"""``datadistill evaluate DISTILLED.pt``: score a saved set on networks of any architecture."""
+from __future__ import annotations
+
+import shlex
+
+from ..config import INITS
+from .flags import Parser
+
+NAME = "evaluate"
+HELP = "train networks on a saved distilled.pt and score them on the test split"
+
+
+def build_parser(prog: str = "datadistill evaluate") -> Parser:
+    from ..jobs.evaluate import NETS, PROTOCOLS, RESULTS
+
+    p = Parser(prog=prog, description="Train networks on a distilled set and score them on the test split. "
+                                      "Dataset, architecture, init and fixed networks default to what the file says.")
+    p.add_argument("distilled", metavar="DISTILLED.pt", help="a distilled.pt written by datadistill")
+    p.add_argument("--dataset", help="whose test split to score on (default: the file's)")
+    p.add_argument("--dataset_root", help="folder holding the dataset files (default ./data)")
+    p.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
+    p.add_argument("--arch", help="architecture of the networks (default: the file's)")
+    p.add_argument("--init", help=f"one of: {', '.join(INITS)} (default: the file's, else xavier)")
+    p.add_argument("--init_param", type=float, help="gain or negative slope of --init (default: the file's, else 1)")
+    p.add_argument("--pretrained_weights", metavar="PATH", help="--init imagenet_pretrained: the AlexNet weights file")
+    p.add_argument("--nets", help=f"{' or '.join(NETS)}: the file's fixed networks (known_init) or new ones "
+                                  "(default: fixed when the file holds them and arch and init match)")
+    p.add_argument("--test_n_nets", type=int, help="fresh networks to train and score (default 10)")
+    p.add_argument("--protocol", help=f"{' or '.join(PROTOCOLS)}: the set's batches and learned step sizes, as "
+                                      "distilled; or SGD (momentum 0.9, weight decay 5e-4) on all images pooled "
+                                      "(default unrolled)")
+    p.add_argument("--scratch_epochs", type=int, help="from_scratch: passes over the images (default 300)")
+    p.add_argument("--scratch_lr", type=float, help="from_scratch: SGD learning rate (default 0.01)")
+    p.add_argument("--scratch_batch_size", type=int, help="from_scratch: images per SGD step (default 256)")
+    p.add_argument("--seed", type=int, help="seeds the networks and the batch order (default 0)")
+    p.add_argument("--results_dir", help=f"write {RESULTS} here (default: none)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    return p
+
+
+def run(args, argv: list[str], session) -> int:
+    from ..jobs.evaluate import EvaluateConfig, evaluate_command
+
+    cfg = EvaluateConfig(**vars(args))
+    result, what = evaluate_command(cfg, shlex.join(["datadistill", "evaluate", *argv]))
+    print(f"test accuracy ({cfg.protocol}, {what['arch']} on {what['dataset']}, {what['nets']} nets): {result}")
+    return 0

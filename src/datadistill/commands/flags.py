@@ -1,0 +1,203 @@
+"""Flag groups shared by the subcommands, and flags -> config.
+
+Parsers are built with ``argument_default=SUPPRESS``: the parsed namespace holds only the flags a
+person typed, so presets fill the rest (``config.build_config``) and a flag can be refused when it
+does not apply. Help texts state the real defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..config import (CONV_BACKENDS, IMAGE_INITS, INITS, LR_SCHEDULES, MODES, PRESETS, TEST_IMAGES,
+                      TEST_LRS, TEST_NETS_TYPES, TRAIN_NETS_TYPES, RunConfig, TestPhaseConfig)
+from ..errors import ConfigError
+from ..world import DEFAULT_TIMEOUT, launched_size
+
+EXIT_USAGE = 2
+D = RunConfig()
+
+# flag -> dotted RunConfig field
+FIELDS = {
+    "dataset": "data.dataset", "source_dataset": "data.source_dataset", "dataset_root": "data.root",
+    "download": "data.download", "val_size": "data.val_size",
+    "arch": "model.arch", "init": "model.init", "init_param": "model.init_param",
+    "pretrained_weights": "model.pretrained_weights",
+    "distill_steps": "synthetic.steps", "distill_epochs": "synthetic.epochs",
+    "distilled_images_per_class_per_step": "synthetic.images_per_class_per_step",
+    "distill_lr": "synthetic.init_lr", "image_init": "synthetic.image_init", "learn_labels": "synthetic.learn_labels",
+    "train_nets_type": "nets.train_nets_type", "n_nets": "nets.n_nets", "test_nets_type": "nets.test_nets_type",
+    "test_n_nets": "nets.test_n_nets", "sample_n_nets": "nets.sample_n_nets",
+    "epochs": "outer.epochs", "lr_schedule": "outer.schedule", "decay_epochs": "outer.decay_epochs",
+    "decay_factor": "outer.decay_factor", "lr": "outer.lr", "step_size_lr": "outer.step_size_lr",
+    "batch_size": "outer.batch_size",
+    "mode": "mode", "method": "method", "eval_every": "eval_every", "results_dir": "results_dir", "seed": "seed",
+    "phase": "phase", "attack_class": "attack_class", "target_class": "target_class",
+    "attack_weight": "attack_weight", "zoo_dir": "zoo_dir", "conv_backend": "conv_backend",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """One-line errors and exit status 2; unknown flags are named as not applying to the command."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, argument_default=argparse.SUPPRESS, **kwargs)
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            flags = [w for w in message.split(":", 1)[1].split() if w.startswith("-")]
+            message = (f"{', '.join(flags) or message} does not apply to `{self.prog}`; "
+                       f"see `{self.prog} --help`")
+        sys.stderr.write(f"datadistill: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def preset_note(field: str) -> str:
+    """The defaults a preset-dependent field takes, e.g. ``fresh 0.05, fixed 0.04, ...``."""
+    section, name = field.split(".") if "." in field else (None, field)
+    base = getattr(getattr(D, section), name) if section else getattr(D, name)
+    values = [f"{p} {v[field]:g}" if isinstance(v.get(field), float) else f"{p} {v[field]}"
+              for p, v in PRESETS.items() if field in v]
+    return f"by preset: {', '.join(values)}; else {base}" if values else f"default {base}"
+
+
+def add_data(p, source: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help=f"MNIST, FashionMNIST, Cifar10, SVHN, USPS, PASCAL_VOC, CUB200, or digits "
+                                     f"(bundled, offline); any case (default {D.data.dataset})")
+    if source:
+        g.add_argument("--source_dataset", help="distill_adapt: the domain the loaded networks were trained on")
+    g.add_argument("--dataset_root", help="folder holding the dataset files (default ./data)")
+    g.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
+    g.add_argument("--val_size", type=int, help="training images held out for validation, where every "
+                                                "choice is made (default min(5000, a tenth))")
+
+
+def add_model(p) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help=f"LeNet, AlexCifarNet, ConvNet, MLP or AlexNet (default {D.model.arch})")
+    g.add_argument("--init", help=f"one of: {', '.join(INITS)} (default {D.model.init})")
+    g.add_argument("--init_param", type=float, help="gain (xavier, orthogonal) or negative slope (kaiming) "
+                                                    f"(default {D.model.init_param:g})")
+    g.add_argument("--pretrained_weights", metavar="PATH",
+                   help="--init imagenet_pretrained: torchvision's AlexNet ImageNet weights (.pth); "
+                        "default: the file in torch hub's cache, never downloaded")
+
+
+def add_shape(p) -> None:
+    g = p.add_argument_group("distilled set")
+    g.add_argument("--distill_steps", type=int, help=f"GD steps, each with its own images (default {D.synthetic.steps})")
+    g.add_argument("--distill_epochs", type=int, help="passes over the steps (" + preset_note("synthetic.epochs") + ")")
+    g.add_argument("--distilled_images_per_class_per_step", type=int,
+                   help=f"images per class in each step (default {D.synthetic.images_per_class_per_step})")
+    return g
+
+
+def add_outer(p, zoo: bool = False) -> None:
+    g = p.add_argument_group("training the networks" if zoo else "outer optimisation")
+    g.add_argument("--epochs", type=int, help="passes over the training split (" + preset_note("outer.epochs") + ")")
+    g.add_argument("--lr", type=float, help=("Adam's rate of the networks" if zoo else
+                                             "Adam's rate of the images and learned labels")
+                   + " (" + preset_note("outer.lr") + ")")
+    g.add_argument("--lr_schedule", help=f"{' or '.join(LR_SCHEDULES)}: to zero over the run, or x--decay_factor every "
+                                         f"--decay_epochs (default cosine; step when a decay flag is given)")
+    g.add_argument("--decay_epochs", type=int, help=f"step schedule: epochs between decays (default {D.outer.decay_epochs})")
+    g.add_argument("--decay_factor", type=float, help=f"step schedule: lr multiplier (default {D.outer.decay_factor})")
+    g.add_argument("--batch_size", type=int, help=f"real images per step (default {D.outer.batch_size})")
+    return g
+
+
+def add_run(p, seed: bool = True) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--results_dir", help=f"where files go (default {D.results_dir})")
+    if seed:
+        g.add_argument("--seed", "--base_seed", dest="seed", type=int, help=f"the run's seed (default {D.seed})")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu; cuda:LOCAL_RANK when launched on GPUs)")
+    g.add_argument("--device_id", type=int, help="the original's device flag: N for cuda:N, negative for CPU")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return g
+
+
+def add_world(p) -> None:
+    g = p.add_argument_group("many processes (torchrun, or the original's launch)")
+    g.add_argument("--world_size", type=int, help="processes in the run, with RANK and MASTER_ADDR/MASTER_PORT or "
+                                                  "INIT_FILE in the environment (default: WORLD_SIZE, else 1)")
+    g.add_argument("--dist_timeout", type=float, help="seconds to wait for the other processes before failing "
+                                                      f"(default {DEFAULT_TIMEOUT:g})")
+
+
+def add_nets(p, sampling: bool = True) -> None:
+    g = p.add_argument_group("networks")
+    g.add_argument("--train_nets_type", help=f"{' or '.join(TRAIN_NETS_TYPES)} (default {D.nets.train_nets_type})")
+    g.add_argument("--n_nets", type=int, help=f"networks per outer iteration; with loaded nets, how many of the zoo "
+                                              f"(default {D.nets.n_nets})")
+    if sampling:
+        g.add_argument("--sample_n_nets", type=int, help="loaded nets: networks drawn per iteration (default all)")
+    g.add_argument("--test_nets_type", help=f"{' or '.join(TEST_NETS_TYPES)} (default {D.nets.test_nets_type})")
+    g.add_argument("--test_n_nets", type=int, help=f"networks that score the set (default {D.nets.test_n_nets})")
+    g.add_argument("--zoo_dir", help="where zoos live (default <results_dir>/zoo)")
+
+
+def add_mode(p) -> None:
+    p.add_argument("--mode", help=f"{', '.join(m for m in MODES if m != 'train')} (default {D.mode})")
+
+
+def device_of(args) -> str:
+    device, device_id = getattr(args, "device", None), getattr(args, "device_id", None)
+    if device is not None and device_id is not None:
+        raise ConfigError("give --device or --device_id, not both")
+    if device_id is not None:
+        return "cpu" if device_id < 0 else f"cuda:{device_id}"
+    if device is None and launched_size(getattr(args, "world_size", None)) > 1 and torch.cuda.is_available():
+        return "cuda"  # a launched process takes the GPU of its LOCAL_RANK
+    return device or "cpu"
+
+
+def given_fields(args) -> dict[str, object]:
+    """The typed flags as dotted RunConfig fields."""
+    given = {FIELDS[k]: v for k, v in vars(args).items() if k in FIELDS}
+    if "outer.schedule" not in given and ("outer.decay_epochs" in given or "outer.decay_factor" in given):
+        given["outer.schedule"] = "step"  # the original's decay flags mean a step schedule
+    given["device"] = device_of(args)
+    return given
+
+
+def refuse(args, flag: str, why: str) -> None:
+    if flag in vars(args):
+        raise ConfigError(f"--{flag} {why}")
+
+
+def _number(kind, text: str, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, got {text!r}") from None
+
+
+def test_phase_config(args) -> TestPhaseConfig:
+    """``--test_distilled_lrs`` is a mode and its values: ``loaded``, ``fix LR``, ``nearest_neighbor K P``."""
+    t = TestPhaseConfig()
+    mode, *values = getattr(args, "test_distilled_lrs", [t.lrs])
+    if mode not in TEST_LRS:
+        raise ConfigError(f"unknown --test_distilled_lrs {mode!r}; accepted: loaded, fix LR, nearest_neighbor K P")
+    wanted = {"loaded": 0, "fix": 1, "nearest_neighbor": 2}[mode]
+    if len(values) > wanted:
+        raise ConfigError(f"--test_distilled_lrs {mode} takes {wanted} value(s), got {' '.join(values)}")
+    fixed_lr = knn_k = knn_p = None
+    if mode == "fix" and values:
+        fixed_lr = _number(float, values[0], "the step size of --test_distilled_lrs fix")
+    if mode == "nearest_neighbor":
+        if len(values) < 2:
+            raise ConfigError("--test_distilled_lrs nearest_neighbor needs K and P, e.g. nearest_neighbor 1 2")
+        knn_k = _number(int, values[0], "K of --test_distilled_lrs nearest_neighbor")
+        knn_p = _number(float, values[1], "P of --test_distilled_lrs nearest_neighbor")
+    a = vars(args)
+    return TestPhaseConfig(a.get("test_distilled_images", t.images), mode, fixed_lr, knn_k, knn_p,
+                           a.get("test_n_runs", t.n_runs), a.get("test_distill_epochs"),
+                           a.get("test_optimize_n_runs"), a.get("test_optimize_n_nets", t.optimize_n_nets),
+                           a.get("test_niter", t.niter), a.get("distilled"))
+
+
+__all__ = ["CONV_BACKENDS", "IMAGE_INITS", "EXIT_USAGE", "Parser", "TEST_IMAGES"]

@@ -1,0 +1,63 @@
+"""``datadistill test``: score a distilled set, or baselines of its shape (the paper's test phase)."""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+
+from ..config import TEST_IMAGES, build_config, default_preset
+from ..errors import ConfigError
+from .flags import (D, Parser, add_data, add_model, add_mode, add_nets, add_run, add_shape, given_fields, refuse,
+                    test_phase_config)
+
+NAME = "test"
+HELP = "score a distilled set or baselines (random, average, k-means real images; fixed steps; nearest neighbour)"
+
+
+def build_parser(prog: str = "datadistill test") -> Parser:
+    p = Parser(prog=prog, description="Score a distilled set, or baselines of its shape, on fresh or zoo "
+                                      "networks; any selection among random draws is made on the validation "
+                                      "split, and the test split scores the kept sets.")
+    add_mode(p)
+    add_data(p)
+    add_model(p)
+    add_shape(p)
+    add_nets(p, sampling=False)
+    g = p.add_argument_group("test phase")
+    g.add_argument("--test_distilled_images", help=f"the set under test: {', '.join(TEST_IMAGES)} "
+                                                   "(default loaded: the distilled one)")
+    g.add_argument("--test_distilled_lrs", nargs="+", metavar="MODE",
+                   help="loaded (the learned step sizes), fix LR (one step size), or nearest_neighbor K P "
+                        "(no training: K-NN with the set as memory, P-norm) (default loaded)")
+    g.add_argument("--test_n_runs", type=int, help="sets scored (baselines: draws kept) (default 1)")
+    g.add_argument("--test_distill_epochs", type=int,
+                   help="passes of GD on the set (default: the distilled set's, else --distill_epochs)")
+    g.add_argument("--test_optimize_n_runs", type=int,
+                   help="random_train/kmeans_train: draw this many sets, keep the best --test_n_runs as scored "
+                        "on validation batches (default: no selection)")
+    g.add_argument("--test_optimize_n_nets", type=int, help="training networks scoring each candidate per batch (default 1)")
+    g.add_argument("--test_niter", type=int, help="validation batches scoring each candidate (default 1)")
+    g.add_argument("--batch_size", type=int, help=f"images per validation batch (default {D.outer.batch_size})")
+    g.add_argument("--distilled", metavar="PATH", help="the distilled set to test (default <results_dir>/distilled.pt)")
+    add_run(p)
+    return p
+
+
+def run(args, argv: list[str], session) -> int:
+    from ..jobs import test_phase
+    from ..testphase import format_table
+
+    mode = getattr(args, "mode", D.mode)
+    if mode == "train":
+        raise ConfigError("--mode train trains a zoo: use `datadistill train-zoo --phase test`")
+    if mode != "distill_adapt":
+        refuse(args, "source_dataset", f"applies to --mode distill_adapt only, not {mode}")
+    if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
+        refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
+    given = given_fields(args)
+    config = build_config(given, default_preset(mode, given.get("nets.train_nets_type", "unknown_init")))
+    config = dataclasses.replace(config, test=test_phase_config(args))
+    results = test_phase(config, command=shlex.join(["datadistill", *argv]))
+    print(format_table(results["rows"]))
+    print(f"test phase: {results['wall_seconds']:.0f} s wall; {results['command']}; results in "
+          f"{config.results_dir}/results.md")
+    return 0

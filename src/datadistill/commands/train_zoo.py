@@ -1,0 +1,48 @@
+"""``datadistill train-zoo``: many networks trained from independent initialisations."""
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import PHASES, build_config
+from ..world import DEFAULT_TIMEOUT, start
+from .flags import D, Parser, add_data, add_model, add_outer, add_run, add_world, given_fields
+
+NAME = "train-zoo"
+HELP = "train a zoo of networks (for loaded networks: adaptation, attack, zoo distillation)"
+
+
+def build_parser(prog: str = "datadistill train-zoo") -> Parser:
+    p = Parser(prog=prog, description="Train networks from independent initialisations into a zoo file; the "
+                                      "train and test phases draw disjoint seeds. An existing zoo of the same "
+                                      "settings is extended, never retrained.")
+    p.add_argument("--phase", help=f"{' or '.join(PHASES)}: which zoo to fill (default train)")
+    add_data(p, source=False)
+    add_model(p)
+    p.add_argument("--n_nets", type=int, help=f"networks in the zoo (default {D.nets.n_nets})")
+    p.add_argument("--zoo_dir", help="where zoos live (default <results_dir>/zoo)")
+    add_outer(p, zoo=True)
+    add_run(p, seed=False)
+    add_world(p)
+    return p
+
+
+def run(args, argv: list[str], session) -> int:
+    from ..jobs import train_zoo
+    from ..progress import zoo_progress
+    from ..runtime import apply_process_switches
+
+    config = build_config({**given_fields(args), "mode": "train"}, "train-zoo")
+    session.world, device = start(getattr(args, "world_size", None), config.device,
+                                  getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
+    world = session.world
+    config = dataclasses.replace(config, device=device)
+    apply_process_switches()
+    quiet = getattr(args, "no_progress", False) or not world.is_main
+    with zoo_progress(config.nets.n_nets, disable=quiet) as progress:
+        zoo, path = train_zoo(config, progress, world=world)
+    if world.is_main:
+        acc = zoo.accuracies[:config.nets.n_nets]
+        std = float(acc.std()) if acc.numel() > 1 else 0.0
+        print(f"zoo of {len(zoo)} {zoo.arch} networks on {zoo.dataset} ({zoo.phase} phase): test accuracy "
+              f"{100 * float(acc.mean()):.2f}% +- {100 * std:.2f}; in {path}")
+    return 0

@@ -1,0 +1,111 @@
+"""What every job needs before its work: a checked config, the device, the data, the model, zoos."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .. import artifacts
+from ..config import RunConfig
+from ..data import Dataset, canonical_name, load_dataset
+from ..errors import ArtifactError, ConfigError
+from ..models import Params, arch_class, build_model
+from ..pretrained import weights_file
+from ..zoo import zoo_dir_for
+
+ZOO_FILE = "zoo.pt"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against what this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return dev
+
+
+def normalise_config(config: RunConfig) -> RunConfig:
+    """Check names against the registries and spell them canonically (``cifar10`` -> ``Cifar10``)."""
+    from ..methods import method_class
+
+    method_class(config.method)
+    arch = arch_class(config.model.arch).__name__
+    dataset = canonical_name(config.data.dataset)
+    source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
+    resolve_device(config.device)
+    if config.model.init == "imagenet_pretrained":
+        weights_file(config.model.pretrained_weights)  # before minutes of image loading
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch),
+                               data=dataclasses.replace(config.data, dataset=dataset, source_dataset=source))
+
+
+def load_for(config: RunConfig, shape: tuple[int, int, int] | None = None) -> Dataset:
+    """The configured dataset on the configured device, sized for the configured arch, or mapped
+    to ``shape`` (C, H, W): the input shape of the loaded networks when adapting."""
+    size = arch_class(config.model.arch).default_size
+    return load_dataset(config.data.dataset, config.data.root, config.data.download, image_size=size,
+                        device=resolve_device(config.device), shape=shape, val_size=config.data.val_size)
+
+
+def dataset_for(config: RunConfig, shape: tuple | None, dataset: Dataset | None = None) -> Dataset:
+    """The run's dataset, checked against the loaded networks' input ``shape``; when adapting, the
+    target is mapped into that shape (the source networks' input space)."""
+    if dataset is None:
+        dataset = load_for(config, shape if config.mode == "distill_adapt" else None)
+    got = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if shape is not None and tuple(shape) != got:
+        raise ArtifactError(f"the zoo's networks take {tuple(shape)} images, {dataset.name} has {got}")
+    return dataset
+
+
+def model_for(config: RunConfig, dataset: Dataset):
+    """The configured arch, shaped for ``dataset``'s images and classes."""
+    return build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes,
+                       pretrained_weights=config.model.pretrained_weights)
+
+
+def zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:
+    """The zoo file of (dataset, arch, init, phase) under the configured zoo root."""
+    return zoo_dir_for(config.zoo_root, dataset or config.data.dataset, config.model.arch,
+                       config.model.init, phase) / ZOO_FILE
+
+
+def load_zoo_nets(config: RunConfig, phase: str, n: int) -> tuple[Params, tuple[int, int, int]]:
+    """Stacked weights of the first ``n`` networks of a zoo, checked against the run, and the
+    input shape they take."""
+    path = zoo_file(config, phase, config.zoo_dataset)
+    zoo = artifacts.load_zoo(path)
+    zoo.check(config.zoo_dataset, config.model.arch, n, phase)
+    return zoo.select(list(range(n))), zoo.input_shape
+
+
+def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None, tuple | None]:
+    """(train zoo nets, test zoo nets, their input shape) the run asks for; read before anything
+    else is done, so a missing zoo fails fast."""
+    nets = config.nets
+    train = test = shape = None
+    if nets.train_nets_type == "loaded":
+        train, shape = load_zoo_nets(config, "train", nets.n_nets)
+    if nets.test_nets_type == "loaded":
+        test, test_shape = load_zoo_nets(config, "test", nets.test_n_nets)
+        if shape is not None and test_shape != shape:
+            raise ArtifactError(f"train zoo takes {shape} images, test zoo {test_shape}")
+        shape = test_shape
+    return train, test, shape
+
+
+def check_classes(config: RunConfig, dataset: Dataset) -> None:
+    for flag in ("attack_class", "target_class"):
+        value = getattr(config, flag)
+        if config.mode == "distill_attack" and value >= dataset.num_classes:
+            raise ConfigError(f"--{flag} {value} is not a class of {dataset.name}; "
+                              f"accepted: 0..{dataset.num_classes - 1}")

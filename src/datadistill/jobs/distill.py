@@ -1,0 +1,138 @@
+"""The distill job: config in; distilled.pt, metrics.json, pictures and a checkpoint out."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import artifacts
+from ..checkpoint import Checkpointer, load_state_dict, read_checkpoint
+from ..config import RunConfig
+from ..data import Dataset
+from ..distill import Callback, Distillation
+from ..evaluate import EvalResult, evaluate_synthetic
+from ..methods import Setup, method_class
+from ..nets import FixedNets, FreshNets, NetSource, ZooNets
+from ..runtime import Runtime
+from ..synthetic import SyntheticSet
+from ..world import World
+from .common import check_classes, dataset_for, loaded_nets, model_for, normalise_config, resolve_device
+from .scoring import scoring_nets
+
+
+@dataclass
+class RunResult:
+    synthetic: SyntheticSet
+    final: EvalResult | None  # on the test split, read once at the end
+    metrics: dict
+    results_dir: Path
+
+
+def check_divides(config: RunConfig, world: World) -> None:
+    """The networks of every outer step are split equally over the processes."""
+    world.check_divides("--n_nets", config.nets.n_nets)
+    if config.nets.train_nets_type == "loaded" and config.nets.sample_n_nets is not None:
+        world.check_divides("--sample_n_nets", config.nets.sample_n_nets)
+
+
+def net_source(config: RunConfig, model, device, generator, zoo, world: World) -> NetSource:
+    nets, m = config.nets, config.model
+    if nets.train_nets_type == "known_init":
+        return FixedNets(model, m.init, m.init_param, nets.n_nets, device, generator, world)
+    if nets.train_nets_type == "loaded":
+        return ZooNets(zoo, nets.nets_per_iteration, device, world)
+    return FreshNets(model, m.init, m.init_param, nets.n_nets, device, world)
+
+
+def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = False,
+            dataset: Dataset | None = None, world: World = World()) -> RunResult:
+    """Distil ``config.data.dataset`` and write the results under ``config.results_dir``;
+    ``resume`` continues from the checkpoint there.
+
+    In a group of processes (``world``) every process calls this; each trains its share of the
+    networks, rank 0 alone reads the checkpoint (and hands it to the others) and writes files.
+    Inputs are checked on every process before any work, and a failure on one fails all.
+    """
+    start = time.perf_counter()
+    config = normalise_config(config)
+    world.agree(lambda: check_divides(config, world))
+    results = Path(config.results_dir)
+    ckpt_path = results / artifacts.CHECKPOINT
+    state = None
+    if resume:  # read before any work, so a bad checkpoint fails fast and writes nothing
+        state = world.broadcast(world.agree(lambda: read_checkpoint(ckpt_path, config) if world.is_main else None))
+    zoo_train, zoo_test, shape = world.agree(lambda: loaded_nets(config))
+    dataset = world.agree(lambda: dataset_for(config, shape, dataset))
+    world.agree(lambda: check_classes(config, dataset))
+    device = resolve_device(config.device)
+    model = model_for(config, dataset)
+    generator = torch.Generator().manual_seed(config.seed)
+    with Runtime(device, config.conv_backend, world) as runtime:
+        method = method_class(config.method).from_config(config, model, runtime)
+        setup = Setup(model, dataset.train, dataset.val, dataset.num_classes, dataset.mean, dataset.std,
+                      device, generator, config.seed)
+        learned = method.initial(setup)
+        source = net_source(config, model, device, generator, zoo_train, world)
+        score = scoring_nets(config, model, device, world, source, zoo_test)
+
+        def validate(synthetic: SyntheticSet) -> EvalResult:
+            mine = evaluate_synthetic(model, synthetic, score(False), dataset.val)
+            return EvalResult(tuple(world.gather(list(mine.accuracies))))
+
+        run = Distillation(method, learned, source, config.outer, dataset.train, generator, config.eval_every,
+                           validate if dataset.val is not None else None, world)
+        if state is not None:
+            runtime.backend = state["conv_backend"] or runtime.backend
+            world.agree(lambda: load_state_dict(run, state, world.size))
+        writers = [Checkpointer(ckpt_path, config, world.size, lambda: runtime.backend)] if world.is_main else []
+        synthetic = run.run([*writers, *callbacks])
+        # the test split, read once: the final figure
+        mine = evaluate_synthetic(model, synthetic, score(False), dataset.test)
+        final = EvalResult(tuple(world.gather(list(mine.accuracies))))
+        if not world.is_main:
+            world.barrier()  # rank 0 writes the results; wait, so a failure there fails every process
+            return RunResult(synthetic, final, {}, results)
+        progress = lambda what: [cb.on_report(run, what) for cb in callbacks]  # noqa: E731
+        train_all = zoo_train if zoo_train is not None else getattr(source, "params", None)
+        report = method.report(synthetic, setup, dataset.test, train_all, score(True), progress)
+        backend = runtime.backend
+    synthetic.meta.update(file_meta(config, source))
+    metrics = {
+        "final_accuracy": {k: v for k, v in final.to_dict().items()},
+        "validation": run.history.evaluations[-1] if run.history.evaluations else None,
+        "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
+        "distill_seconds": run.history.seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "iterations": run.iteration,
+        "conv_backend": backend,
+        "processes": world.size,
+        "preset": config.preset,
+        "config": config.to_dict(),
+        **report,
+    }
+    write_results(results, synthetic, metrics, run.history.evaluations)
+    world.barrier()
+    return RunResult(synthetic, final, metrics, results)
+
+
+def file_meta(config: RunConfig, source: NetSource) -> dict:
+    """What distilled.pt says about how to replay it (see docs/formats.md)."""
+    meta = {"dataset": config.data.dataset, "arch": config.model.arch, "init": config.model.init,
+            "init_param": config.model.init_param, "method": config.method, "config": config.to_dict()}
+    if isinstance(source, FixedNets):  # the fixed networks' initial weights: replayable without a seed
+        meta["init_params"] = {k: v.detach().cpu() for k, v in source.params.items()}
+    return meta
+
+
+def write_results(results: Path, synthetic: SyntheticSet, metrics: dict, evaluations: list[dict]) -> None:
+    if "attack" in metrics:
+        artifacts.plot_per_class(results / "attack_per_class.png", metrics["attack"])
+    artifacts.save_distilled(results / artifacts.DISTILLED, synthetic)
+    artifacts.save_image_grids(results / "images", synthetic)
+    if synthetic.lrs.numel():
+        artifacts.plot_step_sizes(results / "step_sizes.png", synthetic.lrs, synthetic.steps)
+    if evaluations:
+        artifacts.plot_accuracy(results / "accuracy.png", evaluations)
+    artifacts.write_json(results / artifacts.METRICS, metrics)

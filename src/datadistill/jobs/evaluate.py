@@ -1,0 +1,134 @@
+"""The evaluate job: score a saved set on fresh networks of any architecture, or on the fixed
+networks it was distilled for; unrolled as distilled, or trained from scratch."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .. import artifacts
+from ..config import INITS, _choice, _positive
+from ..data import Dataset, canonical_name, load_dataset
+from ..errors import ConfigError
+from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic
+from ..models import arch_class, build_model
+from ..nets import eval_seeds, fresh_nets
+from ..synthetic import SyntheticSet
+from .common import resolve_device
+
+PROTOCOLS = ("unrolled", "from_scratch")
+NETS = ("fixed", "fresh")
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``None`` fields take what the file says (dataset, arch, init, fixed networks)."""
+
+    distilled: str
+    dataset: str | None = None
+    dataset_root: str = "./data"
+    download: bool = False
+    arch: str | None = None
+    init: str | None = None
+    init_param: float | None = None
+    pretrained_weights: str | None = None
+    nets: str | None = None  # fixed: the file's init_params; fresh: new networks; None: fixed if the file has them
+    test_n_nets: int = 10
+    protocol: str = "unrolled"
+    scratch_epochs: int = 300
+    scratch_lr: float = 0.01
+    scratch_batch_size: int = 256
+    seed: int = 0
+    results_dir: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self):
+        _choice("--protocol", self.protocol, PROTOCOLS)
+        if self.init is not None:
+            _choice("init", self.init, INITS)
+        if self.nets is not None:
+            _choice("--nets", self.nets, NETS)
+        if self.pretrained_weights is not None and self.init != "imagenet_pretrained":
+            raise ConfigError(f"--pretrained_weights is only read with --init imagenet_pretrained, not --init {self.init}")
+        for flag in ("test_n_nets", "scratch_epochs", "scratch_batch_size", "scratch_lr"):
+            _positive(f"--{flag}", getattr(self, flag))
+
+
+def evaluate_file(cfg: EvaluateConfig) -> tuple[EvalResult, dict]:
+    """Run the evaluation ``cfg`` describes; (result, what was evaluated)."""
+    device = resolve_device(cfg.device)
+    synthetic = artifacts.load_distilled(cfg.distilled)
+    meta = synthetic.meta
+    if cfg.dataset is None and not meta.get("dataset"):
+        raise ConfigError(f"{cfg.distilled} does not name its dataset; pass --dataset")
+    arch_cls = arch_class(cfg.arch or meta.get("arch") or "LeNet")
+    init = cfg.init or meta.get("init") or "xavier"
+    init_param = cfg.init_param if cfg.init_param is not None else meta.get("init_param", 1.0)
+    same_nets = arch_cls.__name__ == meta.get("arch") and init == meta.get("init", init)
+    fixed = meta.get("init_params")
+    nets_kind = cfg.nets or ("fixed" if fixed is not None and same_nets else "fresh")
+    if nets_kind == "fixed" and fixed is None:
+        raise ConfigError(f"{cfg.distilled} holds no fixed networks (init_params); use --nets fresh")
+    if nets_kind == "fixed" and not same_nets:
+        raise ConfigError(f"the file's fixed networks are {meta.get('arch')} with {meta.get('init')} init; "
+                          f"--arch/--init ask for {arch_cls.__name__} with {init}; use --nets fresh")
+    size = synthetic.images.shape[-1]
+    # only the bundled digits and JPEG folders are resized; load them at the set's size when the arch takes it
+    dataset = load_dataset(canonical_name(cfg.dataset or meta["dataset"]), cfg.dataset_root, cfg.download,
+                           image_size=size if size in arch_cls.supported_sizes else arch_cls.default_size,
+                           device=device, val_size=0)
+    check_fits(synthetic, dataset)
+    model = build_model(arch_cls.__name__, dataset.in_channels, dataset.image_size, dataset.num_classes,
+                        pretrained_weights=cfg.pretrained_weights)
+    if nets_kind == "fixed":
+        nets = {k: v.to(device) for k, v in fixed.items()}
+    else:
+        nets = fresh_nets(model, init, init_param, eval_seeds(cfg.seed, cfg.test_n_nets), device)
+    synthetic = synthetic.to(device)
+    if cfg.protocol == "unrolled":
+        if not synthetic.lrs.numel():
+            raise ConfigError(f"{cfg.distilled} has no step sizes to unroll; use --protocol from_scratch")
+        result = evaluate_synthetic(model, synthetic, nets, dataset.test)
+    else:
+        result = evaluate_from_scratch(model, synthetic, nets, dataset.test, cfg.scratch_epochs, cfg.scratch_lr,
+                                       cfg.scratch_batch_size, generator=torch.Generator().manual_seed(cfg.seed))
+    return result, {"dataset": dataset.name, "arch": arch_cls.__name__, "init": init, "nets": nets_kind}
+
+
+def check_fits(synthetic: SyntheticSet, dataset: Dataset) -> None:
+    got = tuple(synthetic.images.shape[2:])
+    want = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if got != want:
+        raise ConfigError(f"distilled images are {got} (C, H, W), {dataset.name} images are {want}")
+    if synthetic.num_classes != dataset.num_classes:
+        raise ConfigError(f"distilled set has {synthetic.num_classes} classes, {dataset.name} has {dataset.num_classes}")
+
+
+def evaluate_command(cfg: EvaluateConfig, command: str) -> tuple[EvalResult, dict]:
+    """``evaluate_file``, and with ``results_dir`` its results.json."""
+    start = time.perf_counter()
+    result, what = evaluate_file(cfg)
+    if cfg.results_dir is not None:
+        artifacts.write_json(Path(cfg.results_dir) / RESULTS, {
+            "command": command, **what, "settings": asdict(cfg), "result": result.to_dict(),
+            "wall_seconds": time.perf_counter() - start})
+    return result, what
+
+
+def evaluate(synthetic: SyntheticSet, dataset: Dataset, arch: str | None = None, n_nets: int = 10,
+             init: str = "xavier", init_param: float = 1.0, seed: int = 0,
+             pretrained_weights: str | None = None) -> EvalResult:
+    """Train ``n_nets`` fresh networks of ``arch`` (default: the set's) on ``synthetic`` with its
+    step sizes and score them on ``dataset``'s test split."""
+    arch = arch or synthetic.meta.get("arch") or "LeNet"
+    if n_nets < 1:
+        raise ConfigError(f"n_nets must be positive, got {n_nets}")
+    check_fits(synthetic, dataset)
+    device = dataset.train.x.device
+    model = build_model(arch, dataset.in_channels, dataset.image_size, dataset.num_classes,
+                        pretrained_weights=pretrained_weights)
+    nets = fresh_nets(model, init, init_param, eval_seeds(seed, n_nets), device)
+    return evaluate_synthetic(model, synthetic.to(device), nets, dataset.test)

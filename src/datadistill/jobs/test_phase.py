@@ -1,0 +1,125 @@
+"""The test phase job: score a distilled set, or baselines of its shape, and write a table."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .. import artifacts
+from ..config import RunConfig
+from ..data import Dataset
+from ..errors import ArtifactError, ConfigError
+from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
+from ..synthetic import SyntheticSet
+from ..testphase import TestPhaseInputs, format_markdown, run_test_phase
+from .common import dataset_for, load_for, load_zoo_nets, model_for, normalise_config, resolve_device
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+def distilled_path(config: RunConfig) -> Path:
+    """The distilled set the test phase reads: --distilled, else <results_dir>/distilled.pt."""
+    return Path(config.test.distilled or Path(config.results_dir) / artifacts.DISTILLED)
+
+
+def _read_distilled(config: RunConfig) -> SyntheticSet:
+    path = distilled_path(config)
+    if not path.is_file():
+        raise ArtifactError(f"distilled file {path} does not exist; distil first with the same "
+                            f"--results_dir, or pass --distilled PATH")
+    return artifacts.load_distilled(path)
+
+
+def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset | None = None) -> dict:
+    """Score the distilled set of a run, or baselines of its shape (``config.test``), and write
+    results.json and results.md under ``config.results_dir``; returns what results.json holds.
+
+    Everything that can be wrong with the input (files, zoos, shapes) is checked before any
+    scoring, and nothing is written unless the whole run succeeds.
+    """
+    start = time.perf_counter()
+    config = normalise_config(config)
+    test, nets_cfg, m = config.test, config.nets, config.model
+    knn = test.lrs == "nearest_neighbor"
+    loaded = _read_distilled(config) if test.needs_distilled else None
+    selecting = test.optimize_n_runs is not None and not knn
+    same_as_train = not knn and nets_cfg.test_nets_type == "same_as_train"
+    fixed = None
+    if same_as_train and nets_cfg.train_nets_type == "known_init":
+        fixed = None if loaded is None else loaded.meta.get("init_params")
+        if fixed is None:
+            raise ConfigError("--test_nets_type same_as_train with known_init needs the distilled file's "
+                              "fixed networks (init_params), and it has none; use unknown_init or loaded")
+    train_zoo = test_zoo = shape = None
+    if nets_cfg.train_nets_type == "loaded" and (selecting or same_as_train):
+        train_zoo, shape = load_zoo_nets(config, "train", nets_cfg.n_nets)
+    if not knn and nets_cfg.test_nets_type == "loaded":
+        test_zoo, shape = load_zoo_nets(config, "test", nets_cfg.test_n_nets)
+    if dataset is None and shape is None and config.mode == "distill_adapt" and loaded is not None:
+        dataset = load_for(config, tuple(loaded.images.shape[2:]))  # the input space it was distilled in
+    dataset = dataset_for(config, shape, dataset)
+    got = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if loaded is not None:
+        if tuple(loaded.images.shape[2:]) != got:
+            raise ConfigError(f"distilled images are {tuple(loaded.images.shape[2:])} (C, H, W), "
+                              f"{dataset.name} images are {got}")
+        if loaded.num_classes != dataset.num_classes:
+            raise ConfigError(f"distilled set has {loaded.num_classes} classes, {dataset.name} has "
+                              f"{dataset.num_classes}")
+        steps, per_class = loaded.steps, loaded.images.shape[1] // loaded.num_classes
+        epochs = test.distill_epochs or loaded.epochs
+        loaded = loaded.to(dataset.train.x.device)
+    else:
+        steps, per_class = config.synthetic.steps, config.synthetic.images_per_class_per_step
+        epochs = test.distill_epochs or config.synthetic.epochs
+    device = resolve_device(config.device)
+    model = model_for(config, dataset)
+
+    n_test = nets_cfg.test_n_nets
+    zoo_nets = test_zoo if test_zoo is not None else train_zoo if same_as_train else fixed
+    if zoo_nets is not None:
+        fixed = {k: v.to(device) for k, v in zoo_nets.items()}
+        test_nets = lambda run: fixed  # noqa: E731 -- a zoo has one set of networks for every run
+        what = "test zoo" if test_zoo is not None else "train zoo" if train_zoo is not None else "fixed init"
+        test_desc = f"{what}, {next(iter(fixed.values())).shape[0]}"
+    else:  # every run its own fresh networks; run 0 has those a distill run is scored on
+        seeds = eval_seeds(config.seed, test.n_runs * n_test)
+        test_nets = lambda run: fresh_nets(model, m.init, m.init_param,  # noqa: E731
+                                           seeds[run * n_test:(run + 1) * n_test], device)
+        test_desc = f"fresh {m.init}, {n_test} per run"
+    optimize_nets = None
+    if selecting:
+        k = test.optimize_n_nets
+        if train_zoo is not None:  # successive slices of the train zoo, cycling
+            n = nets_cfg.n_nets
+            optimize_nets = [{name: v[torch.arange(i * k, (i + 1) * k) % n].to(device)
+                              for name, v in train_zoo.items()} for i in range(test.niter)]
+        else:
+            if test.n_runs * n_test > SELECTION_SEED_SHIFT:
+                raise ConfigError(f"at most {SELECTION_SEED_SHIFT} test networks per test phase")
+            seeds = selection_seeds(config.seed, k * test.niter)
+            optimize_nets = [fresh_nets(model, m.init, m.init_param, seeds[i * k:(i + 1) * k], device)
+                             for i in range(test.niter)]
+    row = run_test_phase(test, TestPhaseInputs(model, dataset, steps, per_class, epochs, loaded, test_nets,
+                                               optimize_nets, config.seed, config.outer.batch_size))
+    results = {
+        "command": command,
+        "dataset": dataset.name,
+        "arch": m.arch,
+        "test_nets": "none (nearest neighbour)" if knn else test_desc,
+        "distilled": str(distilled_path(config)) if loaded is not None else None,
+        "steps": steps, "images_per_class_per_step": per_class, "epochs": epochs,
+        "config": config.to_dict(),
+        "rows": [row],
+        "wall_seconds": time.perf_counter() - start,
+    }
+    folder = Path(config.results_dir)
+    markdown = format_markdown(results)
+    artifacts.write_json(folder / RESULTS_JSON, results)
+    artifacts.atomic_write(folder / RESULTS_MD, lambda f: f.write(markdown.encode()))
+    return results
+
+
+test_phase.__test__ = False  # a library function, not a pytest test

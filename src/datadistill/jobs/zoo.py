@@ -1,0 +1,92 @@
+"""The train-zoo job: many networks trained from independent initialisations, stored as one file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import artifacts
+from ..config import RunConfig
+from ..data import Dataset
+from ..errors import ArtifactError
+from ..evaluate import accuracy
+from ..nets import fresh_nets, zoo_seeds
+from ..world import World
+from ..zoo import Zoo, train_networks
+from .common import load_for, model_for, normalise_config, resolve_device, zoo_file
+
+ZOO_CHUNK = 10  # networks trained at once (vmapped) and stored per part file
+
+
+def _zoo_training(config: RunConfig) -> dict:
+    """The settings that make two zoos interchangeable."""
+    d = config.to_dict()
+    return {"dataset": config.data.dataset, "arch": config.model.arch, "model": d["model"],
+            "outer": d["outer"], "phase": config.phase}
+
+
+def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = None,
+              dataset: Dataset | None = None, world: World = World()) -> tuple[Zoo, Path]:
+    """Train ``config.nets.n_nets`` networks into the zoo of
+    (dataset, arch, init, phase); returns the zoo and its file.
+
+    Networks are trained ``ZOO_CHUNK`` at a time and each chunk is stored as a part, so a killed
+    run resumes from the last finished part; an existing zoo of the same settings is extended,
+    never retrained. ``progress(done, total)`` is called after every chunk this process trains.
+    In a group of processes, chunk i is trained by rank i mod size, so no two write one file;
+    rank 0 joins the parts into the zoo once all are done (the zoo folder must be one that all
+    processes see).
+    """
+    config = normalise_config(config)
+    path = zoo_file(config, config.phase)
+    folder, n, wanted = path.parent, config.nets.n_nets, _zoo_training(config)
+    existing = world.agree(lambda: _matching(artifacts.load_zoo(path), wanted, path) if path.exists() else None)
+    if existing is not None and len(existing) >= n:
+        return existing, path
+    dataset = world.agree(lambda: dataset if dataset is not None else load_for(config))
+    device = resolve_device(config.device)
+    model = model_for(config, dataset)
+    m = config.model
+    done = len(existing) if existing is not None else 0
+    starts = list(range(done, n, ZOO_CHUNK))
+    # parts left by an interrupted run are checked by every process up front: a collective inside
+    # the loop below would pair up differently on processes with different numbers of chunks
+    world.agree(lambda: [_matching(artifacts.load_zoo(p), wanted, p)
+                         for p in (_part_path(folder, s, n) for s in starts) if p.exists()])
+    for start in starts[world.rank::world.size]:
+        stop = min(start + ZOO_CHUNK, n)
+        part_path = _part_path(folder, start, n)
+        if not part_path.exists():
+            seeds = zoo_seeds(config.phase, start, stop)
+            init = fresh_nets(model, m.init, m.init_param, seeds, device)
+            generator = torch.Generator().manual_seed(seeds[0])  # batch order of this chunk
+            trained = train_networks(model, init, dataset.train, config.outer, generator)
+            part = Zoo({k: v.cpu() for k, v in trained.items()}, accuracy(model, trained, dataset.test).cpu(),
+                       config.data.dataset, config.model.arch, m.init, config.phase,
+                       (dataset.in_channels, dataset.image_size, dataset.image_size),
+                       dataset.num_classes, wanted)
+            artifacts.save_zoo(part_path, part)
+        if progress is not None:
+            progress(stop, n)
+    world.barrier()  # every part is on disk
+    if world.is_main:
+        parts = [existing] if existing is not None else []
+        parts += [artifacts.load_zoo(_part_path(folder, s, n)) for s in starts]
+        artifacts.save_zoo(path, Zoo.concat(parts))
+        for stale in folder.glob("part-*.pt"):
+            stale.unlink()
+    world.barrier()  # the zoo is on disk
+    return artifacts.load_zoo(path), path
+
+
+def _part_path(folder: Path, start: int, n: int) -> Path:
+    return folder / f"part-{start:06d}-{min(start + ZOO_CHUNK, n):06d}.pt"
+
+
+def _matching(zoo: Zoo, wanted: dict, path: Path) -> Zoo:
+    if zoo.config != wanted:
+        diff = sorted(k for k in wanted if zoo.config.get(k) != wanted[k])
+        raise ArtifactError(f"zoo {path} was trained with other settings ({', '.join(diff)}); "
+                            f"use the same settings, another --zoo_dir, or delete it")
+    return zoo

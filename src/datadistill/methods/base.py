@@ -1,0 +1,81 @@
+"""The interface every distillation method implements.
+
+A method says three things: what the synthetic set starts as (``initial``), the scalar the outer
+optimiser minimises given the set, this iteration's networks and a real batch (``loss``), and what
+it adds to the final report (``report``). Everything else (optimiser, schedule, networks, resume,
+processes, evaluation) belongs to the outer loop and the job around it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from ..data import Split
+from ..models import Params
+from ..synthetic import LearnableSet, SyntheticSet
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..runtime import Runtime
+
+
+class MethodLoss(NamedTuple):
+    """``objective``: a scalar whose gradient w.r.t. the learned tensors is this process's share of
+    the outer gradient (it need not equal the loss: a surrogate with the right gradient is fine);
+    ``value``: this process's share of the loss to report, detached (the shares sum to the loss)."""
+
+    objective: torch.Tensor
+    value: torch.Tensor
+
+
+@dataclass
+class Setup:
+    """What a method may read when it builds its starting set and its report.
+
+    ``train`` is the only real data the optimisation sees; ``val`` serves every choice a report
+    makes (a baseline's step size); ``test`` is read once, for the final figures.
+    """
+
+    model: nn.Module
+    train: Split
+    val: Split | None
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    generator: torch.Generator  # the run's stream
+    seed: int  # the run's seed, for reports that draw their own baselines
+
+
+class Method:
+    """Base class; subclasses are registered by ``methods.register``."""
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, config: "RunConfig", model: nn.Module, runtime: "Runtime") -> "Method":
+        """The method as a run's configuration asks for it."""
+        raise NotImplementedError
+
+    def initial(self, setup: Setup) -> LearnableSet:
+        raise NotImplementedError
+
+    def loss(self, learned: LearnableSet, nets: Params, real_x: torch.Tensor, real_y: torch.Tensor,
+             total_nets: int) -> MethodLoss:
+        """``nets``: this process's share of the iteration's initial weights (k, ...);
+        ``total_nets``: networks over all processes, the mean's denominator."""
+        raise NotImplementedError
+
+    def backward_context(self, learned: LearnableSet):
+        """Process-wide settings under which the outer loop differentiates ``loss``'s objective."""
+        return contextlib.nullcontext()
+
+    def report(self, synthetic: SyntheticSet, setup: Setup, test: Split, train_nets: Params | None,
+               test_nets: Params, progress: Callable[[str], None]) -> dict:
+        """Figures beyond the test accuracy, computed once after distillation; ``progress(what)``
+        is called before each long part."""
+        return {}

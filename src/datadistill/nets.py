@@ -1,0 +1,135 @@
+"""Where networks come from: fixed, fresh every draw, or a trained zoo. Seeds live here.
+
+A source's ``sample()`` returns stacked initial weights ``{name: (k, ...)}`` for this process's
+share of one outer iteration's networks. Every process draws the same random numbers (seeds,
+permutations) from the run's generator and keeps its own block of them, so the random stream
+stays in step across a group of processes and the shares stay disjoint.
+
+Seeds are disjoint by construction: training draws come from the run's generator (below 2**31),
+evaluation networks from ``eval_seeds`` (multiples of ``EVAL_SEED_OFFSET``, above it), zoo
+networks from ``zoo_seeds`` (a base per phase), so no evaluation network ever trained the images.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .models import Params, init_params, stack_params
+from .world import World
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation networks: seeds no training draw uses
+SELECTION_SEED_SHIFT = 500_000  # networks that choose among candidates: past any evaluation network
+# far apart, so no train-phase seed is a test-phase seed for any zoo size that fits on disk
+_ZOO_SEED_BASE = {"train": 10_000_000, "test": 900_000_000}
+
+
+def fresh_nets(model: nn.Module, init: str, init_param: float, seeds: list[int], device) -> Params:
+    """Stacked (len(seeds), ...) weights, network i drawn from ``seeds[i]``."""
+    return stack_params([init_params(model, init, init_param, s, device) for s in seeds])
+
+
+def eval_seeds(run_seed: int, n: int) -> list[int]:
+    """Seeds of the ``n`` networks that score a run seeded ``run_seed``."""
+    return [EVAL_SEED_OFFSET * (run_seed + 1) + i for i in range(n)]
+
+
+def selection_seeds(run_seed: int, n: int) -> list[int]:
+    """Seeds of networks that choose among candidate sets, never among the scoring ones."""
+    base = eval_seeds(run_seed, 1)[0] + SELECTION_SEED_SHIFT
+    return list(range(base, base + n))
+
+
+def zoo_seeds(phase: str, start: int, stop: int) -> list[int]:
+    """Seeds of zoo networks ``start..stop-1`` of ``phase`` (train and test zoos are disjoint)."""
+    return [_ZOO_SEED_BASE[phase] + i for i in range(start, stop)]
+
+
+def draw_seeds(generator: torch.Generator, n: int) -> list[int]:
+    """``n`` training seeds from the run's stream."""
+    return torch.randint(0, 2**31 - 1, (n,), generator=generator).tolist()
+
+
+class NetSource:
+    """Initial weights of the networks one outer iteration trains."""
+
+    total: int  # networks per iteration over all processes (the mean of the outer loss is over these)
+
+    def sample(self, generator: torch.Generator) -> Params:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FreshNets(NetSource):
+    """``n`` networks drawn afresh every iteration (the paper's unknown initialisation)."""
+
+    def __init__(self, model: nn.Module, init: str, init_param: float, n: int, device,
+                 world: World = World()):
+        self.model, self.init, self.init_param, self.device, self.world = model, init, init_param, device, world
+        self.total = n
+
+    def sample(self, generator: torch.Generator) -> Params:
+        seeds = draw_seeds(generator, self.total)
+        return fresh_nets(self.model, self.init, self.init_param, seeds[self.world.block(self.total)], self.device)
+
+
+class FixedNets(NetSource):
+    """The same ``n`` networks every iteration (the paper's known initialisation); drawn once from
+    the run's stream. ``params`` holds all of them, this process's share in ``mine``."""
+
+    def __init__(self, model: nn.Module, init: str, init_param: float, n: int, device,
+                 generator: torch.Generator, world: World = World()):
+        self.model, self.init, self.init_param, self.device, self.world = model, init, init_param, device, world
+        self.total = n
+        self._set(draw_seeds(generator, n))
+
+    def _set(self, seeds: list[int]) -> None:
+        self.seeds = seeds
+        self.params = fresh_nets(self.model, self.init, self.init_param, seeds, self.device)
+        own = self.world.block(self.total)
+        self.mine = {k: v[own] for k, v in self.params.items()}
+
+    def sample(self, generator: torch.Generator) -> Params:
+        return self.mine
+
+    def state_dict(self) -> dict:
+        return {"seeds": self.seeds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._set(state["seeds"])
+
+
+class ZooNets(NetSource):
+    """``per_iteration`` distinct networks of a trained zoo each iteration, in the order of fresh
+    permutations, cycling, so that every network is used once before any is used twice."""
+
+    def __init__(self, zoo: Params, per_iteration: int, device, world: World = World()):
+        n = next(iter(zoo.values())).shape[0]
+        self.world, self.total = world, per_iteration
+        self.all = zoo  # every network, where it was read (rank 0's reports use them all)
+        own = world.block(n)
+        self.mine = {k: v[own].to(device) for k, v in zoo.items()}  # a contiguous block per process
+        self.order = torch.empty(0, dtype=torch.long)
+        self.device = device
+
+    def sample(self, generator: torch.Generator) -> Params:
+        # positions within each process's block: the same draw everywhere, applied to its own block
+        k = self.total // self.world.size
+        n = next(iter(self.mine.values())).shape[0]
+        if self.order.numel() < k:
+            # queue a new permutation behind the rest of the current one, minus those still queued,
+            # so that one draw never holds a network twice
+            fresh = torch.randperm(n, generator=generator)
+            self.order = torch.cat([self.order, fresh[~torch.isin(fresh, self.order)]])
+        index, self.order = self.order[:k], self.order[k:]
+        return {name: v[index.to(self.device)] for name, v in self.mine.items()}
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order = state["order"]
