@@ -10,11 +10,11 @@ import torchvision
 from torch.func import functional_call
 
 from datadistill import models, pretrained
-from datadistill.cli import main
+from datadistill.commands import main
 from datadistill.config import ModelConfig
 from datadistill.errors import ArtifactError, ConfigError
-from datadistill.evaluate import fresh_nets
 from datadistill.inner import batched_logits, batched_unrolled_loss
+from datadistill.nets import fresh_nets
 
 SIZE = 63  # the smallest input AlexNet takes: the cheapest forward
 WEIGHTS_NAME = "alexnet-owt-7be5be79.pth"  # torchvision's file name for IMAGENET1K_V1
@@ -101,7 +101,7 @@ def test_pretrained_weights_load_from_the_given_file(weights_file, weights):
     a["features.0.weight"].add_(1.0)  # each network owns its copy; the file's state stays as read
     assert torch.equal(models.init_params(model, "imagenet_pretrained", 1.0, seed=2)["features.0.weight"],
                        weights["features.0.weight"])
-    # evaluate.fresh_nets, unchanged, stacks them: the path travels on the template
+    # nets.fresh_nets, unchanged, stacks them: the path travels on the template
     stacked = fresh_nets(model, "imagenet_pretrained", 1.0, [0, 1, 2], "cpu")
     assert stacked["classifier.1.weight"].shape == (3, 4096, 9216)
     assert torch.equal(stacked["classifier.4.weight"][2], weights["classifier.4.weight"])

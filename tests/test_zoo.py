@@ -1,25 +1,29 @@
 import pytest
 import torch
 
-from datadistill import artifacts, models, runner, zoo
-from datadistill.cli import main
-from datadistill.config import DataConfig, ModelConfig, NetsConfig, OuterConfig, RunConfig, SyntheticConfig
-from datadistill.distill import Distillation
+from datadistill import artifacts, models
+from datadistill.commands import main
+from datadistill.config import build_config
 from datadistill.errors import ArtifactError
 from datadistill.evaluate import accuracy
+from datadistill.jobs import scoring
+from datadistill.jobs import zoo as zoo_job
+from datadistill.nets import ZooNets, zoo_seeds
+from datadistill.world import World
 
 
 def _zoo_config(tmp_path, n, phase="train", epochs=3):
-    return RunConfig(mode="train", data=DataConfig("blobs"), model=ModelConfig("MLP"),
-                     outer=OuterConfig(epochs=epochs, batch_size=30), nets=NetsConfig(n_nets=n),
-                     phase=phase, results_dir=str(tmp_path))
+    # the flags of `datadistill train-zoo`, through the same preset the command applies
+    return build_config({"mode": "train", "data.dataset": "blobs", "model.arch": "MLP", "outer.epochs": epochs,
+                         "outer.batch_size": 30, "nets.n_nets": n, "phase": phase,
+                         "results_dir": str(tmp_path)}, "train-zoo")
 
 
 @pytest.fixture
 def blobs_zoo(blobs, monkeypatch):
     """train_zoo on the in-memory blobs dataset (the registry only knows real datasets)."""
-    monkeypatch.setattr(runner, "normalise_config", lambda c: c)
-    return lambda config, **kw: runner.train_zoo(config, dataset=blobs, **kw)
+    monkeypatch.setattr(zoo_job, "normalise_config", lambda c: c)
+    return lambda config, **kw: zoo_job.train_zoo(config, dataset=blobs, **kw)
 
 
 def test_zoo_round_trips_with_the_same_predictions(tmp_path, blobs, blobs_zoo):
@@ -30,12 +34,15 @@ def test_zoo_round_trips_with_the_same_predictions(tmp_path, blobs, blobs_zoo):
     model = models.build_model("MLP", 1, 8, 3)
     torch.testing.assert_close(accuracy(model, loaded.params, blobs.test), trained.accuracies)
     assert not list(path.parent.glob("part-*.pt"))  # parts are folded into the one file
+    # network i starts from zoo seed i of its phase
+    first = models.init_params(model, "xavier", 1.0, zoo_seeds("train", 0, 1)[0])
+    assert not torch.equal(first["net.1.weight"], loaded.params["net.1.weight"][0])  # it was trained
 
 
 def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, monkeypatch):
     calls = []
-    real_train = zoo.train_networks
-    monkeypatch.setattr(runner, "train_networks", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    real_train = zoo_job.train_networks
+    monkeypatch.setattr(zoo_job, "train_networks", lambda *a, **k: calls.append(1) or real_train(*a, **k))
 
     def stop_after_first(done, total):
         raise KeyboardInterrupt
@@ -53,8 +60,9 @@ def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, mon
 
 
 def test_train_and_test_zoos_never_share_an_initialisation():
-    train, test = set(zoo.net_seeds("train", 0, 5000)), set(zoo.net_seeds("test", 0, 5000))
+    train, test = set(zoo_seeds("train", 0, 5000)), set(zoo_seeds("test", 0, 5000))
     assert len(train) == len(test) == 5000 and not train & test
+    assert zoo_seeds("train", 3, 5) == sorted(train)[3:5]  # a slice of the phase's range
 
 
 def test_a_zoo_refuses_another_arch_dataset_or_size(tmp_path, blobs_zoo):
@@ -68,29 +76,52 @@ def test_a_zoo_refuses_another_arch_dataset_or_size(tmp_path, blobs_zoo):
 
 def test_loaded_nets_are_sampled_distinct_and_cover_the_zoo(tmp_path, blobs, blobs_zoo):
     trained, _ = blobs_zoo(_zoo_config(tmp_path, 7))
-    cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=1), outer=OuterConfig(epochs=1, batch_size=30),
-                    nets=NetsConfig("loaded", 7, "same_as_train", 1, sample_n_nets=3))
-    run = Distillation(cfg, models.build_model("MLP", 1, 8, 3), blobs.train, blobs.test, 3,
-                       blobs.mean, blobs.std, loaded_train=trained.params)
+    cfg = build_config({"data.dataset": "blobs", "model.arch": "MLP", "nets.train_nets_type": "loaded",
+                        "nets.n_nets": 7, "nets.test_nets_type": "same_as_train", "nets.sample_n_nets": 3})
+    source = ZooNets(trained.params, cfg.nets.nets_per_iteration, "cpu")
+    assert source.total == 3
+    generator = torch.Generator().manual_seed(0)
     key = "net.1.weight"
     ids = {trained.params[key][i].sum().item(): i for i in range(7)}
+    assert len(ids) == 7
     seen = []
     for _ in range(7):
-        drawn = run.train_nets()[key]
+        drawn = source.sample(generator)[key]
         picks = [ids[w.sum().item()] for w in drawn]
         assert len(set(picks)) == 3  # distinct within a draw
         seen += picks
     assert set(seen[:7]) == set(range(7))  # the first seven draws cover the zoo once
     assert set(seen) == set(range(7))
-    assert run.test_nets()[key].shape[0] == 7  # same_as_train: the loaded networks
+    # same_as_train: the loaded networks score the set, all seven of them
+    model = models.build_model("MLP", 1, 8, 3)
+    score = scoring.scoring_nets(cfg, model, "cpu", World(), source, None)
+    for everyone in (False, True):
+        assert torch.equal(score(everyone)[key], trained.params[key])
 
 
+def test_zoo_draws_resume_from_their_state(tmp_path, blobs_zoo):
+    trained, _ = blobs_zoo(_zoo_config(tmp_path, 5))
+    a = ZooNets(trained.params, 2, "cpu")
+    g = torch.Generator().manual_seed(3)
+    a.sample(g)  # one network of the permutation is left queued
+    state, g_state = a.state_dict(), g.get_state()
+    b = ZooNets(trained.params, 2, "cpu")
+    b.load_state_dict(state)
+    g2 = torch.Generator()
+    g2.set_state(g_state)
+    for _ in range(4):
+        x, y = a.sample(g), b.sample(g2)
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.slow
 def test_cli_trains_a_zoo_and_distils_against_it(tmp_path, capsys):
     common = ["--dataset", "digits", "--arch", "LeNet", "--results_dir", str(tmp_path), "--no_progress"]
     assert main(["--mode", "train", "--n_nets", "4", "--epochs", "15", *common]) == 0
     assert main(["--mode", "train", "--n_nets", "2", "--epochs", "15", "--phase", "test", *common]) == 0
     out = capsys.readouterr().out
     assert "zoo of 4 LeNet networks on digits (train phase)" in out and "(test phase)" in out
+    assert (tmp_path / "zoo" / "digits-LeNet-xavier-train" / "zoo.pt").is_file()
     assert main(["--mode", "distill_basic", "--train_nets_type", "loaded", "--n_nets", "4", "--sample_n_nets", "2",
                  "--test_nets_type", "loaded", "--test_n_nets", "2", "--distill_steps", "1", "--distill_epochs", "1",
                  "--epochs", "1", *common]) == 0
@@ -98,12 +129,14 @@ def test_cli_trains_a_zoo_and_distils_against_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--train_nets_type", "loaded"], "zoo.pt does not exist; train one with --mode train"),
+    (["--train_nets_type", "loaded"], "zoo.pt does not exist; train one with datadistill train-zoo"),
     (["--train_nets_type", "loaded", "--n_nets", "2", "--sample_n_nets", "3"], "cannot exceed --n_nets"),
     (["--mode", "train", "--phase", "validation"], "unknown --phase 'validation'; accepted: train, test"),
+    (["--sample_n_nets", "2"], "--sample_n_nets draws from loaded networks"),
+    (["--zoo_dir", "z"], "--zoo_dir is read only with loaded networks"),
 ])
 def test_zoo_refusals_are_one_line_exit_2(tmp_path, capsys, flags, message):
     code = main(["--dataset", "digits", "--results_dir", str(tmp_path / "r"), "--no_progress", *flags])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()

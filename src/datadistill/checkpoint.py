@@ -15,9 +15,10 @@ from .distill import Callback, Distillation, History
 from .errors import ArtifactError
 
 # config fields a resumed run may change; anything else must match the checkpoint
-# (test: the test phase's own settings; preset: what is recorded is the values it gave)
+# (test, evaluation: how results are scored; preset: what is recorded is the values it gave)
 RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",), ("data", "root"),
-                     ("data", "download"), ("test",), ("preset",)}
+                     ("data", "download"), ("test",), ("preset",), ("skip_test",),
+                     ("evaluation",)}
 
 
 def state_dict(run: Distillation, world_size: int, backend: str | None) -> dict:
@@ -28,6 +29,7 @@ def state_dict(run: Distillation, world_size: int, backend: str | None) -> dict:
         "scheduler": run.scheduler.state_dict(),
         "generator": run.generator.get_state(),
         "nets": run.nets.state_dict(),
+        "method": run.method.state_dict(),
         "world_size": world_size,
         "conv_backend": backend,  # the numerics the run chose; a resumed run keeps them
         "epoch": run.epoch,
@@ -48,6 +50,7 @@ def load_state_dict(run: Distillation, state: dict, world_size: int) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.generator.set_state(state["generator"])
     run.nets.load_state_dict(state["nets"])
+    run.method.load_state_dict(state["method"])
     run.epoch, run.iteration = state["epoch"], state["iteration"]
     run.history = History(**state["history"])
     run.check_replicas()

@@ -8,6 +8,7 @@ ordinary SGD with momentum for many epochs (the protocol of the later literature
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,8 @@ from .data import Split
 from .inner import batched_logits, batched_train, mean_loss_per_net_summed
 from .models import Params
 from .synthetic import SyntheticSet
+
+Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (B, C, H, W) -> same shape
 
 
 
@@ -66,7 +69,8 @@ def evaluate_synthetic(model: nn.Module, synthetic: SyntheticSet, stacked_init: 
 
 def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: SyntheticSet, epochs: int,
                        lr: float, batch_size: int | None = 256, momentum: float = 0.9,
-                       weight_decay: float = 5e-4, generator: torch.Generator | None = None) -> Params:
+                       weight_decay: float = 5e-4, generator: torch.Generator | None = None,
+                       augment: Augment | None = None) -> Params:
     """Train each stacked network with SGD on all of ``synthetic``'s images pooled into one set.
 
     The S * N images (S, N, C, H, W) are flattened to (S * N, C, H, W); its step sizes are ignored.
@@ -75,6 +79,8 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     The update is ``torch.optim.SGD``'s with ``momentum`` and L2 ``weight_decay`` on every weight:
         b <- momentum * b + (g + weight_decay * w);  w <- w - lr * b
     All networks see the same batches; returns the trained (n_nets, ...) weights, no graph.
+    The learning rate is halved at half of the epochs (the later literature's schedule), and
+    ``augment(x, generator)``, when given, transforms each batch (DSA).
     """
     x = synthetic.images.detach().flatten(0, 1)  # (S * N, C, H, W)
     y = synthetic.labels.detach().flatten(0, 1)  # (S * N,), or (S * N, classes) if learned
@@ -84,14 +90,18 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     leaves = [v.detach().clone().requires_grad_() for v in stacked_init.values()]
     params = dict(zip(stacked_init, leaves))
     optimizer = torch.optim.SGD(leaves, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if epoch == epochs // 2 and epochs > 1:
+            for group in optimizer.param_groups:
+                group["lr"] = lr / 2
         order = (torch.arange(n) if batch_size is None
                  else torch.randperm(n, generator=generator)).to(x.device)
         for start in range(0, n, size):
             idx = order[start:start + size]
+            xb = x[idx] if augment is None else augment(x[idx], generator)
             optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                mean_loss_per_net_summed(model, params, x[idx], y[idx]).backward()
+                mean_loss_per_net_summed(model, params, xb, y[idx]).backward()
             optimizer.step()
     return {k: v.detach() for k, v in params.items()}
 
@@ -99,7 +109,7 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
 def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params,
                           test: Split, epochs: int, lr: float, batch_size: int | None = 256,
                           generator: torch.Generator | None = None, chunk_nets: int = 25,
-                          **sgd) -> EvalResult:
+                          augment: Augment | None = None, **sgd) -> EvalResult:
     """``train_from_scratch`` each network in ``stacked_init`` on ``synthetic``, score it on
     ``test``; ``chunk_nets`` networks at a time. ``sgd`` passes momentum / weight_decay on."""
     n = next(iter(stacked_init.values())).shape[0]
@@ -107,6 +117,18 @@ def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_ini
     for i in range(0, n, chunk_nets):
         part = {k: v[i:i + chunk_nets] for k, v in stacked_init.items()}
         trained = train_from_scratch(model, part, synthetic, epochs, lr, batch_size,
-                                     generator=generator, **sgd)
+                                     generator=generator, augment=augment, **sgd)
         accs.append(accuracy(model, trained, test))
     return EvalResult(tuple(torch.cat(accs).tolist()))
+
+
+def score_set(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params, split: Split, protocol: str,
+              scratch: tuple[int, float, int] = (300, 0.01, 256), seed: int = 0,
+              augment: Augment | None = None) -> EvalResult:
+    """``synthetic`` scored on ``split`` by the networks ``stacked_init`` under ``protocol``:
+    ``unrolled`` (its steps and step sizes) or ``from_scratch`` (``scratch`` = epochs, lr, batch)."""
+    if protocol == "unrolled":
+        return evaluate_synthetic(model, synthetic, stacked_init, split)
+    epochs, lr, batch = scratch
+    return evaluate_from_scratch(model, synthetic, stacked_init, split, epochs, lr, batch,
+                                 generator=torch.Generator().manual_seed(seed), augment=augment)

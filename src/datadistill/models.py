@@ -7,6 +7,8 @@ buffers (no BatchNorm), which keeps that functional view exact.
 """
 from __future__ import annotations
 
+import inspect
+
 import copy
 import math
 import sys
@@ -39,14 +41,20 @@ def arch_class(name: str) -> type[nn.Module]:
 
 
 def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
-                pretrained_weights: str | None = None) -> nn.Module:
+                pretrained_weights: str | None = None, width: int | None = None) -> nn.Module:
     """An instance of ``arch`` for inputs of shape (in_channels, image_size, image_size).
 
     ``pretrained_weights``: the file ``init_params(model, "imagenet_pretrained", ...)`` reads
     (None: torchvision's hub cache). Only the path is kept on the template, not the weights, so
-    copies of the template stay cheap.
+    copies of the template stay cheap. ``width``: channels (ConvNet) or hidden units (MLP);
+    None keeps the class's default.
     """
     cls = arch_class(arch)
+    if width is not None and "width" not in inspect.signature(cls).parameters:
+        widths = ", ".join(n for n, c in sorted(ARCHS.items()) if "width" in inspect.signature(c).parameters)
+        raise ConfigError(f"--width applies to {widths}, not {cls.__name__}")
+    if width is not None and width < 1:
+        raise ConfigError(f"--width must be positive, got {width}")
     sizes = cls.supported_sizes
     if image_size not in sizes:
         takes = (f"images of at least {sizes.start} pixels" if isinstance(sizes, range)
@@ -55,7 +63,8 @@ def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
     if pretrained_weights is not None and not hasattr(cls, "pretrained_weights"):
         raise ConfigError(f"--pretrained_weights is for --arch {', '.join(_pretrained_archs())}, "
                           f"not {cls.__name__}")
-    model = cls(in_channels, image_size, num_classes)
+    model = cls(in_channels, image_size, num_classes) if width is None else \
+        cls(in_channels, image_size, num_classes, width=width)
     if pretrained_weights is not None:
         model.pretrained_weights = str(pretrained.weights_file(pretrained_weights))
     return model
@@ -136,7 +145,7 @@ class AlexCifarNet(nn.Module):
 class ConvNet(nn.Module):
     """The ConvNet of the later distillation literature (Zhao et al. 2021 onwards).
 
-    Three blocks of 3x3 conv (128 channels), instance norm (GroupNorm with one group per channel,
+    Three blocks of 3x3 conv (``width`` channels, 128 in the papers), instance norm (GroupNorm with one group per channel,
     affine, no running statistics), ReLU and 2x2 average pooling, then one linear layer.
     """
 
@@ -160,7 +169,7 @@ class ConvNet(nn.Module):
 
 @register
 class MLP(nn.Module):
-    """Two hidden layers of 128 ReLU units on the flattened image."""
+    """Two hidden layers of ``width`` (default 128) ReLU units on the flattened image."""
 
     supported_sizes = {8, 16, 28, 32}
     default_size = 28

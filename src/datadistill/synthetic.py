@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,8 +17,8 @@ class SyntheticSet:
     """A training set of ``steps`` batches used for ``epochs`` passes of GD.
 
     images: (S, N, C, H, W), normalised like the real data; labels: (S, N) int64 classes, or
-    (S, N, num_classes) float target vectors when they were learned (the inner GD's cross-entropy
-    -sum_c y_c log p_c takes either; learned targets may be negative and need not sum to 1);
+    (S, N, num_classes) float probability vectors when they were learned (the inner GD's
+    cross-entropy -sum_c y_c log p_c takes either);
     lrs: (S * epochs,) positive step sizes, one per GD step in the order they are taken.
     """
 
@@ -88,14 +89,19 @@ def class_major_labels(steps: int, per_class: int, num_classes: int) -> torch.Te
     return torch.arange(num_classes).repeat_interleave(per_class).repeat(steps, 1)
 
 
+LABEL_START = 0.99  # learned labels start as this much probability on the image's own class
+
+
 class LearnableSet:
     """The tensors the outer optimiser updates, and the synthetic set they stand for.
 
     images (S, N, C, H, W) and, when step sizes are learned, ``log_lrs`` (T,): step sizes live in
     log space so that they stay positive and Adam's scale-free steps suit a quantity whose useful
     range spans orders of magnitude. ``labels`` (S, N) are the fixed classes; with learned labels,
-    ``label_targets`` (S, N, classes) are the inner cross-entropy's target vectors, starting at the
-    one-hot classes and free to take any real values.
+    ``label_logits`` (S, N, classes) are learned and the inner cross-entropy's targets are
+    ``softmax(label_logits)``: probability vectors, so that cross-entropy stays a proper one,
+    bounded below by 0 (free target vectors with a negative entry would make it unbounded below).
+    They start at ``LABEL_START`` on the image's class and the rest spread evenly.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor | None,
@@ -103,33 +109,36 @@ class LearnableSet:
         self.images = images.detach().clone().requires_grad_()
         self.labels = labels
         self.log_lrs = None if lrs is None else lrs.detach().log().requires_grad_()
-        self.label_targets = None
+        self.label_logits = None
         if learn_labels:
-            self.label_targets = torch.nn.functional.one_hot(labels, num_classes).to(images.dtype).requires_grad_()
+            # logit gap g between the class and each other one: e^g / (e^g + K - 1) = LABEL_START
+            gap = math.log(LABEL_START * (num_classes - 1) / (1 - LABEL_START))
+            one_hot = torch.nn.functional.one_hot(labels, num_classes).to(images.dtype)
+            self.label_logits = (gap * one_hot).requires_grad_()
         self.num_classes, self.mean, self.std = num_classes, tuple(mean), tuple(std)
         self.meta = dict(meta or {})
 
     def targets(self) -> torch.Tensor:
-        """The inner loss's labels: (S, N) classes, or (S, N, classes) learned target vectors."""
-        return self.labels if self.label_targets is None else self.label_targets
+        """The inner loss's labels: (S, N) classes, or (S, N, classes) learned distributions."""
+        return self.labels if self.label_logits is None else self.label_logits.softmax(-1)
 
     def lrs(self) -> torch.Tensor:
         return self.log_lrs.exp()
 
     def param_groups(self, lr: float, step_size_lr: float) -> list[dict]:
         """Adam's groups: images and labels at ``lr``, the log step sizes at ``step_size_lr``."""
-        groups = [{"params": [self.images] + ([] if self.label_targets is None else [self.label_targets])}]
+        groups = [{"params": [self.images] + ([] if self.label_logits is None else [self.label_logits])}]
         if self.log_lrs is not None:
             groups.append({"params": [self.log_lrs], "lr": step_size_lr})
         return groups
 
     def tensors(self) -> list[torch.Tensor]:
         """Every learned tensor, in a fixed order (checkpoints, replica checks, all-reduce)."""
-        return [t for t in (self.images, self.log_lrs, self.label_targets) if t is not None]
+        return [t for t in (self.images, self.log_lrs, self.label_logits) if t is not None]
 
     def to(self, device) -> "LearnableSet":
         with torch.no_grad():
-            for name in ("images", "log_lrs", "label_targets"):
+            for name in ("images", "log_lrs", "label_logits"):
                 t = getattr(self, name)
                 if t is not None:
                     setattr(self, name, t.detach().to(device).requires_grad_())

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import CONV_BACKENDS, IMAGE_INITS, PRESETS, RunConfig, build_config, default_preset
+from ..config import CONV_BACKENDS, IMAGE_INITS, PRESETS, RunConfig, build_config
 from ..errors import ConfigError
 from ..world import DEFAULT_TIMEOUT, start
 from .flags import (D, Parser, add_data, add_model, add_mode, add_nets, add_outer, add_run, add_shape, add_world,
                     given_fields, preset_note, refuse)
+from .flags import METHOD_FLAGS
 
 NAME = "distill"
 HELP = "distil a dataset into a few synthetic images and step sizes"
@@ -30,8 +31,37 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                         "attack, target_class slots start as attack_class images "
                                         "(" + preset_note("synthetic.image_init") + ")")
     g.add_argument("--learn_labels", action=argparse.BooleanOptionalAction,
-                   help="learn each image's label as a vector of class weights, from its one-hot class "
+                   help="learn each image's label as a distribution over the classes, from its own class "
                         "(" + preset_note("synthetic.learn_labels") + ")")
+    g.add_argument("--label_mode", help="hard (fixed one-per-class labels) or soft (learned; = --learn_labels)")
+    g.add_argument("--ipc", type=int, help="images per class in the whole set (default: wang2018's steps x images "
+                                           "per class per step; dm/gm/mtt: 10)")
+    g = p.add_argument_group("later methods (--method dm, gm, mtt)")
+    g.add_argument("--augment", help=f"none or dsa: differentiable Siamese augmentation in distillation and "
+                                     f"evaluation (default {D.methods.augment})")
+    g.add_argument("--embed_batch", type=int, help=f"dm, gm: real images per class per iteration "
+                                                   f"(default {D.methods.embed_batch})")
+    g.add_argument("--outer_loop", type=int, help=f"gm: synthetic updates per network (default {D.methods.outer_loop})")
+    g.add_argument("--inner_steps", type=int, help=f"gm: network steps on the set between updates "
+                                                   f"(default {D.methods.inner_steps})")
+    g.add_argument("--inner_lr", type=float, help=f"gm: their learning rate (default {D.methods.inner_lr})")
+    g.add_argument("--syn_steps", type=int, help=f"mtt: steps on the set from an expert's start "
+                                                 f"(default {D.methods.syn_steps})")
+    g.add_argument("--expert_epochs", type=int, help=f"mtt: expert epochs they should cover "
+                                                     f"(default {D.methods.expert_epochs})")
+    g.add_argument("--max_start_epoch", type=int, help=f"mtt: latest expert epoch to start from "
+                                                       f"(default {D.methods.max_start_epoch})")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--protocol", help="unrolled (the set's steps and step sizes) or from_scratch (SGD on all images "
+                                      "pooled); default: wang2018 unrolled, the others from_scratch")
+    g.add_argument("--scratch_epochs", type=int, help=f"from_scratch: epochs (default {D.evaluation.scratch_epochs})")
+    g.add_argument("--scratch_lr", type=float, help=f"from_scratch: SGD rate, halved at half (default "
+                                                    f"{D.evaluation.scratch_lr})")
+    g.add_argument("--scratch_batch_size", type=int, help=f"from_scratch: batch (default "
+                                                          f"{D.evaluation.scratch_batch_size})")
+    g.add_argument("--eval_augment", help="none or dsa in from_scratch evaluation (default: --augment)")
+    g.add_argument("--skip_test", action="store_true", help="report on the validation split only, never reading "
+                                                            "the test split (tuning runs)")
     add_nets(p)
     g = p.add_argument_group("attack (--mode distill_attack)")
     g.add_argument("--attack_class", type=int, help="the class whose images the attacked networks should misclassify")
@@ -52,6 +82,12 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
 def check_applies(args) -> None:
     """Refuse flags the chosen setting would ignore."""
     mode = getattr(args, "mode", D.mode)
+    method = getattr(args, "method", D.method)
+    for flag, methods in METHOD_FLAGS.items():
+        if method not in methods:
+            refuse(args, flag, f"applies to --method {' or '.join(methods)}, not {method}")
+    if method != "wang2018" and mode != "distill_basic":
+        raise ConfigError(f"--mode {mode} is a setting of --method wang2018, not {method}")
     nets = getattr(args, "train_nets_type", D.nets.train_nets_type)
     if mode == "train":
         raise ConfigError("--mode train trains a zoo: use `datadistill train-zoo`")
@@ -71,8 +107,7 @@ def check_applies(args) -> None:
 def config_from_args(args) -> RunConfig:
     check_applies(args)
     given = given_fields(args)
-    return build_config(given, getattr(args, "preset", None)
-                        or default_preset(given.get("mode", D.mode), given.get("nets.train_nets_type", "unknown_init")))
+    return build_config(given, getattr(args, "preset", None))
 
 
 def run(args, argv: list[str], session) -> int:

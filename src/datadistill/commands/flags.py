@@ -36,7 +36,21 @@ FIELDS = {
     "mode": "mode", "method": "method", "eval_every": "eval_every", "results_dir": "results_dir", "seed": "seed",
     "phase": "phase", "attack_class": "attack_class", "target_class": "target_class",
     "attack_weight": "attack_weight", "zoo_dir": "zoo_dir", "conv_backend": "conv_backend",
+    "width": "model.width", "ipc": "synthetic.ipc", "augment": "methods.augment", "outer_loop": "methods.outer_loop",
+    "inner_steps": "methods.inner_steps", "inner_lr": "methods.inner_lr", "syn_steps": "methods.syn_steps",
+    "expert_epochs": "methods.expert_epochs", "max_start_epoch": "methods.max_start_epoch",
+    "embed_batch": "methods.embed_batch", "protocol": "evaluation.protocol",
+    "scratch_epochs": "evaluation.scratch_epochs", "scratch_lr": "evaluation.scratch_lr",
+    "scratch_batch_size": "evaluation.scratch_batch_size", "eval_augment": "evaluation.augment",
+    "skip_test": "skip_test",
 }
+
+# flags only some methods read: flag -> those methods
+METHOD_FLAGS = {"outer_loop": ("gm",), "inner_steps": ("gm",), "inner_lr": ("gm",), "syn_steps": ("mtt",),
+                "expert_epochs": ("mtt",), "max_start_epoch": ("mtt",), "embed_batch": ("dm", "gm"),
+                "augment": ("dm", "gm", "mtt"), "attack_class": ("wang2018",), "target_class": ("wang2018",),
+                "attack_weight": ("wang2018",), "distill_epochs": ("wang2018",),
+                "distilled_images_per_class_per_step": ("wang2018",), "sample_n_nets": ("wang2018", "mtt")}
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,6 +91,7 @@ def add_data(p, source: bool = True) -> None:
 
 def add_model(p) -> None:
     g = p.add_argument_group("model")
+    g.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units (default 128)")
     g.add_argument("--arch", help=f"LeNet, AlexCifarNet, ConvNet, MLP or AlexNet (default {D.model.arch})")
     g.add_argument("--init", help=f"one of: {', '.join(INITS)} (default {D.model.init})")
     g.add_argument("--init_param", type=float, help="gain (xavier, orthogonal) or negative slope (kaiming) "
@@ -158,6 +173,13 @@ def device_of(args) -> str:
 def given_fields(args) -> dict[str, object]:
     """The typed flags as dotted RunConfig fields."""
     given = {FIELDS[k]: v for k, v in vars(args).items() if k in FIELDS}
+    label_mode = getattr(args, "label_mode", None)
+    if label_mode is not None:
+        if label_mode not in ("hard", "soft"):
+            raise ConfigError(f"unknown --label_mode {label_mode!r}; accepted: hard, soft")
+        if "synthetic.learn_labels" in given and given["synthetic.learn_labels"] != (label_mode == "soft"):
+            raise ConfigError("--label_mode and --learn_labels disagree; give one")
+        given["synthetic.learn_labels"] = label_mode == "soft"
     if "outer.schedule" not in given and ("outer.decay_epochs" in given or "outer.decay_factor" in given):
         given["outer.schedule"] = "step"  # the original's decay flags mean a step schedule
     given["device"] = device_of(args)

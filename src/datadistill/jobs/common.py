@@ -70,7 +70,7 @@ def dataset_for(config: RunConfig, shape: tuple | None, dataset: Dataset | None 
 def model_for(config: RunConfig, dataset: Dataset):
     """The configured arch, shaped for ``dataset``'s images and classes."""
     return build_model(config.model.arch, dataset.in_channels, dataset.image_size, dataset.num_classes,
-                       pretrained_weights=config.model.pretrained_weights)
+                       pretrained_weights=config.model.pretrained_weights, width=config.model.width)
 
 
 def zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:

@@ -12,7 +12,8 @@ from ..checkpoint import Checkpointer, load_state_dict, read_checkpoint
 from ..config import RunConfig
 from ..data import Dataset
 from ..distill import Callback, Distillation
-from ..evaluate import EvalResult, evaluate_synthetic
+from ..augment import augmenter
+from ..evaluate import EvalResult, score_set
 from ..methods import Setup, method_class
 from ..nets import FixedNets, FreshNets, NetSource, ZooNets
 from ..runtime import Runtime
@@ -74,12 +75,21 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         setup = Setup(model, dataset.train, dataset.val, dataset.num_classes, dataset.mean, dataset.std,
                       device, generator, config.seed)
         learned = method.initial(setup)
-        source = net_source(config, model, device, generator, zoo_train, world)
+        source = method.net_source(config, model, device, generator, world) \
+            or net_source(config, model, device, generator, zoo_train, world)
         score = scoring_nets(config, model, device, world, source, zoo_test)
 
-        def validate(synthetic: SyntheticSet) -> EvalResult:
-            mine = evaluate_synthetic(model, synthetic, score(False), dataset.val)
+        protocol = config.evaluation.protocol or method.protocol
+        scratch = (config.evaluation.scratch_epochs, config.evaluation.scratch_lr,
+                   config.evaluation.scratch_batch_size)
+        augment = augmenter(config.evaluation.augment or config.methods.augment)
+
+        def scored(synthetic: SyntheticSet, split) -> EvalResult:
+            mine = score_set(model, synthetic, score(False), split, protocol, scratch, config.seed, augment)
             return EvalResult(tuple(world.gather(list(mine.accuracies))))
+
+        def validate(synthetic: SyntheticSet) -> EvalResult:
+            return scored(synthetic, dataset.val)
 
         run = Distillation(method, learned, source, config.outer, dataset.train, generator, config.eval_every,
                            validate if dataset.val is not None else None, world)
@@ -89,18 +99,19 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         writers = [Checkpointer(ckpt_path, config, world.size, lambda: runtime.backend)] if world.is_main else []
         synthetic = run.run([*writers, *callbacks])
         # the test split, read once: the final figure
-        mine = evaluate_synthetic(model, synthetic, score(False), dataset.test)
-        final = EvalResult(tuple(world.gather(list(mine.accuracies))))
+        final = None if config.skip_test else scored(synthetic, dataset.test)
         if not world.is_main:
             world.barrier()  # rank 0 writes the results; wait, so a failure there fails every process
             return RunResult(synthetic, final, {}, results)
         progress = lambda what: [cb.on_report(run, what) for cb in callbacks]  # noqa: E731
         train_all = zoo_train if zoo_train is not None else getattr(source, "params", None)
-        report = method.report(synthetic, setup, dataset.test, train_all, score(True), progress)
+        report = {} if config.skip_test else method.report(synthetic, setup, dataset.test, train_all, score(True),
+                                                           progress)
         backend = runtime.backend
     synthetic.meta.update(file_meta(config, source))
     metrics = {
-        "final_accuracy": {k: v for k, v in final.to_dict().items()},
+        "final_accuracy": None if final is None else final.to_dict(),
+        "protocol": protocol,
         "validation": run.history.evaluations[-1] if run.history.evaluations else None,
         "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
         "distill_seconds": run.history.seconds,

@@ -20,6 +20,7 @@ from ..synthetic import LearnableSet, SyntheticSet
 
 if TYPE_CHECKING:
     from ..config import RunConfig
+    from ..nets import NetSource
     from ..runtime import Runtime
 
 
@@ -55,6 +56,7 @@ class Method:
     """Base class; subclasses are registered by ``methods.register``."""
 
     name: ClassVar[str] = ""
+    protocol: ClassVar[str] = "from_scratch"  # how its sets are scored unless --protocol says otherwise
 
     @classmethod
     def from_config(cls, config: "RunConfig", model: nn.Module, runtime: "Runtime") -> "Method":
@@ -69,6 +71,23 @@ class Method:
         """``nets``: this process's share of the iteration's initial weights (k, ...);
         ``total_nets``: networks over all processes, the mean's denominator."""
         raise NotImplementedError
+
+    def net_source(self, config: "RunConfig", model: nn.Module, device, generator: torch.Generator,
+                   world) -> "NetSource | None":
+        """Where this method's networks come from, when not from ``--train_nets_type`` (e.g. the
+        expert trajectories of mtt); None: the source ``--train_nets_type`` names."""
+        return None
+
+    def augment(self):
+        """``(x, generator) -> x'`` applied to the batches of from-scratch evaluation, or None."""
+        return None
+
+    def state_dict(self) -> dict:
+        """State the method keeps across iterations (e.g. a network it trains along), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def backward_context(self, learned: LearnableSet):
         """Process-wide settings under which the outer loop differentiates ``loss``'s objective."""

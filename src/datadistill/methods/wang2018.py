@@ -15,6 +15,7 @@ their report:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,7 @@ from ..adapt import adaptation_report
 from ..attack import attack_report, wanted_labels
 from ..config import RunConfig, SyntheticConfig
 from ..data import Dataset, Split, class_balanced_sample
+from ..errors import ConfigError
 from ..inner import batched_unroll, summed_loss_grad
 from ..models import Params
 from ..nets import fresh_nets
@@ -71,6 +73,8 @@ def real_batch_gradient(pool: ChunkPool, trained: Params, real_x: torch.Tensor, 
 class Wang2018(Method):
     """``setting``: basic, adapt or attack (the ``--mode`` without its ``distill_`` prefix)."""
 
+    protocol = "unrolled"
+
     def __init__(self, model: nn.Module, synthetic: SyntheticConfig, relabel: Relabel, setting: str,
                  runtime: Runtime, init: tuple[str, float] = ("xavier", 1.0)):
         self.model, self.config, self.relabel, self.setting = model, synthetic, relabel, setting
@@ -81,7 +85,14 @@ class Wang2018(Method):
     def from_config(cls, config: RunConfig, model: nn.Module, runtime: Runtime) -> "Wang2018":
         relabel = Relabel(config.attack_class, config.target_class, config.attack_weight) \
             if config.mode == "distill_attack" else Relabel()
-        return cls(model, config.synthetic, relabel, config.setting, runtime,
+        synthetic = config.synthetic
+        if synthetic.ipc is not None:  # --ipc N: N / images_per_class_per_step steps
+            per_step = synthetic.images_per_class_per_step
+            if synthetic.ipc % per_step:
+                raise ConfigError(f"--ipc {synthetic.ipc} is not a multiple of "
+                                  f"--distilled_images_per_class_per_step {per_step}")
+            synthetic = dataclasses.replace(synthetic, steps=synthetic.ipc // per_step)
+        return cls(model, synthetic, relabel, config.setting, runtime,
                    (config.model.init, config.model.init_param))
 
     def initial(self, setup: Setup) -> LearnableSet:
