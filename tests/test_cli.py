@@ -1,4 +1,5 @@
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -7,85 +8,155 @@ import time
 import pytest
 import torch
 
-from datadistill.cli import main
-from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
+import datadistill.allocator
+import datadistill.runtime
+from datadistill import PRESETS, RunConfig, evaluate, load_dataset, load_distilled
+from datadistill.commands import main, route
+from datadistill.data import Dataset
 
 FAST = ["--dataset", "digits", "--arch", "LeNet", "--distill_steps", "2", "--distill_epochs", "1",
         "--batch_size", "256", "--no_progress"]
 
 
-def test_digits_run_writes_every_artifact(tmp_path, capsys):
+def exit_code(argv: list[str]) -> int:
+    """What the process would exit with: main's return, or argparse's SystemExit (usage errors, --help)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def field(config, dotted: str):
+    """``field(config, "outer.lr")``: a config value by the dotted name the presets use."""
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def distill_config(*flags: str) -> RunConfig:
+    from datadistill.commands.distill import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(list(flags)))
+
+
+@pytest.fixture
+def switches(monkeypatch) -> list[str]:
+    """Calls of the process-wide switches (the allocator), recorded instead of made: the test
+    process keeps its own allocator either way."""
+    calls = []
+    monkeypatch.setattr(datadistill.runtime, "apply_process_switches", lambda: calls.append("apply") or True)
+    monkeypatch.setattr(datadistill.runtime, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(datadistill.allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
+    return calls
+
+
+def test_digits_run_writes_every_artifact(tmp_path, capsys, switches):
     out = tmp_path / "r"
     start = time.perf_counter()
-    assert main([*FAST, "--epochs", "2", "--results_dir", str(out), "--test_n_nets", "3"]) == 0
+    assert main(["distill", *FAST, "--epochs", "2", "--results_dir", str(out), "--test_n_nets", "3"]) == 0
     elapsed = time.perf_counter() - start
+    assert switches == ["apply"]  # a command that runs a job sets the allocator, once
     printed = capsys.readouterr().out
     for name in ["distilled.pt", "metrics.json", "checkpoint.pt", "images/step000.png", "images/step001.png",
                  "step_sizes.png", "accuracy.png"]:
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    final = metrics["final_accuracy"]
+    final, validation = metrics["final_accuracy"], metrics["validation"]
     assert final["n"] == 3 and len(final["accuracies"]) == 3
     assert final["mean"] == pytest.approx(sum(final["accuracies"]) / 3)
-    # the final figure is the run's last evaluation (the end of epoch 2), and the one printed
-    last = metrics["history"]["evaluations"][-1]
-    assert (last["epoch"], last["iteration"]) == (2, 8) and last["accuracies"] == final["accuracies"]
-    assert f"test accuracy: {100 * final['mean']:.2f}% +- {100 * final['std']:.2f} over 3 nets" in printed
+    assert metrics["preset"] == metrics["config"]["preset"] == "fresh"
+    # the history is on the validation split and ends with the run's last evaluation (end of epoch 2)
+    evaluations = metrics["history"]["evaluations"]
+    assert [e["epoch"] for e in evaluations] == [0, 1, 2]  # 2 epochs: every epoch, then the end
+    assert validation == evaluations[-1] and (validation["epoch"], validation["iteration"]) == (2, 8)
+    assert (f"test accuracy: {100 * final['mean']:.2f}% +- {100 * final['std']:.2f} over 3 nets; "
+            f"validation {100 * validation['mean']:.2f}%") in printed
     assert metrics["iterations"] == 2 * 4
     assert 0 < metrics["distill_seconds"] <= metrics["wall_seconds"] <= elapsed
-    assert [e["epoch"] for e in metrics["history"]["evaluations"]] == [0, 1, 2]  # 2 epochs: every epoch, then the end
     d = torch.load(out / "distilled.pt", weights_only=True)
     assert d["images"].shape == (2, 10, 1, 28, 28) and d["config"]["nets"]["test_n_nets"] == 3
+    # both figures replayed: the run's 3 evaluation networks (seed 1) trained on the saved set score
+    # the final figure on the test split and the last validation on the held-out validation split
+    synthetic, data = load_distilled(out / "distilled.pt"), load_dataset("digits", image_size=28)
+    assert data.val is not None
+    test = evaluate(synthetic, data, arch="LeNet", n_nets=3, seed=1)
+    on_val = evaluate(synthetic, Dataset(data.name, data.train, data.val, data.num_classes, data.mean, data.std),
+                      arch="LeNet", n_nets=3, seed=1)
+    assert list(test.accuracies) == pytest.approx(final["accuracies"], abs=1e-6)
+    assert list(on_val.accuracies) == pytest.approx(validation["accuracies"], abs=1e-6)
 
 
 def test_the_originals_decay_flags_select_a_step_schedule():
-    from datadistill.cli import build_parser, config_from_args
-
     def outer(*flags):
-        return config_from_args(build_parser().parse_args(list(flags))).outer
+        return distill_config(*flags).outer
 
     assert outer().schedule == "cosine"
     assert outer("--decay_epochs", "40").schedule == "step" and outer("--decay_epochs", "40").decay_epochs == 40
     assert outer("--decay_factor", "0.5", "--lr_schedule", "cosine").schedule == "cosine"
 
 
-def test_defaults_that_depend_on_the_run_follow_its_networks():
-    """Flags left out take the measured default of the run (RunConfig), not the CLI's."""
-    from datadistill.cli import build_parser, config_from_args
-
-    def config(*flags):
-        return config_from_args(build_parser().parse_args(list(flags)))
-
-    fresh, fixed = config(), config("--train_nets_type", "known_init")
-    loaded = config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
-                    "--target_class", "1")
-    assert (fresh.synthetic.image_init, fresh.outer.epochs, fresh.outer.lr) == ("noise", 5, 0.05)
-    assert (fixed.synthetic.image_init, fixed.outer.epochs, fixed.outer.lr) == ("noise", 27, 0.04)
-    # step sizes: the images' rate, held to at most 0.01 with fresh networks
-    assert (fresh.outer.step_size_lr, fixed.outer.step_size_lr, loaded.outer.step_size_lr) == (0.01, 0.04, 0.01)
-    assert config("--lr", "0.005").outer.step_size_lr == 0.005
-    assert config("--lr", "0.005", "--step_size_lr", "0.02").outer.step_size_lr == 0.02
-    assert (loaded.synthetic.image_init, loaded.outer.epochs, loaded.attack_weight) == ("real", 4, 3.0)
-    adapt = config("--mode", "distill_adapt", "--source_dataset", "MNIST", "--dataset", "digits",
-                   "--train_nets_type", "loaded")
-    assert (adapt.synthetic.image_init, adapt.outer.epochs) == ("real", 45)
-    assert loaded.synthetic.learn_labels and fixed.synthetic.learn_labels and not fresh.synthetic.learn_labels
-    assert not config("--train_nets_type", "known_init", "--no-learn_labels").synthetic.learn_labels
-    assert config("--mode", "train").outer.epochs == 45
-    # passes of the inner GD: more with fresh networks, the paper's 3 elsewhere, a given one kept
-    assert (fresh.synthetic.epochs, fixed.synthetic.epochs, loaded.synthetic.epochs) == (10, 3, 3)
-    assert config("--distill_epochs", "3").synthetic.epochs == 3
-    given = config("--train_nets_type", "loaded", "--image_init", "noise", "--epochs", "3", "--learn_labels")
-    assert (given.synthetic.image_init, given.outer.epochs, given.synthetic.learn_labels) == ("noise", 3, True)
-    assert not config("--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0",
-                      "--target_class", "1", "--no-learn_labels").synthetic.learn_labels
+def test_defaults_are_the_fresh_preset():
+    """A config built in Python and a command line without flags agree: the ``fresh`` preset."""
+    assert RunConfig().preset == distill_config().preset == "fresh"
+    for key, value in PRESETS["fresh"].items():
+        assert field(RunConfig(), key) == value == field(distill_config(), key), key
 
 
+@pytest.mark.parametrize("flags,preset", [
+    ([], "fresh"),
+    (["--train_nets_type", "known_init"], "fixed"),
+    (["--train_nets_type", "loaded"], "zoo"),
+    (["--mode", "distill_adapt", "--source_dataset", "MNIST", "--train_nets_type", "loaded"], "zoo"),
+    (["--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0", "--target_class", "1"],
+     "attack"),
+])
+def test_each_setting_takes_its_preset(flags, preset):
+    config = distill_config(*flags)
+    assert config.preset == preset
+    for key, value in PRESETS[preset].items():
+        assert field(config, key) == value, key
+
+
+def test_known_init_gets_the_fixed_presets_lr_unless_one_is_given():
+    fixed, fresh = PRESETS["fixed"], distill_config()
+    config = distill_config("--train_nets_type", "known_init")
+    assert config.outer.lr == fixed["outer.lr"] and config.preset == "fixed"
+    # the preset changes the run: some of its values are not the fresh run's
+    assert [k for k, v in fixed.items() if field(fresh, k) != v]
+    # an explicit flag wins over the preset; the preset still fills the rest
+    lr = fixed["outer.lr"] / 3
+    given = distill_config("--train_nets_type", "known_init", "--lr", repr(lr))
+    assert given.outer.lr == lr != fixed["outer.lr"] and given.preset == "fixed"
+    for key, value in fixed.items():
+        if key != "outer.lr":
+            assert field(given, key) == value, key
+
+
+def test_a_named_preset_applies_to_any_setting():
+    fixed = PRESETS["fixed"]
+    config = distill_config("--preset", "fixed")
+    assert config.nets.train_nets_type == "unknown_init" and config.preset == "fixed"
+    for key, value in fixed.items():
+        assert field(config, key) == value, key
+    # and the other way round: known_init with the fresh preset
+    fresh = distill_config("--train_nets_type", "known_init", "--preset", "fresh")
+    assert fresh.preset == "fresh" and fresh.nets.train_nets_type == "known_init"
+    for key, value in PRESETS["fresh"].items():
+        assert field(fresh, key) == value, key
+
+
+@pytest.mark.slow
 def test_python_dash_m_and_aliases(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "datadistill", *FAST, "--epochs", "1", "--dataset", "DIGITS",
-                           "--device_id", "-1", "--results_dir", str(tmp_path)], capture_output=True, text=True)
+    # the original's flat form, its --device_id and --base_seed, a dataset name in any case
+    proc = subprocess.run([sys.executable, "-m", "datadistill", "--mode", "distill_basic", *FAST, "--epochs", "1",
+                           "--dataset", "DIGITS", "--device_id", "-1", "--base_seed", "3",
+                           "--results_dir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["data"]["dataset"] == "digits"
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert (config["data"]["dataset"], config["device"], config["seed"]) == ("digits", "cpu", 3)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -96,70 +167,198 @@ def test_python_dash_m_and_aliases(tmp_path):
     (["--train_nets_type", "bogus"], "unknown --train_nets_type 'bogus'; accepted: known_init"),
     (["--test_nets_type", "bogus"], "accepted: same_as_train, unknown_init"),
     (["--image_init", "zeros"], "accepted: noise, real"),
+    (["--preset", "bogus"], "unknown preset 'bogus'; accepted: fresh, fixed, zoo, attack"),
     (["--n_nets", "0"], "--n_nets must be positive"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--step_size_lr", "0"], "--step_size_lr must be positive"),
     (["--distill_steps", "0"], "--distill_steps must be positive"),
     (["--batch_size", "0"], "--batch_size must be positive"),
     (["--distill_lr", "0"], "--distill_lr must be positive"),
+    (["--val_size", "-1"], "--val_size must be >= 0"),
     (["--n_nets", "abc"], "invalid int value: 'abc'"),
     (["--dataset", "MNIST", "--dataset_root", "/nonexistent/dd"], "--dataset_root DIR"),
-    (["--device", "cuda"], "no CUDA GPU"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU", marks=NO_CUDA),
     (["--device", "tpu"], "accepted: cpu, cuda, cuda:N"),
     (["--resume"], "checkpoint"),
+    # flags the setting would ignore are refused, not dropped
+    (["--attack_class", "0"], "--attack_class applies to --mode distill_attack only, not distill_basic"),
+    (["--source_dataset", "MNIST"], "--source_dataset applies to --mode distill_adapt only"),
+    (["--sample_n_nets", "1"], "--sample_n_nets draws from loaded networks; --train_nets_type is unknown_init"),
+    (["--test_nets_type", "same_as_train", "--test_n_nets", "2"], "--test_n_nets does not apply with"),
+    (["--zoo_dir", "zoos"], "--zoo_dir is read only with loaded networks"),
+    (["--mode", "train"], "--mode train trains a zoo: use `datadistill train-zoo`"),
+    (["--mode", "distill_attack", "--attack_class", "0"], "needs --attack_class and --target_class"),
+    (["--phase", "test"], "--phase does not apply to `datadistill distill`"),
 ])
 def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     out = tmp_path / "r"
-    if "abc" in flags:  # argparse's own type errors leave through SystemExit
-        with pytest.raises(SystemExit) as exit_info:
-            main([*FAST, "--results_dir", str(out), *flags])
-        code = exit_info.value.code
-    else:
-        code = main([*FAST, "--results_dir", str(out), *flags])
-    assert code == 2
+    assert exit_code(["distill", *FAST, "--results_dir", str(out), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("datadistill: error: ")
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv,message", [
+    # the original's flat form: --mode distill_basic is a distillation, which takes no attack flags
+    (["--mode", "distill_basic", "--attack_class", "0", *FAST], "--attack_class applies to --mode distill_attack"),
+    # --mode train is train-zoo, which takes no distillation flags
+    (["--mode", "train", "--source_dataset", "MNIST", "--dataset", "digits"],
+     "--source_dataset does not apply to `datadistill train-zoo`; see `datadistill train-zoo --help`"),
+    (["--mode", "train", "--distill_steps", "2", "--attack_class", "0"],
+     "--distill_steps, --attack_class does not apply to `datadistill train-zoo`"),
+    (["--phase", "bogus", *FAST], "unknown --phase 'bogus'; accepted: train, test"),
+    (["train-zoo", "--dataset", "digits", "--resume"], "--resume does not apply to `datadistill train-zoo`"),
+    (["test", "--dataset", "digits", "--epochs", "3"], "--epochs does not apply to `datadistill test`"),
+    (["evaluate", "distilled.pt", "--mode", "distill_basic"], "--mode does not apply to `datadistill evaluate`"),
+])
+def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
+    out = tmp_path / "r"
+    assert exit_code([*argv, "--results_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("datadistill: error: ")
+    assert not out.exists() and switches == []
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--mode", "train", "--phase", "test", "--dataset", "digits"],
+     ("train-zoo", ["--phase", "test", "--dataset", "digits"])),
+    (["--dataset", "digits", "--mode=train", "--n_nets", "2"], ("train-zoo", ["--dataset", "digits", "--n_nets", "2"])),
+    (["--mode", "distill_basic", "--phase", "test", "--test_n_runs", "2"],
+     ("test", ["--mode", "distill_basic", "--test_n_runs", "2"])),
+    (["--phase=test"], ("test", [])),
+    (["--mode", "distill_attack", "--phase", "train", "--seed", "3"], ("distill", ["--mode", "distill_attack", "--seed", "3"])),
+    (["--dataset", "digits"], ("distill", ["--dataset", "digits"])),
+    ([], ("distill", [])),
+    # a subcommand takes its arguments as they are
+    (["distill", "--mode", "train"], ("distill", ["--mode", "train"])),
+    (["train-zoo", "--phase", "test"], ("train-zoo", ["--phase", "test"])),
+    (["test", "--phase", "test"], ("test", ["--phase", "test"])),
+    (["evaluate", "r/distilled.pt", "--mode", "train"], ("evaluate", ["r/distilled.pt", "--mode", "train"])),
+])
+def test_the_flat_form_routes_to_a_command(argv, expected):
+    assert route(argv) == expected
+
+
+FLAGS = re.compile(r"--[A-Za-z][\w-]*")
+
+
+@pytest.mark.parametrize("command,has,has_not", [
+    ("distill", ["--mode", "--preset", "--attack_class", "--distill_steps", "--train_nets_type", "--resume",
+                 "--epochs", "--lr", "--world_size"],
+     ["--phase", "--test_distilled_images", "--test_n_runs", "--distilled", "--nets"]),
+    ("train-zoo", ["--phase", "--n_nets", "--epochs", "--lr", "--zoo_dir", "--world_size"],
+     ["--attack_class", "--distill_steps", "--mode", "--preset", "--resume", "--train_nets_type",
+      "--source_dataset", "--test_n_nets", "--image_init", "--test_distilled_images"]),
+    ("test", ["--mode", "--test_distilled_images", "--test_distilled_lrs", "--test_n_runs", "--distilled",
+              "--train_nets_type", "--test_n_nets"],
+     ["--phase", "--resume", "--epochs", "--lr", "--preset", "--attack_class", "--world_size", "--sample_n_nets"]),
+    ("evaluate", ["--protocol", "--nets", "--test_n_nets", "--arch", "--seed"],
+     ["--mode", "--phase", "--epochs", "--train_nets_type", "--resume", "--attack_class", "--preset",
+      "--distill_steps", "--world_size"]),
+])
+def test_each_command_helps_with_its_own_flags_only(capsys, switches, command, has, has_not):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith(f"usage: datadistill {command} ") and printed.err == ""
+    listed = set(FLAGS.findall(printed.out))
+    assert set(has) <= listed, sorted(set(has) - listed)
+    assert not set(has_not) & listed, sorted(set(has_not) & listed)
+    assert switches == []  # --help leaves the process as it was
+
+
+def test_top_level_help_lists_the_commands(capsys, switches):
+    for argv in (["--help"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        printed = capsys.readouterr().out
+        assert printed.startswith("usage: datadistill ")
+        for command in ("distill", "train-zoo", "test", "evaluate"):
+            assert re.search(rf"^\s+{command}\s", printed, re.M), command
+    assert switches == []
+
+
+# In a fresh interpreter: whether importing datadistill, and --help, call the process switches.
+# A profile hook sees every Python call from the first import on; the last line calls them
+# itself, so a hook that saw nothing cannot pass for a clean import.
+SWITCH_CALLS = """
+import sys
+calls = []
+def hook(frame, event, arg):
+    if event == "call" and frame.f_code.co_name in ("apply_process_switches", "keep_freed_memory"):
+        calls.append(frame.f_code.co_name)
+sys.setprofile(hook)
+import datadistill
+from datadistill.commands import main
+for argv in (["--help"], ["distill", "--help"], ["train-zoo", "--help"], ["--mode", "distill_basic", "--help"]):
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code == 0, e.code
+print("help:", calls)
+import datadistill.runtime
+datadistill.runtime.apply_process_switches()
+print("run:", calls)
+"""
+
+
+@pytest.mark.slow
+def test_importing_and_help_leave_the_allocator_alone():
+    proc = subprocess.run([sys.executable, "-c", SWITCH_CALLS], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-2] == "help: []"
+    assert lines[-1] == "run: ['apply_process_switches', 'keep_freed_memory']"
+
+
 def test_garbage_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
-    assert main([*FAST, "--results_dir", str(tmp_path), "--resume"]) == 2
+    assert main(["distill", *FAST, "--results_dir", str(tmp_path), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "cannot read checkpoint" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+def test_a_checkpoint_of_the_first_format_is_refused_in_one_line(tmp_path, capsys):
+    """Format 1 (datadistill 0.1) is not migrated: resuming it says so and writes nothing."""
+    config = distill_config(*FAST, "--results_dir", str(tmp_path)).to_dict()
+    torch.save({"format": "datadistill.checkpoint/1", "config": config, "epoch": 1}, tmp_path / "checkpoint.pt")
+    assert main(["distill", *FAST, "--results_dir", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datadistill: error: ") and err.count("\n") == 1
+    assert "was written by datadistill 0.1" in err and "without --resume" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
-    assert main([*FAST, "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
-    assert main([*FAST, "--epochs", "2", "--distill_steps", "3", "--results_dir", str(tmp_path), "--resume"]) == 2
-    assert "synthetic.steps=2" in capsys.readouterr().err
+    # the flat form; known_init takes the fixed preset, which the run records
+    assert main([*FAST, "--train_nets_type", "known_init", "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["preset"] == metrics["config"]["preset"] == "fixed"
+    assert metrics["config"]["outer"]["lr"] == PRESETS["fixed"]["outer.lr"]
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["format"] == "datadistill.checkpoint/2" and saved["epoch"] == 1
+    capsys.readouterr()
+    resume = [*FAST, "--train_nets_type", "known_init", "--epochs", "2", "--results_dir", str(tmp_path), "--resume"]
+    assert main([*resume, "--distill_steps", "3"]) == 2
+    assert "synthetic.steps=2, this run has 3" in capsys.readouterr().err
+    # a preset is checked by the values it gives, not by its name
+    fresh = distill_config("--train_nets_type", "known_init", "--preset", "fresh")
+    differ = {k for k, v in PRESETS["fixed"].items() if field(fresh, k) != v} - {"outer.epochs"}  # may change
+    assert differ
+    assert main([*resume, "--preset", "fresh"]) == 2
+    err = capsys.readouterr().err
+    named = re.search(r"checkpoint was made with ([\w.]+)=", err)
+    assert err.count("\n") == 1 and named and named.group(1) in differ, err
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1  # refused: nothing ran
 
 
-def test_checkpoints_from_before_a_setting_existed_resume_with_its_old_value():
-    """A checkpoint whose config predates --learn_labels ran with fixed labels."""
-    from datadistill.errors import ArtifactError
-    from datadistill.runner import _check_resumable
-
-    current = RunConfig(synthetic=SyntheticConfig(learn_labels=False)).to_dict()
-    older = {**current, "synthetic": {k: v for k, v in current["synthetic"].items() if k != "learn_labels"}}
-    _check_resumable(older, current)
-    learned = RunConfig(synthetic=SyntheticConfig(learn_labels=True)).to_dict()
-    with pytest.raises(ArtifactError, match="synthetic.learn_labels=False, this run has True"):
-        _check_resumable(older, learned)
-    # before --step_size_lr, the step sizes moved at the images' rate
-    fixed = RunConfig(nets=NetsConfig("known_init", 1, "same_as_train", 1)).to_dict()
-    assert fixed["outer"]["step_size_lr"] == fixed["outer"]["lr"] == 0.04
-    older = {**fixed, "outer": {k: v for k, v in fixed["outer"].items() if k != "step_size_lr"}}
-    _check_resumable(older, fixed)
-    slower = RunConfig(outer=OuterConfig(step_size_lr=0.01), nets=NetsConfig("known_init", 1, "same_as_train", 1))
-    with pytest.raises(ArtifactError, match="outer.step_size_lr=0.04, this run has 0.01"):
-        _check_resumable(older, slower.to_dict())
-
-
+@pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     # the backend pinned: chosen by timing, a busy machine could give the two runs different kernels
-    args = [sys.executable, "-m", "datadistill", *FAST, "--epochs", "30", "--eval_every", "10",
+    args = [sys.executable, "-m", "datadistill", "distill", *FAST, "--epochs", "30", "--eval_every", "10",
             "--conv_backend", "native"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*args, "--results_dir", str(killed)], stderr=subprocess.DEVNULL)
@@ -170,6 +369,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert saved["format"] == "datadistill.checkpoint/2"
     assert 0 < saved["epoch"] < 30, "the run should have been killed part way"
     assert not (killed / "distilled.pt").exists()
     subprocess.run([*args, "--results_dir", str(killed), "--resume"], check=True, capture_output=True)
@@ -178,5 +378,13 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     a = torch.load(killed / "distilled.pt", weights_only=True)
     b = torch.load(straight / "distilled.pt", weights_only=True)
     torch.testing.assert_close(a["images"], b["images"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(a["lrs"], b["lrs"], rtol=0, atol=1e-6)
     metrics = json.loads((killed / "metrics.json").read_text())
+    straight_metrics = json.loads((straight / "metrics.json").read_text())
     assert metrics["iterations"] == 30 * 4
+    # the history carried through the kill: the same evaluations at the same points
+    assert ([(e["epoch"], e["iteration"]) for e in metrics["history"]["evaluations"]]
+            == [(e["epoch"], e["iteration"]) for e in straight_metrics["history"]["evaluations"]]
+            == [(0, 0), (10, 40), (20, 80), (30, 120)])
+    assert metrics["final_accuracy"]["accuracies"] == pytest.approx(straight_metrics["final_accuracy"]["accuracies"],
+                                                                    abs=1e-4)

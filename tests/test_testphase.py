@@ -1,15 +1,17 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from datadistill import artifacts, testphase
-from datadistill.cli import main
+from datadistill.commands import main
 from datadistill.config import DataConfig, ModelConfig, NetsConfig, RunConfig, SyntheticConfig, TestPhaseConfig
 from datadistill.data import Dataset, Split
 from datadistill.errors import ConfigError
-from datadistill.runner import RESULTS_JSON, RESULTS_MD, test_phase
+from datadistill.jobs.test_phase import RESULTS_JSON, RESULTS_MD, test_phase
 from datadistill.synthetic import SyntheticSet
+from datadistill.testphase import TestPhaseInputs
 
 
 def _config(tmp_path, **test) -> RunConfig:
@@ -18,6 +20,21 @@ def _config(tmp_path, **test) -> RunConfig:
                      synthetic=SyntheticConfig(steps=2, epochs=2, images_per_class_per_step=3),
                      nets=NetsConfig(test_n_nets=3), test=TestPhaseConfig(**test),
                      results_dir=str(tmp_path / "r"))
+
+
+def _with_val(blobs, test: Split | None = None) -> Dataset:
+    """``blobs`` with a validation split of its own (20 images a class around the training
+    class means), and optionally another test split."""
+    g = torch.Generator().manual_seed(11)
+    means = torch.stack([blobs.train.x[blobs.train.y == c].mean(0) for c in range(3)])
+    y = torch.arange(3).repeat(20)
+    val = Split(means[y] + 0.5 * torch.randn(len(y), 1, 8, 8, generator=g), y)
+    return Dataset(blobs.name, blobs.train, blobs.test if test is None else test, 3, blobs.mean, blobs.std, val)
+
+
+def _rows_of(split: Split, x: torch.Tensor) -> bool:
+    """Whether every image of x (n, ...) is an image of ``split``."""
+    return bool((x.flatten(1)[:, None] == split.x.flatten(1)[None]).all(-1).any(1).all())
 
 
 def _loaded(blobs) -> SyntheticSet:
@@ -60,8 +77,8 @@ def test_step_size_schedule_is_cycled_or_cut_to_the_test_passes():
 def test_knn_with_the_training_set_as_memory_matches_a_direct_computation(blobs, k):
     # 1 step of all 40 images per class: the memory is the whole training split, reordered
     test = TestPhaseConfig(images="random_train", lrs="nearest_neighbor", knn_k=k, knn_p=2.0)
-    row = testphase.run_test_phase(None, blobs.train, blobs.test, 3, blobs.mean, blobs.std, test, 1, 40, 1,
-                                   None, None, None, run_seed=0, batch_size=32)
+    row = testphase.run_test_phase(test, TestPhaseInputs(None, blobs, steps=1, per_class=40, epochs=1, loaded=None,
+                                                         test_nets=None, optimize_nets=None, seed=0, batch_size=32))
     d = torch.cdist(blobs.test.x.flatten(1).double(), blobs.train.x.flatten(1).double())  # (60, 120)
     votes = blobs.train.y[d.topk(k, largest=False).indices]  # (60, k)
     pred = torch.mode(votes, dim=1).values  # no ties with k in {1, 3} and 3 classes here unless 1-1-1
@@ -90,14 +107,18 @@ class _GuardedSplit:
 
 def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
     guard = _GuardedSplit(blobs.test)
-    dataset = Dataset(blobs.name, blobs.train, guard, 3, blobs.mean, blobs.std)
+    dataset = _with_val(blobs, test=guard)
     real = testphase.test_optimize
     calls = []
 
-    def locked(*args, **kwargs):
+    def locked(model, candidates, n_candidates, keep, test, nets, batches):
+        # the selection is handed no test split, and cannot reach one while it runs
+        assert all(b is not guard and len(b) == 32 and _rows_of(dataset.val, b.x) for b in batches)
+        assert not any(_rows_of(blobs.test, b.x) for b in batches)  # validation images, not test ones
+        assert all(n is not None and next(iter(n.values())).shape[0] == 2 for n in nets) and len(nets) == 2
         guard.locked = True
         try:
-            out = real(*args, **kwargs)
+            out = real(model, candidates, n_candidates, keep, test, nets, batches)
         finally:
             guard.locked = False
         calls.append(out)
@@ -106,13 +127,33 @@ def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
     monkeypatch.setattr(testphase, "test_optimize", locked)
     config = _config(tmp_path, images="random_train", lrs="fix", fixed_lr=0.3, n_runs=2,
                      optimize_n_runs=5, optimize_n_nets=2, niter=2)
+    config = dataclasses.replace(config, outer=dataclasses.replace(config.outer, batch_size=32))
     results = test_phase(config, dataset=dataset)
     assert len(calls) == 1 and len(calls[0].scores) == 5
     row = results["rows"][0]
     # the kept runs are the best-scoring draws, and only the final scoring read the test split
     assert sorted(calls[0].kept, key=lambda i: -calls[0].scores[i]) == calls[0].kept
     assert [testphase.candidate_seed(config.seed, i) for i in calls[0].kept] == row["run_seeds"]
+    assert row["selection_scores"] == calls[0].scores
     assert guard.reads > 0 and (row["runs"], row["nets"], row["n"]) == (2, 3, 6)
+
+
+def test_the_selection_does_not_depend_on_the_test_split(blobs, tmp_path):
+    config = _config(tmp_path, images="random_train", lrs="fix", fixed_lr=0.3, n_runs=2,
+                     optimize_n_runs=6, optimize_n_nets=2, niter=2)
+    first = test_phase(config, dataset=_with_val(blobs))["rows"][0]
+    flipped = Split(blobs.test.x.flip(-1), (blobs.test.y + 1) % 3)  # another test split altogether
+    second = test_phase(config, dataset=_with_val(blobs, test=flipped))["rows"][0]
+    assert first["selection_scores"] == second["selection_scores"] and len(set(first["selection_scores"])) > 1
+    assert first["run_seeds"] == second["run_seeds"]
+    assert first["accuracies"] != second["accuracies"]  # the test split scores, and only scores
+
+
+def test_a_selection_needs_a_validation_split(blobs, tmp_path):
+    config = _config(tmp_path, images="random_train", lrs="fix", fixed_lr=0.3, n_runs=1, optimize_n_runs=2)
+    with pytest.raises(ConfigError, match="selects on the validation split; give --val_size > 0"):
+        test_phase(config, dataset=blobs)  # blobs has no validation split
+    assert not (tmp_path / "r").exists()
 
 
 def test_results_files_round_trip_and_runs_reproduce(blobs, tmp_path):
@@ -157,6 +198,8 @@ def test_a_loaded_set_with_its_learned_step_sizes_for_more_passes(blobs, tmp_pat
     (["--test_distilled_images", "mean"], "unknown --test_distilled_images 'mean'"),
     ([], "distilled.pt does not exist"),
     (["--distilled", "nowhere.pt"], "distilled file nowhere.pt does not exist"),
+    (["--sample_n_nets", "2"], "--sample_n_nets does not apply to `datadistill test`"),
+    (["--test_nets_type", "same_as_train", "--test_n_nets", "2"], "--test_n_nets does not apply with --test_nets_type same_as_train"),
 ])
 def test_bad_combinations_are_one_line_and_exit_2(tmp_path, capsys, flags, message):
     out = tmp_path / "r"

@@ -8,7 +8,8 @@ from datadistill.errors import ArtifactError
 from datadistill.evaluate import accuracy
 from datadistill.jobs import scoring
 from datadistill.jobs import zoo as zoo_job
-from datadistill.nets import ZooNets, zoo_seeds
+from datadistill.nets import ZooNets, fresh_nets, zoo_seeds
+from datadistill.zoo import train_networks
 from datadistill.world import World
 
 
@@ -34,9 +35,13 @@ def test_zoo_round_trips_with_the_same_predictions(tmp_path, blobs, blobs_zoo):
     model = models.build_model("MLP", 1, 8, 3)
     torch.testing.assert_close(accuracy(model, loaded.params, blobs.test), trained.accuracies)
     assert not list(path.parent.glob("part-*.pt"))  # parts are folded into the one file
-    # network i starts from zoo seed i of its phase
-    first = models.init_params(model, "xavier", 1.0, zoo_seeds("train", 0, 1)[0])
-    assert not torch.equal(first["net.1.weight"], loaded.params["net.1.weight"][0])  # it was trained
+    # networks 0..9 (the first chunk) start from zoo seeds 0..9 of the train phase and see the
+    # batches of a generator seeded with the first of them: retraining them gives the same weights
+    seeds = zoo_seeds("train", 0, 10)
+    again = train_networks(model, fresh_nets(model, "xavier", 1.0, seeds, "cpu"), blobs.train,
+                           _zoo_config(tmp_path, 12).outer, torch.Generator().manual_seed(seeds[0]))
+    for k, v in again.items():
+        torch.testing.assert_close(loaded.params[k][:10], v, rtol=0, atol=0)
 
 
 def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, monkeypatch):

@@ -235,8 +235,10 @@ class TestPhaseConfig:
     optimize_n_nets: int = 1
     niter: int = 1
     distilled: str | None = None  # None: <results_dir>/distilled.pt
+    score_on: str = "test"  # "val": score on the validation split instead (choosing a baseline's step size)
 
     def __post_init__(self):
+        _choice("--score_on", self.score_on, ("test", "val"))
         _choice("--test_distilled_images", self.images, TEST_IMAGES)
         _choice("--test_distilled_lrs", self.lrs, TEST_LRS)
         if self.lrs == "fix":

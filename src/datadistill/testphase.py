@@ -142,7 +142,9 @@ class TestPhaseInputs:
 
 
 def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
-    """Build the candidates, select among them if asked, score the kept ones on the test split.
+    """Build the candidates, select among them if asked, score the kept ones on the test split
+    (or, with ``test.score_on == "val"``, on the validation split: for choices such as a baseline's
+    step size).
 
     Returns one result row: images, lrs, mean, std, n, runs, nets, accuracies (run-major),
     run_seeds, and with a selection ``selection_scores``.
@@ -173,7 +175,7 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
     per_run = []
     for run, index in enumerate(kept):
         nets = None if test.lrs == "nearest_neighbor" else inputs.test_nets(run)
-        per_run.append(score(model, candidate(index), test, nets, data.test))
+        per_run.append(score(model, candidate(index), test, nets, data.test if test.score_on == "test" else data.val))
     accs = torch.stack(per_run)  # (runs, nets)
     result = EvalResult(tuple(accs.flatten().tolist()))
     row = {"images": test.images, "lrs": test.lrs_label, "mean": result.mean, "std": result.std,

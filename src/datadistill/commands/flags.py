@@ -219,7 +219,7 @@ def test_phase_config(args) -> TestPhaseConfig:
     return TestPhaseConfig(a.get("test_distilled_images", t.images), mode, fixed_lr, knn_k, knn_p,
                            a.get("test_n_runs", t.n_runs), a.get("test_distill_epochs"),
                            a.get("test_optimize_n_runs"), a.get("test_optimize_n_nets", t.optimize_n_nets),
-                           a.get("test_niter", t.niter), a.get("distilled"))
+                           a.get("test_niter", t.niter), a.get("distilled"), a.get("score_on", t.score_on))
 
 
 __all__ = ["CONV_BACKENDS", "IMAGE_INITS", "EXIT_USAGE", "Parser", "TEST_IMAGES"]

@@ -37,6 +37,8 @@ def build_parser(prog: str = "datadistill test") -> Parser:
     g.add_argument("--test_optimize_n_nets", type=int, help="training networks scoring each candidate per batch (default 1)")
     g.add_argument("--test_niter", type=int, help="validation batches scoring each candidate (default 1)")
     g.add_argument("--batch_size", type=int, help=f"images per validation batch (default {D.outer.batch_size})")
+    g.add_argument("--score_on", help="test, or val: score on the validation split (to choose, e.g., a baseline's "
+                                      "fixed step size without reading the test split) (default test)")
     g.add_argument("--distilled", metavar="PATH", help="the distilled set to test (default <results_dir>/distilled.pt)")
     add_run(p)
     return p
