@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 
 from .baselines import average_train, fixed_lrs, kmeans_train, knn_accuracy, random_train
-from .config import TestPhaseConfig
+from .config import EvalConfig, TestPhaseConfig
 from .data import Dataset, Split, shuffled_batches
 from .errors import ConfigError
-from .evaluate import EvalResult, evaluate_synthetic
+from .evaluate import EvalResult, evaluate_synthetic, score_set
 from .models import Params
 from .synthetic import SyntheticSet
 
@@ -78,15 +78,21 @@ def selection_batches(val: Split, batch_size: int, n: int, generator: torch.Gene
 
 
 def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfig,
-          nets: Params | None, split: Split) -> torch.Tensor:
-    """Accuracies on ``split``: one per network after training on ``candidate``, or (nearest
-    neighbour) the single accuracy of the candidate's images as memory, shape (n,)."""
+          nets: Params | None, split: Split, scratch: EvalConfig | None = None) -> torch.Tensor:
+    """Accuracies on ``split``: one per network after training on ``candidate`` (its steps, or
+    from scratch when ``scratch.protocol`` says so), or (nearest neighbour) the single accuracy of
+    the candidate's images as memory, shape (n,)."""
     if test.lrs == "nearest_neighbor":
         memory_x = candidate.images.flatten(0, 1)  # (S * N, C, H, W): every step's images
         memory_y = candidate.hard_labels.flatten()
         acc = knn_accuracy(memory_x, memory_y, split.x, split.y, test.knn_k, test.knn_p)
         return torch.tensor([acc], dtype=torch.float64)
-    return torch.tensor(evaluate_synthetic(model, candidate, nets, split).accuracies, dtype=torch.float64)
+    if scratch is not None and scratch.protocol == "from_scratch":
+        result = score_set(model, candidate, nets, split, "from_scratch",
+                           (scratch.scratch_epochs, scratch.scratch_lr, scratch.scratch_batch_size))
+    else:
+        result = evaluate_synthetic(model, candidate, nets, split)
+    return torch.tensor(result.accuracies, dtype=torch.float64)
 
 
 @dataclass
@@ -98,8 +104,8 @@ class Selection:
 
 
 def test_optimize(model: nn.Module | None, candidates: Callable[[int], SyntheticSet], n_candidates: int,
-                  keep: int, test: TestPhaseConfig, nets: list[Params | None], batches: list[Split]
-                  ) -> Selection:
+                  keep: int, test: TestPhaseConfig, nets: list[Params | None], batches: list[Split],
+                  scratch: EvalConfig | None = None) -> Selection:
     """Score ``n_candidates`` candidates on validation ``batches`` (batch i with networks
     ``nets[i]``), keep the ``keep`` best; ties go to the earlier draw.
 
@@ -108,7 +114,7 @@ def test_optimize(model: nn.Module | None, candidates: Callable[[int], Synthetic
     scores = []
     for i in range(n_candidates):
         candidate = candidates(i)
-        per_batch = [score(model, candidate, test, n, b).mean() for n, b in zip(nets, batches)]
+        per_batch = [score(model, candidate, test, n, b, scratch).mean() for n, b in zip(nets, batches)]
         scores.append(float(torch.stack(per_batch).mean()))
     order = sorted(range(n_candidates), key=lambda i: (-scores[i], i))
     return Selection(order[:keep], scores)
@@ -139,6 +145,7 @@ class TestPhaseInputs:
     optimize_nets: list[Params | None] | None
     seed: int
     batch_size: int
+    scratch: EvalConfig | None = None  # protocol "from_scratch": SGD on the pooled images instead of steps
 
 
 def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
@@ -152,7 +159,9 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
     model, data, steps, per_class = inputs.model, inputs.data, inputs.steps, inputs.per_class
     train, num_classes, run_seed, loaded = data.train, data.num_classes, inputs.seed, inputs.loaded
     device = train.x.device
-    lrs = step_sizes(test, steps, inputs.epochs, loaded)
+    from_scratch = inputs.scratch is not None and inputs.scratch.protocol == "from_scratch"
+    # from scratch, step sizes play no part: the candidates carry a placeholder schedule
+    lrs = fixed_lrs(steps * inputs.epochs, 1.0) if from_scratch else step_sizes(test, steps, inputs.epochs, loaded)
     build_lrs = lrs if lrs is not None else fixed_lrs(steps, 1.0)  # baselines want a schedule
     build_lrs = build_lrs.to(device)
 
@@ -170,12 +179,14 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
             raise ConfigError("--test_optimize_n_runs selects on the validation split; give --val_size > 0")
         batches = selection_batches(data.val, inputs.batch_size, test.niter, generator)
         nets = inputs.optimize_nets if inputs.optimize_nets is not None else [None] * test.niter
-        selection = test_optimize(model, candidate, test.optimize_n_runs, test.n_runs, test, nets, batches)
+        selection = test_optimize(model, candidate, test.optimize_n_runs, test.n_runs, test, nets, batches,
+                                  inputs.scratch)
         kept = selection.kept
     per_run = []
     for run, index in enumerate(kept):
         nets = None if test.lrs == "nearest_neighbor" else inputs.test_nets(run)
-        per_run.append(score(model, candidate(index), test, nets, data.test if test.score_on == "test" else data.val))
+        split = data.test if test.score_on == "test" else data.val
+        per_run.append(score(model, candidate(index), test, nets, split, inputs.scratch))
     accs = torch.stack(per_run)  # (runs, nets)
     result = EvalResult(tuple(accs.flatten().tolist()))
     row = {"images": test.images, "lrs": test.lrs_label, "mean": result.mean, "std": result.std,

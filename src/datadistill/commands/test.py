@@ -37,6 +37,12 @@ def build_parser(prog: str = "datadistill test") -> Parser:
     g.add_argument("--test_optimize_n_nets", type=int, help="training networks scoring each candidate per batch (default 1)")
     g.add_argument("--test_niter", type=int, help="validation batches scoring each candidate (default 1)")
     g.add_argument("--batch_size", type=int, help=f"images per validation batch (default {D.outer.batch_size})")
+    g.add_argument("--protocol", help="unrolled (GD steps with the set's step sizes) or from_scratch (SGD on all the "
+                                      "images pooled, momentum 0.9, weight decay 5e-4) (default unrolled)")
+    g.add_argument("--scratch_epochs", type=int, help=f"from_scratch: epochs (default {D.evaluation.scratch_epochs})")
+    g.add_argument("--scratch_lr", type=float, help=f"from_scratch: SGD rate (default {D.evaluation.scratch_lr})")
+    g.add_argument("--scratch_batch_size", type=int, help="from_scratch: batch (default "
+                                                          f"{D.evaluation.scratch_batch_size})")
     g.add_argument("--score_on", help="test, or val: score on the validation split (to choose, e.g., a baseline's "
                                       "fixed step size without reading the test split) (default test)")
     g.add_argument("--distilled", metavar="PATH", help="the distilled set to test (default <results_dir>/distilled.pt)")

@@ -5,6 +5,7 @@ import dataclasses
 
 from ..config import PHASES, build_config
 from ..world import DEFAULT_TIMEOUT, start
+from ..zoo import EXPERT_LR
 from .flags import D, Parser, add_data, add_model, add_outer, add_run, add_world, given_fields
 
 NAME = "train-zoo"
@@ -20,6 +21,10 @@ def build_parser(prog: str = "datadistill train-zoo") -> Parser:
     add_model(p)
     p.add_argument("--n_nets", type=int, help=f"networks in the zoo (default {D.nets.n_nets})")
     p.add_argument("--zoo_dir", help="where zoos live (default <results_dir>/zoo)")
+    p.add_argument("--trajectories", action="store_true",
+                   help="expert trajectories for --method mtt: train with SGD (--lr, default "
+                        f"{EXPERT_LR:g}, constant, no momentum) and keep every network's weights at the start "
+                        "and after each epoch, in a zoo of its own (<dataset>-<arch>-<init>-<phase>-experts)")
     add_outer(p, zoo=True)
     add_run(p, seed=False)
     add_world(p)
@@ -31,7 +36,12 @@ def run(args, argv: list[str], session) -> int:
     from ..progress import zoo_progress
     from ..runtime import apply_process_switches
 
-    config = build_config({**given_fields(args), "mode": "train"}, "train-zoo")
+    trajectories = getattr(args, "trajectories", False)
+    given = given_fields(args)
+    if trajectories:
+        # MTT's experts: SGD at 0.01 unless --lr says otherwise (the preset's rate is Adam's)
+        given.setdefault("outer.lr", EXPERT_LR)
+    config = build_config({**given, "mode": "train"}, "train-zoo")
     session.world, device = start(getattr(args, "world_size", None), config.device,
                                   getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
     world = session.world
@@ -39,10 +49,11 @@ def run(args, argv: list[str], session) -> int:
     apply_process_switches()
     quiet = getattr(args, "no_progress", False) or not world.is_main
     with zoo_progress(config.nets.n_nets, disable=quiet) as progress:
-        zoo, path = train_zoo(config, progress, world=world)
+        zoo, path = train_zoo(config, progress, world=world, trajectories=trajectories)
     if world.is_main:
         acc = zoo.accuracies[:config.nets.n_nets]
         std = float(acc.std()) if acc.numel() > 1 else 0.0
-        print(f"zoo of {len(zoo)} {zoo.arch} networks on {zoo.dataset} ({zoo.phase} phase): test accuracy "
+        kind = "expert trajectories" if trajectories else "zoo"
+        print(f"{kind} of {len(zoo)} {zoo.arch} networks on {zoo.dataset} ({zoo.phase} phase): test accuracy "
               f"{100 * float(acc.mean()):.2f}% +- {100 * std:.2f}; in {path}")
     return 0

@@ -103,7 +103,8 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
             optimize_nets = [fresh_nets(model, m.init, m.init_param, seeds[i * k:(i + 1) * k], device)
                              for i in range(test.niter)]
     row = run_test_phase(test, TestPhaseInputs(model, dataset, steps, per_class, epochs, loaded, test_nets,
-                                               optimize_nets, config.seed, config.outer.batch_size))
+                                               optimize_nets, config.seed, config.outer.batch_size,
+                                               config.evaluation))
     results = {
         "command": command,
         "dataset": dataset.name,
@@ -111,6 +112,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         "test_nets": "none (nearest neighbour)" if knn else test_desc,
         "distilled": str(distilled_path(config)) if loaded is not None else None,
         "steps": steps, "images_per_class_per_step": per_class, "epochs": epochs,
+        "protocol": config.evaluation.protocol or "unrolled",
         "config": config.to_dict(),
         "rows": [row],
         "wall_seconds": time.perf_counter() - start,

@@ -1,4 +1,5 @@
-"""The train-zoo job: many networks trained from independent initialisations, stored as one file."""
+"""The train-zoo job: many networks trained from independent initialisations, stored as one file;
+with ``trajectories``, MTT's experts (SGD, every epoch's weights kept) in a zoo of their own."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,23 +14,37 @@ from ..errors import ArtifactError
 from ..evaluate import accuracy
 from ..nets import fresh_nets, zoo_seeds
 from ..world import World
-from ..zoo import Zoo, train_networks
-from .common import load_for, model_for, normalise_config, resolve_device, zoo_file
+from ..zoo import Zoo, train_networks, train_trajectories, zoo_dir_for
+from .common import ZOO_FILE, load_for, model_for, normalise_config, resolve_device, zoo_file
 
 ZOO_CHUNK = 10  # networks trained at once (vmapped) and stored per part file
+# what an expert zoo's settings add to an ordinary zoo's: a zoo of one kind never matches the other
+EXPERT_TRAINING = {"trajectories": True, "optimizer": "sgd", "momentum": 0.0, "schedule": "constant"}
 
 
-def _zoo_training(config: RunConfig) -> dict:
-    """The settings that make two zoos interchangeable."""
+def expert_zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:
+    """The file of the expert zoo (trajectories) of (dataset, arch, init, phase)."""
+    return zoo_dir_for(config.zoo_root, dataset or config.data.dataset, config.model.arch,
+                       config.model.init, phase, experts=True) / ZOO_FILE
+
+
+def _zoo_training(config: RunConfig, trajectories: bool = False) -> dict:
+    """The settings that make two zoos interchangeable; an expert zoo says so (and how it trained)."""
     d = config.to_dict()
-    return {"dataset": config.data.dataset, "arch": config.model.arch, "model": d["model"],
-            "outer": d["outer"], "phase": config.phase}
+    wanted = {"dataset": config.data.dataset, "arch": config.model.arch, "model": d["model"],
+              "outer": d["outer"], "phase": config.phase}
+    return {**wanted, **EXPERT_TRAINING} if trajectories else wanted
 
 
 def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = None,
-              dataset: Dataset | None = None, world: World = World()) -> tuple[Zoo, Path]:
+              dataset: Dataset | None = None, world: World = World(), trajectories: bool = False
+              ) -> tuple[Zoo, Path]:
     """Train ``config.nets.n_nets`` networks into the zoo of
     (dataset, arch, init, phase); returns the zoo and its file.
+
+    ``trajectories``: an expert zoo for ``--method mtt`` instead (``zoo.train_trajectories``: SGD
+    at ``config.outer.lr``, constant, no momentum, ``outer.epochs`` epochs), in its own folder
+    (``expert_zoo_file``), holding every network's weights at the start and after each epoch.
 
     Networks are trained ``ZOO_CHUNK`` at a time and each chunk is stored as a part, so a killed
     run resumes from the last finished part; an existing zoo of the same settings is extended,
@@ -39,8 +54,8 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     processes see).
     """
     config = normalise_config(config)
-    path = zoo_file(config, config.phase)
-    folder, n, wanted = path.parent, config.nets.n_nets, _zoo_training(config)
+    path = expert_zoo_file(config, config.phase) if trajectories else zoo_file(config, config.phase)
+    folder, n, wanted = path.parent, config.nets.n_nets, _zoo_training(config, trajectories)
     existing = world.agree(lambda: _matching(artifacts.load_zoo(path), wanted, path) if path.exists() else None)
     if existing is not None and len(existing) >= n:
         return existing, path
@@ -61,11 +76,16 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
             seeds = zoo_seeds(config.phase, start, stop)
             init = fresh_nets(model, m.init, m.init_param, seeds, device)
             generator = torch.Generator().manual_seed(seeds[0])  # batch order of this chunk
-            trained = train_networks(model, init, dataset.train, config.outer, generator)
+            trajectory = None
+            if trajectories:
+                trained, trajectory = train_trajectories(model, init, dataset.train, config.outer.epochs,
+                                                         config.outer.batch_size, generator, config.outer.lr)
+            else:
+                trained = train_networks(model, init, dataset.train, config.outer, generator)
             part = Zoo({k: v.cpu() for k, v in trained.items()}, accuracy(model, trained, dataset.test).cpu(),
                        config.data.dataset, config.model.arch, m.init, config.phase,
                        (dataset.in_channels, dataset.image_size, dataset.image_size),
-                       dataset.num_classes, wanted)
+                       dataset.num_classes, wanted, trajectory)
             artifacts.save_zoo(part_path, part)
         if progress is not None:
             progress(stop, n)
