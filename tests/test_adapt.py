@@ -2,34 +2,66 @@ import pytest
 import torch
 
 from datadistill import adapt, inner, models
-from datadistill.adapt import adaptation_report, best_fixed_lr, format_table
-from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
+from datadistill.adapt import SELECTION_IMAGES, adaptation_report, best_fixed_lr, format_table, selection_split
+from datadistill.config import DataConfig, NetsConfig, RunConfig, build_config
 from datadistill.data import Dataset, Split, to_shape
 from datadistill.distill import Distillation
 from datadistill.errors import ConfigError
+from datadistill.methods import Setup
+from datadistill.methods.wang2018 import Wang2018
+from datadistill.nets import ZooNets
+from datadistill.runtime import Runtime
 from datadistill.zoo import train_networks
 
 
+class GuardedSplit:
+    """A split whose tensors raise while ``locked`` and count reads otherwise: a test split that
+    must not be read while a choice is being made."""
+
+    def __init__(self, split: Split):
+        self._split, self.locked, self.reads = split, False, 0
+
+    def _get(self, name):
+        if self.locked:
+            raise AssertionError(f"the test split's {name} was read while choosing a step size")
+        self.reads += 1
+        return getattr(self._split, name)
+
+    x = property(lambda self: self._get("x"))
+    y = property(lambda self: self._get("y"))
+
+    def __len__(self):
+        return len(self._split)
+
+
 def _domains():
-    """Three classes of 8x8 blobs; the target domain moves every class centre and flips the image."""
+    """Three classes of 8x8 blobs; the target domain moves every class centre and flips the image.
+    The target holds a validation split; its test split is guarded."""
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 1, 8, 8, generator=g) * 2
     moved = centres.flip(-1) + torch.randn(3, 1, 8, 8, generator=g)
 
-    def dataset(c, n_train, n_test):
+    def dataset(c, n_train, n_test, n_val):
         def split(n):
             y = torch.arange(3).repeat(n)
             return Split(c[y] + 0.7 * torch.randn(len(y), 1, 8, 8, generator=g), y)
-        return Dataset("blobs", split(n_train), split(n_test), 3, (0.0,), (1.0,))
+        train, test, val = split(n_train), split(n_test), split(n_val) if n_val else None
+        return Dataset("blobs", train, GuardedSplit(test), 3, (0.0,), (1.0,), val)
 
-    return dataset(centres, 60, 20), dataset(moved, 60, 40)
+    return dataset(centres, 60, 20, 0), dataset(moved, 60, 40, 20)
 
 
-def _recording(calls):
-    """``best_fixed_lr`` that also records what it chose from: (candidate, nets, split, grid)."""
+def _recording(calls, target):
+    """``best_fixed_lr`` that records what it chose from, (candidate, nets, split, grid), and
+    checks that it was handed the validation split and could not read the test split."""
     def chooser(model, candidate, nets, split, grid=adapt.FIXED_LR_GRID):
+        assert split is not target.test and split is target.val
         calls.append((candidate, {k: v.clone() for k, v in nets.items()}, split, tuple(grid)))
-        return best_fixed_lr(model, candidate, nets, split, grid)
+        target.test.locked = True
+        try:
+            return best_fixed_lr(model, candidate, nets, split, grid)
+        finally:
+            target.test.locked = False
     return chooser
 
 
@@ -45,35 +77,49 @@ def _grid_scores(model, candidate, nets, split, grid):
     return scores
 
 
+def _distil(config: RunConfig, model, data: Dataset, train_zoo) -> Distillation:
+    """The outer loop as the distill job runs it, on in-memory data: wang2018 against the zoo."""
+    generator = torch.Generator().manual_seed(config.seed)
+    with Runtime("cpu", config.conv_backend) as runtime:
+        method = Wang2018.from_config(config, model, runtime)
+        setup = Setup(model, data.train, data.val, data.num_classes, data.mean, data.std, torch.device("cpu"),
+                      generator, config.seed)
+        run = Distillation(method, method.initial(setup), ZooNets(train_zoo, config.nets.nets_per_iteration, "cpu"),
+                           config.outer, data.train, generator)
+        run.run()
+    return run
+
+
 def test_distilled_steps_adapt_source_networks_to_the_target(monkeypatch):
     source, target = _domains()
     model = models.build_model("MLP", 1, 8, 3)
     def zoo(first_seed, n):
         init = models.stack_params([models.init_params(model, "xavier", 1.0, first_seed + i) for i in range(n)])
-        return train_networks(model, init, source.train, OuterConfig(epochs=30, lr=1e-2, batch_size=30),
+        return train_networks(model, init, source.train,
+                              build_config({"outer.epochs": 30, "outer.lr": 1e-2, "outer.batch_size": 30}).outer,
                               torch.Generator().manual_seed(first_seed))
     train_zoo, test_zoo = zoo(0, 8), zoo(100, 6)
-    cfg = RunConfig(mode="distill_adapt", synthetic=SyntheticConfig(steps=1, epochs=2),
-                    outer=OuterConfig(epochs=40, lr=0.05, batch_size=60),
-                    nets=NetsConfig("loaded", 8, "loaded", 6, sample_n_nets=4),
-                    data=__import__("datadistill").DataConfig("blobs", source_dataset="blobs"))
-    run = Distillation(cfg, model, target.train, target.test, 3, target.mean, target.std,
-                       loaded_train=train_zoo, loaded_test=test_zoo)
-    run.run()
+    cfg = build_config({"mode": "distill_adapt", "data.dataset": "blobs", "data.source_dataset": "blobs",
+                        "nets.train_nets_type": "loaded", "nets.n_nets": 8, "nets.test_nets_type": "loaded",
+                        "nets.test_n_nets": 6, "nets.sample_n_nets": 4, "synthetic.steps": 1, "synthetic.epochs": 2,
+                        "synthetic.image_init": "real", "outer.epochs": 40, "outer.lr": 0.05,
+                        "outer.step_size_lr": 0.05, "outer.batch_size": 60})
+    run = _distil(cfg, model, target, train_zoo)
+    assert target.test.reads == 0  # the optimisation never touches the test split
     chooser_calls = []
-    monkeypatch.setattr(adapt, "best_fixed_lr", _recording(chooser_calls))
+    monkeypatch.setattr(adapt, "best_fixed_lr", _recording(chooser_calls, target))
     rows = adaptation_report(model, run.current(), train_zoo, test_zoo, target, torch.Generator().manual_seed(0),
                              finetune_steps=40, finetune_lr=1e-2, finetune_batch=30)
     before = rows["no adaptation"]["mean"]
     after = rows["distilled (learned step sizes)"]["mean"]
     assert after > before + 0.2, format_table(rows)
+    assert target.test.reads > 0  # ... which scores the rows
     # the baseline's step size is the grid point whose steps score best on the selection data
-    # (target *training* images, *train* zoo networks), recomputed here one grid point at a time
+    # (the target's *validation* split, *train* zoo networks), recomputed here one grid point at a time
     (candidate, nets, selection, grid), = chooser_calls
     assert grid == (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     assert all(torch.equal(nets[k], train_zoo[k][:len(nets[k])]) for k in train_zoo)
-    assert torch.equal(selection.x, target.train.x[:len(selection)])
-    assert torch.equal(selection.y, target.train.y[:len(selection)])
+    assert torch.equal(selection.x, target.val.x) and torch.equal(selection.y, target.val.y)
     scores = _grid_scores(model, candidate, nets, selection, grid)
     chosen = rows["random real (best fixed step size)"]["lr"]
     assert scores[grid.index(chosen)] == max(scores), (chosen, dict(zip(grid, scores)))
@@ -83,6 +129,15 @@ def test_distilled_steps_adapt_source_networks_to_the_target(monkeypatch):
     assert rows["full fine-tune (7 epochs, bound)"]["mean"] > before + 0.2, format_table(rows)
 
 
+def test_the_step_size_is_chosen_on_validation_else_on_training_images():
+    g = torch.Generator().manual_seed(0)
+    train = Split(torch.randn(SELECTION_IMAGES + 7, 1, 2, 2, generator=g), torch.arange(SELECTION_IMAGES + 7) % 3)
+    val = Split(torch.randn(9, 1, 2, 2, generator=g), torch.arange(9) % 3)
+    assert selection_split(train, val) is val
+    fallback = selection_split(train, None)  # --val_size 0: the first training images, never the test split
+    assert torch.equal(fallback.x, train.x[:SELECTION_IMAGES]) and torch.equal(fallback.y, train.y[:SELECTION_IMAGES])
+
+
 def test_best_fixed_lr_picks_the_grid_point_that_trains_best():
     source, _ = _domains()
     model = models.build_model("MLP", 1, 8, 3)
@@ -90,6 +145,7 @@ def test_best_fixed_lr_picks_the_grid_point_that_trains_best():
     from datadistill.baselines import random_train
     real = random_train(source.train, 1, 5, 3, torch.ones(3), (0.0,), (1.0,), torch.Generator().manual_seed(0))
     assert best_fixed_lr(model, real, nets, source.train, grid=(1e-6, 0.1)) == 0.1
+    assert best_fixed_lr(model, real, nets, source.train, grid=(0.1, 1e-6)) == 0.1
 
 
 def test_to_shape_maps_digit_domains_deterministically():
@@ -106,7 +162,6 @@ def test_to_shape_maps_digit_domains_deterministically():
 
 
 def test_adapt_needs_a_source_and_loaded_nets():
-    from datadistill import DataConfig
     with pytest.raises(ConfigError, match="needs --source_dataset"):
         RunConfig(mode="distill_adapt", nets=NetsConfig("loaded", 2))
     with pytest.raises(ConfigError, match="needs --train_nets_type loaded"):

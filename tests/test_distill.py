@@ -1,208 +1,269 @@
-import copy
-
+"""The outer loop (``Distillation``) driving Wang2018 on the blobs: networks, determinism, resume,
+learned labels, learning itself, the two-phase hypergradient, and the schedule."""
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
-from datadistill import artifacts, models
-from datadistill.config import NetsConfig, OuterConfig, RunConfig, SyntheticConfig
+from datadistill import artifacts, checkpoint, models
+from datadistill.config import OuterConfig, SyntheticConfig
 from datadistill.distill import Callback, Distillation
+from datadistill.evaluate import evaluate_synthetic
+from datadistill.inner import batched_unroll, batched_unrolled_loss
+from datadistill.methods import Setup
+from datadistill.methods.wang2018 import Relabel, Wang2018, real_batch_gradient
+from datadistill.nets import FixedNets, FreshNets, eval_seeds, fresh_nets
+from datadistill.parallel import ChunkPool
+from datadistill.runtime import Runtime
 
 
-def _run(dataset, seed=1, epochs=2, nets=NetsConfig("known_init", 2, "same_as_train", 2), lr=0.05,
-         learn_labels=False):
-    cfg = RunConfig(synthetic=SyntheticConfig(steps=2, epochs=2, learn_labels=learn_labels),
-                    outer=OuterConfig(epochs=epochs, decay_epochs=1, lr=lr, batch_size=32),
-                    nets=nets, seed=seed, eval_every=1)
+@pytest.fixture
+def runtime():
+    with Runtime("cpu") as rt:
+        yield rt
+
+
+@pytest.fixture
+def f64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _run(dataset, runtime, seed=1, epochs=2, nets="known_init", n_nets=2, lr=0.05, learn_labels=False,
+         relabel=Relabel(), outer=None, steps=2, synthetic_epochs=2) -> Distillation:
+    """Wang2018 on an MLP, 3-class blobs; known_init: scored by its fixed networks (same_as_train),
+    unknown_init: by two evaluation networks. Validation reads the blobs' test split (they have no
+    validation split)."""
     model = models.build_model("MLP", 1, 8, 3)
-    return Distillation(cfg, model, dataset.train, dataset.test, 3, dataset.mean, dataset.std)
+    generator = torch.Generator().manual_seed(seed)
+    method = Wang2018(model, SyntheticConfig(steps=steps, epochs=synthetic_epochs, learn_labels=learn_labels),
+                      relabel, "basic", runtime)
+    setup = Setup(model, dataset.train, dataset.val, dataset.num_classes, dataset.mean, dataset.std,
+                  torch.device("cpu"), generator, seed)
+    learned = method.initial(setup)
+    if nets == "known_init":
+        source = FixedNets(model, "xavier", 1.0, n_nets, "cpu", generator)
+        scorers = source.params
+    else:
+        source = FreshNets(model, "xavier", 1.0, n_nets, "cpu")
+        scorers = fresh_nets(model, "xavier", 1.0, eval_seeds(seed, 2), "cpu")
+    outer = outer or OuterConfig(epochs=epochs, decay_epochs=1, lr=lr, batch_size=32)
+    return Distillation(method, learned, source, outer, dataset.train, generator, eval_every=1,
+                        validate=lambda s: evaluate_synthetic(model, s, scorers, dataset.test))
 
 
-def test_known_init_nets_stay_fixed_while_the_set_learns(blobs):
-    run = _run(blobs)
-    before = {k: v.clone() for k, v in run.fixed_nets.items()}
-    images, lrs = run.synthetic.images.detach().clone(), run.log_lrs.detach().clone()
-    run.step(blobs.train.x[:32], blobs.train.y[:32])
-    assert all(torch.equal(before[k], run.fixed_nets[k]) for k in before)
-    assert not torch.equal(images, run.synthetic.images) and not torch.equal(lrs, run.log_lrs)
+def _record_samples(run: Distillation) -> list:
+    """Make ``run.nets`` remember what it hands the loop."""
+    seen, sample = [], run.nets.sample
+
+    def recording(generator):
+        seen.append({k: v.clone() for k, v in sample(generator).items()})
+        return seen[-1]
+
+    run.nets.sample = recording
+    return seen
 
 
-def test_unknown_init_draws_fresh_nets(blobs):
-    run = _run(blobs, nets=NetsConfig("unknown_init", 2, "unknown_init", 3))
-    a, b = run.train_nets(), run.train_nets()
-    assert not torch.equal(a["net.1.weight"], b["net.1.weight"])
-    assert run.fixed_nets is None
+class StopAfter(Callback):
+    """Checkpoint (through the file format) after ``epochs`` epochs, then stop as if killed."""
+
+    def __init__(self, path, epochs=1):
+        self.path, self.epochs = path, epochs
+
+    def on_epoch_end(self, run):
+        if run.epoch == self.epochs:
+            artifacts.save_checkpoint(self.path, checkpoint.state_dict(run, 1, "native"))
+            raise KeyboardInterrupt
 
 
-def test_same_seed_same_result(blobs):
-    a, b, c = _run(blobs, seed=3).run(), _run(blobs, seed=3).run(), _run(blobs, seed=4).run()
+def _resumed(run: Distillation, path) -> Distillation:
+    checkpoint.load_state_dict(run, artifacts.load_checkpoint(path), 1)
+    return run
+
+
+W = "net.1.weight"
+
+
+def test_known_init_nets_stay_fixed_while_the_set_learns(blobs, runtime):
+    run = _run(blobs, runtime)
+    assert isinstance(run.nets, FixedNets) and run.nets.total == 2
+    before = {k: v.clone() for k, v in run.nets.params.items()}
+    images, log_lrs = run.learned.images.detach().clone(), run.learned.log_lrs.detach().clone()
+    seen = _record_samples(run)
+    for _ in range(2):
+        run.step(blobs.train.x[:32], blobs.train.y[:32])
+    assert all(torch.equal(before[k], run.nets.params[k]) for k in before)
+    assert all(torch.equal(seen[0][k], seen[1][k]) and torch.equal(seen[0][k], before[k]) for k in before)
+    assert not torch.equal(images, run.learned.images) and not torch.equal(log_lrs, run.learned.log_lrs)
+    assert run.iteration == 2
+
+
+def test_unknown_init_draws_fresh_nets(blobs, runtime):
+    run = _run(blobs, runtime, nets="unknown_init", n_nets=2)
+    assert isinstance(run.nets, FreshNets)
+    seen = _record_samples(run)
+    for _ in range(2):
+        run.step(blobs.train.x[:32], blobs.train.y[:32])
+    assert len(seen) == 2 and seen[0][W].shape[0] == 2
+    assert not torch.equal(seen[0][W], seen[1][W])
+    assert not torch.equal(seen[0][W][0], seen[0][W][1])
+
+
+@pytest.mark.parametrize("nets", ["known_init", "unknown_init"])
+def test_same_seed_same_result(blobs, runtime, nets):
+    a, b, c = (_run(blobs, runtime, seed=s, nets=nets).run() for s in (3, 3, 4))
     assert torch.equal(a.images, b.images) and torch.equal(a.lrs, b.lrs)
     assert not torch.equal(a.images, c.images)
 
 
-def test_resume_from_checkpoint_continues_exactly(blobs, tmp_path):
-    straight = _run(blobs, epochs=3).run()
-
-    class StopAfterOne(Callback):
-        def on_epoch_end(self, run):
-            artifacts.save_checkpoint(tmp_path / "ckpt.pt", run.state_dict())
-            raise KeyboardInterrupt
-
-    first = _run(blobs, epochs=3)
-    try:
-        first.run([StopAfterOne()])
-    except KeyboardInterrupt:
-        pass
-    resumed = _run(blobs, epochs=3)
-    resumed.load_state_dict(artifacts.load_checkpoint(tmp_path / "ckpt.pt"))
-    assert resumed.epoch == 1
+@pytest.mark.parametrize("nets", ["known_init", "unknown_init"])
+def test_resume_from_checkpoint_continues_exactly(blobs, runtime, tmp_path, nets):
+    straight_run = _run(blobs, runtime, epochs=3, nets=nets)
+    straight = straight_run.run()
+    with pytest.raises(KeyboardInterrupt):
+        _run(blobs, runtime, epochs=3, nets=nets).run([StopAfter(tmp_path / "ckpt.pt")])
+    # another seed: everything that matters comes from the checkpoint
+    resumed = _resumed(_run(blobs, runtime, epochs=3, nets=nets, seed=9), tmp_path / "ckpt.pt")
+    assert (resumed.epoch, resumed.iteration) == (1, 3)
     out = resumed.run()
-    torch.testing.assert_close(out.images, straight.images, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.lrs, straight.lrs, rtol=0, atol=1e-7)
+    assert resumed.iteration == straight_run.iteration == 9
+    torch.testing.assert_close(out.images, straight.images, rtol=0, atol=0)
+    torch.testing.assert_close(out.lrs, straight.lrs, rtol=0, atol=0)
+    assert resumed.history.losses == straight_run.history.losses
+    strip = lambda evals: [{k: v for k, v in e.items()} for e in evals]  # noqa: E731
+    assert strip(resumed.history.evaluations) == strip(straight_run.history.evaluations)
+    if nets == "known_init":
+        assert resumed.nets.seeds == straight_run.nets.seeds
 
 
-def test_checkpoint_from_before_the_step_sizes_own_rate_continues_exactly(blobs):
-    """Older checkpoints hold one Adam group [images, log step sizes, labels] at one rate."""
-    straight = _run(blobs, epochs=2, learn_labels=True).run()
-    saved = {}
-
-    class StopAfterOne(Callback):
-        def on_epoch_end(self, run):
-            saved.update(run.state_dict())
-            raise KeyboardInterrupt
+def test_a_checkpoint_of_another_group_size_is_refused(blobs, runtime, tmp_path):
+    from datadistill.errors import ArtifactError
 
     with pytest.raises(KeyboardInterrupt):
-        _run(blobs, epochs=2, learn_labels=True).run([StopAfterOne()])
-    state = copy.deepcopy(saved)
-    (images_group, step_size_group) = state["optimizer"]["param_groups"]
-    images, labels = images_group["params"]
-    state["optimizer"]["param_groups"] = [{**images_group, "params": [images, *step_size_group["params"], labels]}]
-    state["scheduler"] = {**state["scheduler"], "base_lrs": state["scheduler"]["base_lrs"][:1],
-                          "_last_lr": state["scheduler"]["_last_lr"][:1]}
-    resumed = _run(blobs, epochs=2, learn_labels=True)
-    resumed.load_state_dict(state)
-    assert resumed.optimizer.param_groups[1]["params"] == [resumed.log_lrs]
-    out = resumed.run()
-    torch.testing.assert_close(out.images, straight.images, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.lrs, straight.lrs, rtol=0, atol=1e-7)
-    torch.testing.assert_close(out.labels, straight.labels, rtol=0, atol=1e-6)
+        _run(blobs, runtime, epochs=3).run([StopAfter(tmp_path / "ckpt.pt")])
+    with pytest.raises(ArtifactError, match="made by 1 process.*this run has 2"):
+        checkpoint.load_state_dict(_run(blobs, runtime), artifacts.load_checkpoint(tmp_path / "ckpt.pt"), 2)
 
 
-def test_learned_labels_start_as_the_fixed_ones(blobs):
-    """One-hot targets train exactly as the integer labels: the first step is the same."""
-    fixed, learned = _run(blobs), _run(blobs, learn_labels=True)
-    for run in (fixed, learned):
-        run.step(blobs.train.x[:32], blobs.train.y[:32])
-    torch.testing.assert_close(learned.synthetic.images, fixed.synthetic.images)
-    torch.testing.assert_close(learned.log_lrs, fixed.log_lrs)
-    assert learned.label_targets.grad.abs().sum() > 0
+def test_learned_labels_start_at_their_class_move_and_resume(blobs, runtime, tmp_path):
+    fresh = _run(blobs, runtime, learn_labels=True)
+    classes = fresh.learned.labels
+    start = fresh.learned.targets().detach().clone()
+    assert start.shape == (2, 3, 3) and start.is_floating_point()
+    assert torch.equal(start.argmax(-1), classes)
+    # (nearly) one-hot: all but a sliver of each target on the image's own class
+    torch.testing.assert_close(start, F.one_hot(classes, 3).to(start.dtype), rtol=0, atol=0.02)
+    fresh.step(blobs.train.x[:32], blobs.train.y[:32])
+    label_tensor = fresh.learned.tensors()[-1]
+    assert label_tensor.grad.abs().sum() > 0 and len(fresh.learned.tensors()) == 3
+    assert not torch.equal(fresh.learned.targets(), start)
 
-
-def test_learned_labels_move_and_resume(blobs, tmp_path):
-    fixed = _run(blobs, epochs=2).run()
-    straight = _run(blobs, epochs=2, learn_labels=True).run()
+    fixed = _run(blobs, runtime, epochs=2).run()
+    straight_run = _run(blobs, runtime, epochs=2, learn_labels=True)
+    straight = straight_run.run()
     assert fixed.labels.dtype == torch.int64 and fixed.labels.shape == (2, 3)
     labels = straight.labels
-    assert labels.shape == (2, 3, 3) and labels.dtype == torch.float32
-    start = torch.nn.functional.one_hot(fixed.labels, 3).float()
+    assert labels.shape == (2, 3, 3) and labels.is_floating_point()
     assert not torch.allclose(labels, start, atol=1e-3)  # they were learned
     assert torch.equal(straight.hard_labels, fixed.labels)  # and still favour their own class here
 
-    class StopAfterOne(Callback):
-        def on_epoch_end(self, run):
-            artifacts.save_checkpoint(tmp_path / "ckpt.pt", run.state_dict())
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _run(blobs, epochs=2, learn_labels=True).run([StopAfterOne()])
-    resumed = _run(blobs, epochs=2, learn_labels=True)
-    resumed.load_state_dict(artifacts.load_checkpoint(tmp_path / "ckpt.pt"))
-    out = resumed.run()
-    torch.testing.assert_close(out.labels, labels, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.images, straight.images, rtol=0, atol=1e-6)
+        _run(blobs, runtime, epochs=2, learn_labels=True).run([StopAfter(tmp_path / "ckpt.pt")])
+    out = _resumed(_run(blobs, runtime, epochs=2, learn_labels=True), tmp_path / "ckpt.pt").run()
+    torch.testing.assert_close(out.labels, labels, rtol=0, atol=0)
+    torch.testing.assert_close(out.images, straight.images, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("learn_labels", [False, True])
-def test_distillation_learns(blobs, learn_labels):
+def test_distillation_learns(blobs, runtime, learn_labels):
     events = []
 
     class Record(Callback):
         def on_evaluation(self, run, result):
             events.append(result.mean)
 
-    run = _run(blobs, epochs=8, lr=0.05, learn_labels=learn_labels)
+    run = _run(blobs, runtime, epochs=8, lr=0.05, learn_labels=learn_labels)
     run.run([Record()])
-    assert len(events) == 9  # before every epoch, and at the end
+    assert len(events) == 9 and len(run.history.evaluations) == 9  # before every epoch, and at the end
+    assert [e["epoch"] for e in run.history.evaluations] == list(range(9))
     assert events[-1] >= 0.95 and events[-1] > events[0] + 0.3
     assert run.history.losses[-1]["loss"] < run.history.losses[0]["loss"]
 
 
+def _chunking_pool(model) -> ChunkPool:
+    pool = ChunkPool(model, workers=2, max_chunk=16, min_chunk=8)
+    assert len(pool.chunk_bounds(100)) == 8  # the batch of 100 really is split
+    return pool
+
+
 @pytest.mark.parametrize("n_nets", [1, 3])
-def test_two_phase_chunked_step_equals_one_backward(blobs, n_nets):
-    """The step's hypergradient (real batch split over threads, then pushed through the unroll)
-    equals a single backward of the mean unrolled loss."""
-    from datadistill.distill import real_batch_gradient
-    from datadistill.inner import batched_unroll, batched_unrolled_loss
-    from datadistill.parallel import ChunkPool
-
-    run = _run(blobs, nets=NetsConfig("unknown_init", n_nets, "unknown_init", 1))
-    nets, s = run.train_nets(), run.synthetic
-    x, y = blobs.train.x[:100], blobs.train.y[:100]
-    direct = batched_unrolled_loss(run.model, nets, s.images, s.labels, run.log_lrs.exp(), x, y).mean()
-    want = torch.autograd.grad(direct, (s.images, run.log_lrs))
-
-    pool = ChunkPool(run.model, workers=2, max_chunk=16, min_chunk=8)
-    assert len(pool.chunk_bounds(100)) == 8
-    trained = batched_unroll(run.model, nets, s.images, s.labels, run.log_lrs.exp())
-    loss, grads = real_batch_gradient(pool, trained, x, y)
-    got = torch.autograd.grad(list(trained.values()), (s.images, run.log_lrs), [grads[k] for k in trained])
-    torch.testing.assert_close(loss, direct.detach(), rtol=1e-5, atol=1e-6)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
-    pool.close()
+def test_two_phase_chunked_step_equals_one_backward(f64, blobs, runtime, n_nets):
+    """The method's surrogate objective (real batch split over threads, its gradient pushed
+    through the unroll) has the gradient of the mean unrolled loss, one plain backward."""
+    run = _run(blobs, runtime, nets="unknown_init", n_nets=n_nets, learn_labels=True)
+    method, learned = run.method, run.learned
+    assert learned.images.dtype == torch.float64
+    method.pool.close()
+    method.pool = _chunking_pool(method.model)
+    nets = run.nets.sample(torch.Generator().manual_seed(0))
+    x, y = blobs.train.x[:100].double(), blobs.train.y[:100]
+    direct = batched_unrolled_loss(method.model, nets, learned.images, learned.targets(), learned.lrs(), x, y).mean()
+    want = torch.autograd.grad(direct, learned.tensors())
+    out = method.loss(learned, nets, x, y, n_nets)
+    got = torch.autograd.grad(out.objective, learned.tensors())
+    torch.testing.assert_close(out.value, direct.detach(), rtol=1e-12, atol=1e-12)
+    for g, w in zip(got, want, strict=True):
+        assert w.abs().sum() > 0
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    method.pool.close()
 
 
-def test_weighted_chunked_gradient_equals_the_weighted_mean_backward(blobs):
-    """With per-image weights (the attack's --attack_weight) the two-phase step is still the
-    gradient of sum_i a_i CE_i / sum_i a_i, averaged over the networks, written out directly."""
-    import torch.nn.functional as F
-    from torch.func import functional_call
-    from datadistill.distill import real_batch_gradient
-    from datadistill.inner import batched_unroll
-    from datadistill.objectives import loss_weights
-    from datadistill.parallel import ChunkPool
-
-    run = _run(blobs, nets=NetsConfig("unknown_init", 2, "unknown_init", 1))
-    nets, s = run.train_nets(), run.synthetic
-    x, y = blobs.train.x[:100], blobs.train.y[:100]
-    weights = loss_weights(y, 0, 4.0)
+def test_weighted_chunked_step_equals_the_weighted_mean_backward(f64, blobs, runtime):
+    """With the attack's relabelling and weight (``Relabel(attack_class, target_class,
+    attack_weight)``), the surrogate's gradient is that of
+    mean over networks of sum_i a_i CE(f(x_i), y'_i) / sum_i a_i, written out directly."""
+    relabel = Relabel(attack_class=0, target_class=1, attack_weight=4.0)
+    run = _run(blobs, runtime, nets="unknown_init", n_nets=2, relabel=relabel)
+    method, learned = run.method, run.learned
+    method.pool.close()
+    method.pool = _chunking_pool(method.model)
+    nets = run.nets.sample(torch.Generator().manual_seed(0))
+    x, y = blobs.train.x[:100].double(), blobs.train.y[:100]
+    weights, wanted = relabel.weights(y), relabel.labels(y)
     assert sorted(set(weights.tolist())) == [1.0, 4.0] and (weights == 4.0).sum() == (y == 0).sum()
-    trained = batched_unroll(run.model, nets, s.images, s.labels, run.log_lrs.exp())
-    direct = sum((weights * F.cross_entropy(functional_call(run.model, {k: v[i] for k, v in trained.items()}, (x,)),
-                                            y, reduction="none")).sum() / weights.sum() for i in range(2)) / 2
-    want = torch.autograd.grad(direct, (s.images, run.log_lrs), retain_graph=True)
-    pool = ChunkPool(run.model, workers=2, max_chunk=16, min_chunk=8)
-    loss, grads = real_batch_gradient(pool, trained, x, y, weights=weights)
-    got = torch.autograd.grad(list(trained.values()), (s.images, run.log_lrs), [grads[k] for k in trained])
-    torch.testing.assert_close(loss, direct.detach(), rtol=1e-5, atol=1e-6)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
-    unweighted = real_batch_gradient(pool, trained, x, y)[0]
-    assert abs(float(unweighted - loss)) > 1e-3  # the weights change the objective
-    pool.close()
+    assert torch.equal(wanted, torch.where(y == 0, 1, y)) and (y == 0).any()
+    assert Relabel(0, 1, 1.0).weights(y) is None and torch.equal(Relabel().labels(y), y)
+
+    trained = batched_unroll(method.model, nets, learned.images, learned.targets(), learned.lrs())
+    direct = sum((weights * F.cross_entropy(functional_call(method.model, {k: v[i] for k, v in trained.items()},
+                                                            (x,)), wanted, reduction="none")).sum() / weights.sum()
+                 for i in range(2)) / 2
+    want = torch.autograd.grad(direct, learned.tensors())
+    out = method.loss(learned, nets, x, y, 2)
+    got = torch.autograd.grad(out.objective, learned.tensors())
+    torch.testing.assert_close(out.value, direct.detach(), rtol=1e-12, atol=1e-12)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    # the weights and the relabelling each change the objective
+    unweighted = real_batch_gradient(method.pool, trained, x, wanted, 2)[0]
+    plain = real_batch_gradient(method.pool, trained, x, y, 2)[0]
+    assert abs(float(unweighted - out.value)) > 1e-3 and abs(float(plain - unweighted)) > 1e-3
+    method.pool.close()
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
-def test_outer_lr_follows_the_schedule_per_iteration(blobs, schedule):
-    cfg = RunConfig(synthetic=SyntheticConfig(steps=1, epochs=1),
-                    outer=OuterConfig(epochs=4, schedule=schedule, decay_epochs=1, decay_factor=0.5,
-                                      lr=0.1, step_size_lr=0.02, batch_size=40),
-                    nets=NetsConfig("known_init", 1, "same_as_train", 1))
-    run = Distillation(cfg, models.build_model("MLP", 1, 8, 3), blobs.train, None, 3, blobs.mean, blobs.std)
+def test_outer_lr_follows_the_schedule_per_iteration(blobs, runtime, schedule):
+    outer = OuterConfig(epochs=4, schedule=schedule, decay_epochs=1, decay_factor=0.5, lr=0.1,
+                        step_size_lr=0.02, batch_size=40)
+    run = _run(blobs, runtime, nets="known_init", n_nets=1, steps=1, synthetic_epochs=1, outer=outer)
     assert run.iterations_per_epoch == 3
     seen = []
     for _ in range(12):
         images_group, step_size_group = run.optimizer.param_groups
-        assert step_size_group["params"] == [run.log_lrs]
+        assert images_group["params"] == [run.learned.images]
+        assert step_size_group["params"] == [run.learned.log_lrs]
         # the step sizes' own rate follows the same schedule
         assert step_size_group["lr"] == pytest.approx(images_group["lr"] * 0.2)
         seen.append(images_group["lr"])

@@ -4,11 +4,12 @@ import json
 import pytest
 import torch
 
-from datadistill import artifacts, testphase
+from datadistill import artifacts, models, testphase
 from datadistill.commands import main
 from datadistill.config import DataConfig, ModelConfig, NetsConfig, RunConfig, SyntheticConfig, TestPhaseConfig
 from datadistill.data import Dataset, Split
 from datadistill.errors import ConfigError
+from datadistill.nets import eval_seeds, fresh_nets, selection_seeds
 from datadistill.jobs.test_phase import RESULTS_JSON, RESULTS_MD, test_phase
 from datadistill.synthetic import SyntheticSet
 from datadistill.testphase import TestPhaseInputs
@@ -24,11 +25,12 @@ def _config(tmp_path, **test) -> RunConfig:
 
 def _with_val(blobs, test: Split | None = None) -> Dataset:
     """``blobs`` with a validation split of its own (20 images a class around the training
-    class means), and optionally another test split."""
+    class means, noisier than the others so that candidate sets score differently on it), and
+    optionally another test split."""
     g = torch.Generator().manual_seed(11)
     means = torch.stack([blobs.train.x[blobs.train.y == c].mean(0) for c in range(3)])
     y = torch.arange(3).repeat(20)
-    val = Split(means[y] + 0.5 * torch.randn(len(y), 1, 8, 8, generator=g), y)
+    val = Split(means[y] + 2.0 * torch.randn(len(y), 1, 8, 8, generator=g), y)
     return Dataset(blobs.name, blobs.train, blobs.test if test is None else test, 3, blobs.mean, blobs.std, val)
 
 
@@ -124,7 +126,16 @@ def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
         calls.append(out)
         return out
 
+    real_score = testphase.score
+    scored = []  # (networks, split) of every scoring outside the selection
+
+    def recording_score(model, candidate, test, nets, split):
+        if not guard.locked:
+            scored.append((nets, split))
+        return real_score(model, candidate, test, nets, split)
+
     monkeypatch.setattr(testphase, "test_optimize", locked)
+    monkeypatch.setattr(testphase, "score", recording_score)
     config = _config(tmp_path, images="random_train", lrs="fix", fixed_lr=0.3, n_runs=2,
                      optimize_n_runs=5, optimize_n_nets=2, niter=2)
     config = dataclasses.replace(config, outer=dataclasses.replace(config.outer, batch_size=32))
@@ -136,6 +147,16 @@ def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
     assert [testphase.candidate_seed(config.seed, i) for i in calls[0].kept] == row["run_seeds"]
     assert row["selection_scores"] == calls[0].scores
     assert guard.reads > 0 and (row["runs"], row["nets"], row["n"]) == (2, 3, 6)
+    # the kept sets are scored on the test split by the evaluation networks of the run seed (3 per
+    # run), never by the networks that selected them
+    model = models.build_model("MLP", 1, 8, 3)
+    want = fresh_nets(model, "xavier", 1.0, eval_seeds(config.seed, 6), "cpu")
+    selecting = fresh_nets(model, "xavier", 1.0, selection_seeds(config.seed, 4), "cpu")
+    assert [split is guard for _, split in scored] == [True, True]
+    for run, (nets, _) in enumerate(scored):
+        assert all(torch.equal(nets[k], v[3 * run:3 * run + 3]) for k, v in want.items())
+        assert not any(all(torch.equal(nets[k][j], selecting[k][i]) for k in nets)
+                       for j in range(3) for i in range(4))
 
 
 def test_the_selection_does_not_depend_on_the_test_split(blobs, tmp_path):
@@ -186,6 +207,13 @@ def test_a_loaded_set_with_its_learned_step_sizes_for_more_passes(blobs, tmp_pat
     assert base["images_per_class_per_step"] == 2 and base["epochs"] == 2
 
 
+def _run(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's own errors
+        return e.code
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix"], "fix needs a step size"),
     (["--test_distilled_images", "random_train", "--test_distilled_lrs", "nearest_neighbor", "0", "2"],
@@ -203,7 +231,7 @@ def test_a_loaded_set_with_its_learned_step_sizes_for_more_passes(blobs, tmp_pat
 ])
 def test_bad_combinations_are_one_line_and_exit_2(tmp_path, capsys, flags, message):
     out = tmp_path / "r"
-    assert main(["--dataset", "digits", "--phase", "test", "--results_dir", str(out), *flags]) == 2
+    assert _run(["--dataset", "digits", "--phase", "test", "--results_dir", str(out), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("datadistill: error: ")
     assert not out.exists()

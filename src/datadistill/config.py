@@ -387,6 +387,10 @@ PRESETS: dict[str, dict[str, object]] = {
     # real images, learned labels, and the attacked class weighted against the nine others
     "attack-tuned": {**_ATTACK, "synthetic.image_init": "real", "synthetic.learn_labels": True,
                      "attack_weight": 3.0},
+    # matching training trajectories (--method mtt): real images to start from; PROVISIONAL
+    "mtt": {"synthetic.image_init": "real", "synthetic.init_lr": 0.01, "outer.lr": 0.01, "outer.epochs": 50},
+    # distribution matching (--method dm): real images to start from, as in the paper; PROVISIONAL
+    "dm": {"synthetic.image_init": "real", "outer.lr": 0.05, "outer.epochs": 50, "outer.batch_size": 256},
 }
 
 

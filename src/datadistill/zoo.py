@@ -6,7 +6,12 @@ loaded``) draws from a zoo of phase ``train``; scoring uses a zoo of phase ``tes
 draw their initialisations from disjoint seed ranges, so a network that shaped the distilled images
 is never one that scores them.
 
-Training is pure here (weights in, weights out); ``runner`` stores the result through
+An *expert* zoo (``train-zoo --trajectories``, for ``--method mtt``) also keeps each network's
+weights at the start and after every epoch of plain SGD, its training trajectory (Cazenavette et
+al. 2022); it lives in a folder of its own (``-experts``), so it never stands in for an ordinary
+zoo, nor one for it.
+
+Training is pure here (weights in, weights out); ``jobs.zoo`` stores the result through
 ``artifacts``, one part per chunk of networks so that an interrupted run resumes.
 """
 from __future__ import annotations
@@ -25,9 +30,15 @@ from .models import Params
 
 FORMAT = "datadistill.zoo/1"
 PHASES = ("train", "test")
-def zoo_dir_for(root: str | Path, dataset: str, arch: str, init: str, phase: str) -> Path:
-    """Where the zoo of (dataset, arch, init, phase) lives under ``root``."""
-    return Path(root) / f"{dataset}-{arch}-{init}-{phase}"
+EXPERTS_SUFFIX = "-experts"  # the folder of a zoo that holds trajectories
+EXPERT_LR = 0.01  # MTT's experts: SGD at this rate, no momentum, no decay
+
+
+def zoo_dir_for(root: str | Path, dataset: str, arch: str, init: str, phase: str,
+                experts: bool = False) -> Path:
+    """Where the zoo of (dataset, arch, init, phase) lives under ``root``; ``experts``: the zoo
+    of expert trajectories of the same, in a folder of its own."""
+    return Path(root) / f"{dataset}-{arch}-{init}-{phase}{EXPERTS_SUFFIX if experts else ''}"
 
 
 @dataclass
@@ -43,6 +54,8 @@ class Zoo:
     input_shape: tuple[int, int, int]  # (C, H, W) the networks take
     num_classes: int
     config: dict = field(default_factory=dict)
+    # expert zoos only: each network's weights at the start and after every epoch, (n, epochs + 1, ...)
+    trajectories: Params | None = None
 
     def __len__(self) -> int:
         return int(self.accuracies.shape[0])
@@ -62,24 +75,31 @@ class Zoo:
                                 f"with --mode train --n_nets {n_nets} --phase {self.phase}")
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "params": {k: v.detach().cpu() for k, v in self.params.items()},
-                "accuracies": self.accuracies.cpu(), "dataset": self.dataset, "arch": self.arch,
-                "init": self.init, "phase": self.phase, "input_shape": list(self.input_shape),
-                "num_classes": self.num_classes, "config": self.config}
+        d = {"format": FORMAT, "params": {k: v.detach().cpu() for k, v in self.params.items()},
+             "accuracies": self.accuracies.cpu(), "dataset": self.dataset, "arch": self.arch,
+             "init": self.init, "phase": self.phase, "input_shape": list(self.input_shape),
+             "num_classes": self.num_classes, "config": self.config}
+        if self.trajectories is not None:  # an ordinary zoo's file has no such key
+            d["trajectories"] = {k: v.detach().cpu() for k, v in self.trajectories.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Zoo":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ArtifactError(f"not a model zoo (expected a dict with format {FORMAT!r})")
         return cls(d["params"], d["accuracies"], d["dataset"], d["arch"], d["init"], d["phase"],
-                   tuple(d["input_shape"]), int(d["num_classes"]), d.get("config", {}))
+                   tuple(d["input_shape"]), int(d["num_classes"]), d.get("config", {}), d.get("trajectories"))
 
     @classmethod
     def concat(cls, parts: list["Zoo"]) -> "Zoo":
         first = parts[0]
         params = {k: torch.cat([p.params[k] for p in parts]) for k in first.params}
+        if any((p.trajectories is None) != (first.trajectories is None) for p in parts):
+            raise ArtifactError("cannot join a zoo of expert trajectories with an ordinary zoo")
+        trajectories = None if first.trajectories is None else {
+            k: torch.cat([p.trajectories[k] for p in parts]) for k in first.trajectories}
         return cls(params, torch.cat([p.accuracies for p in parts]), first.dataset, first.arch,
-                   first.init, first.phase, first.input_shape, first.num_classes, first.config)
+                   first.init, first.phase, first.input_shape, first.num_classes, first.config, trajectories)
 
 
 def train_networks(model: nn.Module, stacked: Params, train: Split, outer: OuterConfig,
@@ -101,3 +121,26 @@ def train_networks(model: nn.Module, stacked: Params, train: Split, outer: Outer
             optimizer.step()
             scheduler.step()
     return {k: v.detach() for k, v in leaves.items()}
+
+
+def train_trajectories(model: nn.Module, stacked: Params, train: Split, epochs: int, batch_size: int,
+                       generator: torch.Generator, lr: float = EXPERT_LR, momentum: float = 0.0
+                       ) -> tuple[Params, Params]:
+    """Train the stacked networks as MTT's experts: plain SGD at a constant ``lr`` (no momentum by
+    default, no weight decay) for ``epochs`` passes over ``train`` in batches of ``batch_size``.
+
+    Returns (trained weights (n, ...), trajectories (n, epochs + 1, ...)): entry 0 of a trajectory
+    is the network's initial weights, entry e its weights after epoch e, so the last is the
+    trained weights. Batches are drawn as ``train_networks`` draws them; all networks see the same.
+    """
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in stacked.items()}
+    optimizer = torch.optim.SGD(leaves.values(), lr=lr, momentum=momentum)
+    snapshots = [{k: v.detach().cpu().clone() for k, v in leaves.items()}]
+    for _ in range(epochs):
+        for x, y in shuffled_batches(train, batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            mean_loss_per_net_summed(model, leaves, x, y).backward()
+            optimizer.step()
+        snapshots.append({k: v.detach().cpu().clone() for k, v in leaves.items()})
+    trajectories = {k: torch.stack([s[k] for s in snapshots], dim=1) for k in leaves}
+    return {k: v.detach() for k, v in leaves.items()}, trajectories

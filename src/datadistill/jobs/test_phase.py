@@ -43,7 +43,9 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
     config = normalise_config(config)
     test, nets_cfg, m = config.test, config.nets, config.model
     knn = test.lrs == "nearest_neighbor"
-    loaded = _read_distilled(config) if test.needs_distilled else None
+    from_scratch = config.evaluation.protocol == "from_scratch"
+    needs_file = test.needs_distilled and not (from_scratch and test.images != "loaded" and test.distilled is None)
+    loaded = _read_distilled(config) if needs_file else None
     selecting = test.optimize_n_runs is not None and not knn
     same_as_train = not knn and nets_cfg.test_nets_type == "same_as_train"
     fixed = None
