@@ -146,6 +146,7 @@ class TestPhaseInputs:
     seed: int
     batch_size: int
     scratch: EvalConfig | None = None  # protocol "from_scratch": SGD on the pooled images instead of steps
+    progress: Callable[[str], None] = lambda what: None  # told before each long part
 
 
 def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
@@ -179,17 +180,20 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
             raise ConfigError("--test_optimize_n_runs selects on the validation split; give --val_size > 0")
         batches = selection_batches(data.val, inputs.batch_size, test.niter, generator)
         nets = inputs.optimize_nets if inputs.optimize_nets is not None else [None] * test.niter
+        inputs.progress(f"choosing {test.n_runs} of {test.optimize_n_runs} candidates on the validation split")
         selection = test_optimize(model, candidate, test.optimize_n_runs, test.n_runs, test, nets, batches,
                                   inputs.scratch)
         kept = selection.kept
     per_run = []
     for run, index in enumerate(kept):
+        inputs.progress(f"scoring {test.images} run {run + 1} of {len(kept)}")
         nets = None if test.lrs == "nearest_neighbor" else inputs.test_nets(run)
         split = data.test if test.score_on == "test" else data.val
         per_run.append(score(model, candidate(index), test, nets, split, inputs.scratch))
     accs = torch.stack(per_run)  # (runs, nets)
     result = EvalResult(tuple(accs.flatten().tolist()))
-    row = {"images": test.images, "lrs": test.lrs_label, "mean": result.mean, "std": result.std,
+    row = {"images": test.images, "lrs": "from scratch" if from_scratch else test.lrs_label,
+           "mean": result.mean, "std": result.std,
            "n": result.n, "runs": accs.shape[0], "nets": accs.shape[1], "accuracies": list(result.accuracies),
            "run_seeds": [candidate_seed(run_seed, i) for i in kept]}
     if selection is not None:

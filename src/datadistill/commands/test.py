@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import sys
 
 from ..config import TEST_IMAGES, build_config, default_preset
 from ..errors import ConfigError
@@ -64,7 +65,9 @@ def run(args, argv: list[str], session) -> int:
     given = given_fields(args)
     config = build_config(given, default_preset(mode, given.get("nets.train_nets_type", "unknown_init")))
     config = dataclasses.replace(config, test=test_phase_config(args))
-    results = test_phase(config, command=shlex.join(["datadistill", *argv]))
+    quiet = getattr(args, "no_progress", False)
+    results = test_phase(config, command=shlex.join(["datadistill", *argv]),
+                         progress=(lambda what: None) if quiet else (lambda what: print(what + " ...", file=sys.stderr)))
     print(format_table(results["rows"]))
     print(f"test phase: {results['wall_seconds']:.0f} s wall; {results['command']}; results in "
           f"{config.results_dir}/results.md")

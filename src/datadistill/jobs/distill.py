@@ -98,12 +98,14 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
             world.agree(lambda: load_state_dict(run, state, world.size))
         writers = [Checkpointer(ckpt_path, config, world.size, lambda: runtime.backend)] if world.is_main else []
         synthetic = run.run([*writers, *callbacks])
+        progress = lambda what: [cb.on_report(run, what) for cb in callbacks]  # noqa: E731
+        if not config.skip_test:
+            progress(f"scoring on the test split with {config.nets.test_n_nets} networks")
         # the test split, read once: the final figure
         final = None if config.skip_test else scored(synthetic, dataset.test)
         if not world.is_main:
             world.barrier()  # rank 0 writes the results; wait, so a failure there fails every process
             return RunResult(synthetic, final, {}, results)
-        progress = lambda what: [cb.on_report(run, what) for cb in callbacks]  # noqa: E731
         train_all = zoo_train if zoo_train is not None else getattr(source, "params", None)
         report = {} if config.skip_test else method.report(synthetic, setup, dataset.test, train_all, score(True),
                                                            progress)

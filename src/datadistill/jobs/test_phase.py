@@ -32,7 +32,8 @@ def _read_distilled(config: RunConfig) -> SyntheticSet:
     return artifacts.load_distilled(path)
 
 
-def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset | None = None) -> dict:
+def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset | None = None,
+               progress=lambda what: None) -> dict:
     """Score the distilled set of a run, or baselines of its shape (``config.test``), and write
     results.json and results.md under ``config.results_dir``; returns what results.json holds.
 
@@ -106,7 +107,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
                              for i in range(test.niter)]
     row = run_test_phase(test, TestPhaseInputs(model, dataset, steps, per_class, epochs, loaded, test_nets,
                                                optimize_nets, config.seed, config.outer.batch_size,
-                                               config.evaluation))
+                                               config.evaluation, progress))
     results = {
         "command": command,
         "dataset": dataset.name,
