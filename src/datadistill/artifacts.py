@@ -186,7 +186,7 @@ def plot_accuracy(path, evaluations: list[dict]) -> Path:
         stds = [100 * e["std"] for e in evaluations]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3)
         ax.set_xlabel("outer iteration")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("validation accuracy (%)")
         ax.set_title("Accuracy of networks trained on the distilled set")
         ax.grid(alpha=0.3)
 

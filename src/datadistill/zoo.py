@@ -1,5 +1,5 @@
 """A model zoo: many networks of one architecture trained on one dataset from independent
-initialisations, kept together as stacked weights (``--mode train``).
+initialisations, kept together as stacked weights (``datadistill train-zoo``).
 
 Distillation against *loaded* networks (adaptation, attack, or basic with ``--train_nets_type
 loaded``) draws from a zoo of phase ``train``; scoring uses a zoo of phase ``test``. The two phases
@@ -72,7 +72,7 @@ class Zoo:
                                 f"this run needs {arch} on {dataset}")
         if len(self) < n_nets:
             raise ArtifactError(f"{what} zoo has {len(self)} networks, {n_nets} asked for; train more "
-                                f"with --mode train --n_nets {n_nets} --phase {self.phase}")
+                                f"with datadistill train-zoo --n_nets {n_nets} --phase {self.phase}")
 
     def to_dict(self) -> dict:
         d = {"format": FORMAT, "params": {k: v.detach().cpu() for k, v in self.params.items()},

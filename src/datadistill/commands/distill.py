@@ -100,7 +100,7 @@ def check_applies(args) -> None:
         refuse(args, "sample_n_nets", f"draws from loaded networks; --train_nets_type is {nets}")
     if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
         refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
-    if "loaded" not in (nets, getattr(args, "test_nets_type", D.nets.test_nets_type)):
+    if "loaded" not in (nets, getattr(args, "test_nets_type", D.nets.test_nets_type)) and method != "mtt":
         refuse(args, "zoo_dir", "is read only with loaded networks (--train_nets_type or --test_nets_type loaded)")
 
 
