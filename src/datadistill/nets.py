@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .models import Params, init_params, stack_params
+from .models import Params
+from .weights import init_params, stack_params
 from .world import World
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation networks: seeds no training draw uses
