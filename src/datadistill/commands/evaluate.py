@@ -42,6 +42,6 @@ def run(args, argv: list[str], session) -> int:
     from ..jobs.evaluate import EvaluateConfig, evaluate_command
 
     cfg = EvaluateConfig(**vars(args))
-    result, what = evaluate_command(cfg, shlex.join(["datadistill", "evaluate", *argv]))
+    result, what = evaluate_command(cfg, shlex.join(["datadistill", *argv]))
     print(f"test accuracy ({cfg.protocol}, {what['arch']} on {what['dataset']}, {what['nets']} nets): {result}")
     return 0

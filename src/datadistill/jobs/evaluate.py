@@ -76,10 +76,13 @@ def evaluate_file(cfg: EvaluateConfig) -> tuple[EvalResult, dict]:
         raise ConfigError(f"the file's fixed networks are {meta.get('arch')} with {meta.get('init')} init; "
                           f"--arch/--init ask for {arch_cls.__name__} with {init}; use --nets fresh")
     size = synthetic.images.shape[-1]
+    name = canonical_name(cfg.dataset or meta["dataset"])
+    # the run's own validation hold-out, so the test split is normalised as the set was distilled
+    val_size = meta.get("config", {}).get("data", {}).get("val_size") if name == meta.get("dataset") else None
     # only the bundled digits and JPEG folders are resized; load them at the set's size when the arch takes it
-    dataset = load_dataset(canonical_name(cfg.dataset or meta["dataset"]), cfg.dataset_root, cfg.download,
+    dataset = load_dataset(name, cfg.dataset_root, cfg.download,
                            image_size=size if size in arch_cls.supported_sizes else arch_cls.default_size,
-                           device=device, val_size=0)
+                           device=device, val_size=val_size)
     check_fits(synthetic, dataset)
     model = build_model(arch_cls.__name__, dataset.in_channels, dataset.image_size, dataset.num_classes,
                         pretrained_weights=cfg.pretrained_weights)

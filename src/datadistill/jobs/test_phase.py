@@ -102,8 +102,8 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         else:
             if test.n_runs * n_test > SELECTION_SEED_SHIFT:
                 raise ConfigError(f"at most {SELECTION_SEED_SHIFT} test networks per test phase")
-            seeds = selection_seeds(config.seed, k * test.niter)
-            optimize_nets = [fresh_nets(model, m.init, m.init_param, seeds[i * k:(i + 1) * k], device)
+            chooser_seeds = selection_seeds(config.seed, k * test.niter)
+            optimize_nets = [fresh_nets(model, m.init, m.init_param, chooser_seeds[i * k:(i + 1) * k], device)
                              for i in range(test.niter)]
     row = run_test_phase(test, TestPhaseInputs(model, dataset, steps, per_class, epochs, loaded, test_nets,
                                                optimize_nets, config.seed, config.outer.batch_size,
