@@ -6,8 +6,9 @@ permutations) from the run's generator and keeps its own block of them, so the r
 stays in step across a group of processes and the shares stay disjoint.
 
 Seeds are disjoint by construction: training draws come from the run's generator (below 2**31),
-evaluation networks from ``eval_seeds`` (multiples of ``EVAL_SEED_OFFSET``, above it), zoo
-networks from ``zoo_seeds`` (a base per phase), so no evaluation network ever trained the images.
+evaluation and selection networks from ``eval_seeds`` / ``selection_seeds`` (from 2**32), zoo
+networks from ``zoo_seeds`` (from 2**40, a base per phase), so no evaluation network ever trained
+the images and no zoo network ever scores them.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from .models import Params
 from .weights import init_params, stack_params
 from .world import World
 
-EVAL_SEED_OFFSET = 1_000_003  # evaluation networks: seeds no training draw uses
+EVAL_SEED_BASE = 2**32  # past every training draw (below 2**31)
+EVAL_SEED_OFFSET = 1_000_003  # between the evaluation networks of consecutive run seeds
 SELECTION_SEED_SHIFT = 500_000  # networks that choose among candidates: past any evaluation network
-# far apart, so no train-phase seed is a test-phase seed for any zoo size that fits on disk
-_ZOO_SEED_BASE = {"train": 10_000_000, "test": 900_000_000}
+# past every evaluation seed, and far apart, so no train-phase seed is a test-phase seed for any
+# zoo size that fits on disk
+_ZOO_SEED_BASE = {"train": 2**40, "test": 2**40 + 2**32}
 
 
 def fresh_nets(model: nn.Module, init: str, init_param: float, seeds: list[int], device) -> Params:
@@ -31,7 +34,7 @@ def fresh_nets(model: nn.Module, init: str, init_param: float, seeds: list[int],
 
 def eval_seeds(run_seed: int, n: int) -> list[int]:
     """Seeds of the ``n`` networks that score a run seeded ``run_seed``."""
-    return [EVAL_SEED_OFFSET * (run_seed + 1) + i for i in range(n)]
+    return [EVAL_SEED_BASE + EVAL_SEED_OFFSET * (run_seed + 1) + i for i in range(n)]
 
 
 def selection_seeds(run_seed: int, n: int) -> list[int]:
@@ -124,8 +127,11 @@ class ZooNets(NetSource):
         if self.order.numel() < k:
             # queue a new permutation behind the rest of the current one, minus those still queued,
             # so that one draw never holds a network twice
+            # the ones still queued go to the end of the new cycle rather than leave it, so that
+            # every cycle is a whole permutation
             fresh = torch.randperm(n, generator=generator)
-            self.order = torch.cat([self.order, fresh[~torch.isin(fresh, self.order)]])
+            queued = torch.isin(fresh, self.order)
+            self.order = torch.cat([self.order, fresh[~queued], fresh[queued]])
         index, self.order = self.order[:k], self.order[k:]
         return {name: v[index.to(self.device)] for name, v in self.mine.items()}
 

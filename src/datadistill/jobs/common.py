@@ -33,13 +33,14 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def normalise_config(config: RunConfig) -> RunConfig:
-    """Check names against the registries and spell them canonically (``cifar10`` -> ``Cifar10``)."""
+def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfig:
+    """Check names against the registries and spell them canonically (``cifar10`` -> ``Cifar10``);
+    with ``dataset_given`` (an in-memory dataset handed to the job) its name is taken as it is."""
     from ..methods import method_class
 
     method_class(config.method)
     arch = arch_class(config.model.arch).__name__
-    dataset = canonical_name(config.data.dataset)
+    dataset = config.data.dataset if dataset_given else canonical_name(config.data.dataset)
     source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
     resolve_device(config.device)
     if config.model.init == "imagenet_pretrained":

@@ -57,7 +57,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     Inputs are checked on every process before any work, and a failure on one fails all.
     """
     start = time.perf_counter()
-    config = normalise_config(config)
+    config = normalise_config(config, dataset_given=dataset is not None)
     world.agree(lambda: check_divides(config, world))
     results = Path(config.results_dir)
     ckpt_path = results / artifacts.CHECKPOINT
