@@ -18,8 +18,14 @@ COMMAND = ["--mode", "distill_basic", "--dataset", "MNIST", "--arch", "LeNet", "
 
 def main():
     root = require_mnist()
-    with tempfile.TemporaryDirectory() as d:
-        cmd = datadistill(*COMMAND, "--dataset_root", root, "--results_dir", d, "--no_progress", *sys.argv[1:])
+    extra = sys.argv[1:]
+    keep = None
+    if "--keep" in extra:  # --keep DIR: write the results there instead of a temporary folder
+        i = extra.index("--keep")
+        keep, extra = extra[i + 1], extra[:i] + extra[i + 2:]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = keep or tmp
+        cmd = datadistill(*COMMAND, "--dataset_root", root, "--results_dir", d, "--no_progress", *extra)
         print("command: datadistill " + " ".join(cmd[3:]), flush=True)
         seconds, _ = timed(cmd)
         metrics = json.loads((Path(d) / "metrics.json").read_text())

@@ -34,6 +34,7 @@ libc.free(block)
 @pytest.mark.skipif(not GLIBC, reason="mallopt and mallinfo2 are glibc's")
 @pytest.mark.skipif(GLIBC and tuple(map(int, platform.libc_ver()[1].split(".")[:2])) < (2, 33),
                     reason="mallinfo2 needs glibc 2.33")
+@pytest.mark.slow  # a fresh interpreter per measurement
 def test_a_large_block_comes_from_the_heap_instead_of_fresh_pages():
     def mapped(mode):
         out = subprocess.run([sys.executable, "-c", MAPPED_FOR_ONE_BLOCK, mode, allocator.__file__],

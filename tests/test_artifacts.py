@@ -40,6 +40,29 @@ def test_bad_files_are_refused(tmp_path):
         artifacts.load_checkpoint(tmp_path / "other.pt")
 
 
+def test_checkpoint_round_trips_with_its_format(tmp_path):
+    state = {"epoch": 2, "learned": [torch.arange(3.0)], "history": {"losses": [{"epoch": 1, "loss": 0.5}]}}
+    path = artifacts.save_checkpoint(tmp_path / "ckpt.pt", state)
+    back = artifacts.load_checkpoint(path)
+    assert back["format"] == artifacts.CHECKPOINT_FORMAT == "datadistill.checkpoint/2"
+    assert back["epoch"] == 2 and torch.equal(back["learned"][0], torch.arange(3.0))
+    assert back["history"] == state["history"]
+
+
+def test_checkpoints_of_the_first_format_are_refused_in_one_line(tmp_path):
+    """Format 1 (datadistill 0.1) is no longer migrated: resuming one must say so, not crash later."""
+    torch.save({"format": "datadistill.checkpoint/1", "epoch": 3, "synthetic": {}, "optimizer": {}},
+               tmp_path / "old.pt")
+    with pytest.raises(ArtifactError) as e:
+        artifacts.load_checkpoint(tmp_path / "old.pt")
+    message = str(e.value)
+    assert "\n" not in message and str(tmp_path / "old.pt") in message
+    assert "does not continue" in message and "without --resume" in message
+    torch.save({"format": "datadistill.checkpoint/3"}, tmp_path / "newer.pt")
+    with pytest.raises(ArtifactError, match="not a datadistill checkpoint"):
+        artifacts.load_checkpoint(tmp_path / "newer.pt")
+
+
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "m.json"
     artifacts.write_json(target, {"a": 1})

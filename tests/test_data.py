@@ -7,11 +7,44 @@ from datadistill.errors import ConfigError, DatasetError
 
 def test_digits_is_bundled_and_normalised():
     ds = data.load_dataset("digits", image_size=28)
-    assert (len(ds.train), len(ds.test)) == (1257, 540)
-    assert ds.train.x.shape[1:] == (1, 28, 28) and ds.num_classes == 10
+    # 1257 training files, of which a tenth (125) are held out for validation
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (1132, 125, 540)
+    assert ds.train.x.shape[1:] == ds.val.x.shape[1:] == (1, 28, 28) and ds.num_classes == 10
     assert ds.train.x.mean().abs() < 1e-4 and (ds.train.x.std() - 1).abs() < 1e-3
     assert torch.bincount(ds.test.y).min() >= 50  # stratified: every class in the test split
     assert data.load_dataset("digits", image_size=8).train.x.shape[-1] == 8
+
+
+def _levels(x: torch.Tensor, ds: data.Dataset) -> list[tuple[int, ...]]:
+    """digits at 8x8 are k/16 for integer k: the integer rows behind normalised images."""
+    return [tuple(r) for r in torch.round((x * ds.std[0] + ds.mean[0]) * 16).long().flatten(1).tolist()]
+
+
+def test_digits_validation_split_is_held_out_of_the_training_files():
+    ds = data.load_dataset("digits", image_size=8)
+    whole = data.load_dataset("digits", image_size=8, val_size=0)  # every training file
+    assert whole.val is None and len(whole.train) == 1257
+    assert len(ds.val) == data.default_val_size(1257) == min(5000, 1257 // 10) == 125
+    assert len(ds.train) + len(ds.val) == len(whole.train)
+    train, val, files = _levels(ds.train.x, ds), _levels(ds.val.x, ds), _levels(whole.train.x, whole)
+    assert len(set(files)) == len(files)  # no two digits files are the same image, so rows identify them
+    assert not set(train) & set(val)  # disjoint
+    # together exactly the training files, each with its label; the test split untouched
+    labelled = lambda rows, y: sorted(zip(rows, y.tolist()))  # noqa: E731
+    assert sorted(labelled(train, ds.train.y) + labelled(val, ds.val.y)) == labelled(files, whole.train.y)
+    assert torch.equal(ds.test.y, whole.test.y) and _levels(ds.test.x, ds) == _levels(whole.test.x, whole)
+    assert len(torch.unique(ds.val.y)) == 10  # a random draw: every class in it
+    # normalised by the training split alone
+    assert ds.train.x.mean().abs() < 1e-4 and (ds.train.x.std() - 1).abs() < 1e-3
+    assert ds.mean != whole.mean
+    # the same images on every load
+    again = data.load_dataset("digits", image_size=8)
+    assert torch.equal(again.val.x, ds.val.x) and torch.equal(again.val.y, ds.val.y)
+    assert torch.equal(again.train.x, ds.train.x)
+    # and of the size asked for
+    assert len(data.load_dataset("digits", image_size=8, val_size=300).val) == 300
+    with pytest.raises(ConfigError, match="--val_size 1257 leaves no training images"):
+        data.load_dataset("digits", image_size=8, val_size=1257)
 
 
 def test_names_are_case_insensitive_and_checked():
@@ -67,5 +100,6 @@ def test_class_balanced_sample(blobs):
 @pytest.mark.mnist
 def test_real_mnist(mnist_root):
     ds = data.load_dataset("mnist", mnist_root)
-    assert (len(ds.train), len(ds.test), ds.num_classes) == (60000, 10000, 10)
+    # 60000 training files: 5000 (the most held out by default) for validation
+    assert (len(ds.train), len(ds.val), len(ds.test), ds.num_classes) == (55000, 5000, 10000, 10)
     assert ds.mean[0] == pytest.approx(0.1307, abs=1e-3) and ds.std[0] == pytest.approx(0.3081, abs=1e-3)

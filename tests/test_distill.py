@@ -45,13 +45,15 @@ def _run(dataset, runtime, seed=1, epochs=2, nets="known_init", n_nets=2, lr=0.0
     learned = method.initial(setup)
     if nets == "known_init":
         source = FixedNets(model, "xavier", 1.0, n_nets, "cpu", generator)
-        scorers = source.params
+        scorers = lambda: source.params  # noqa: E731  (as they are now: a resume replaces them)
+        step_size_lr = lr  # as the fixed preset: step sizes as fast as the images
     else:
         source = FreshNets(model, "xavier", 1.0, n_nets, "cpu")
-        scorers = fresh_nets(model, "xavier", 1.0, eval_seeds(seed, 2), "cpu")
-    outer = outer or OuterConfig(epochs=epochs, decay_epochs=1, lr=lr, batch_size=32)
+        scorers = lambda: fresh_nets(model, "xavier", 1.0, eval_seeds(seed, 2), "cpu")  # noqa: E731
+        step_size_lr = min(lr, 0.01)  # fresh networks need slower step sizes
+    outer = outer or OuterConfig(epochs=epochs, lr=lr, step_size_lr=step_size_lr, batch_size=32)
     return Distillation(method, learned, source, outer, dataset.train, generator, eval_every=1,
-                        validate=lambda s: evaluate_synthetic(model, s, scorers, dataset.test))
+                        validate=lambda s: evaluate_synthetic(model, s, scorers(), dataset.test))
 
 
 def _record_samples(run: Distillation) -> list:
@@ -124,7 +126,8 @@ def test_resume_from_checkpoint_continues_exactly(blobs, runtime, tmp_path, nets
     straight = straight_run.run()
     with pytest.raises(KeyboardInterrupt):
         _run(blobs, runtime, epochs=3, nets=nets).run([StopAfter(tmp_path / "ckpt.pt")])
-    # another seed: everything that matters comes from the checkpoint
+    # built from another seed: the learned tensors, the networks and the stream must all come
+    # from the checkpoint (only the scoring networks of unknown_init follow the run seed)
     resumed = _resumed(_run(blobs, runtime, epochs=3, nets=nets, seed=9), tmp_path / "ckpt.pt")
     assert (resumed.epoch, resumed.iteration) == (1, 3)
     out = resumed.run()
@@ -132,10 +135,11 @@ def test_resume_from_checkpoint_continues_exactly(blobs, runtime, tmp_path, nets
     torch.testing.assert_close(out.images, straight.images, rtol=0, atol=0)
     torch.testing.assert_close(out.lrs, straight.lrs, rtol=0, atol=0)
     assert resumed.history.losses == straight_run.history.losses
-    strip = lambda evals: [{k: v for k, v in e.items()} for e in evals]  # noqa: E731
-    assert strip(resumed.history.evaluations) == strip(straight_run.history.evaluations)
+    assert resumed.history.evaluations[0] == straight_run.history.evaluations[0]  # from the checkpoint
+    assert len(resumed.history.evaluations) == len(straight_run.history.evaluations) == 4
     if nets == "known_init":
         assert resumed.nets.seeds == straight_run.nets.seeds
+        assert resumed.history.evaluations == straight_run.history.evaluations
 
 
 def test_a_checkpoint_of_another_group_size_is_refused(blobs, runtime, tmp_path):

@@ -1,15 +1,19 @@
+import importlib
 import json
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from datadistill import artifacts
 from datadistill.baselines import fixed_lrs, random_train
-from datadistill.cli import main
+from datadistill.commands import main
 from datadistill.data import load_dataset
-from datadistill.evaluate import evaluate_from_scratch, fresh_nets, train_from_scratch
-from datadistill.models import build_model, unstack_params
+from datadistill.evaluate import EvalResult, evaluate_from_scratch, train_from_scratch
+from datadistill.nets import eval_seeds, fresh_nets
+from datadistill.models import build_model
+from datadistill.weights import unstack_params
 from datadistill.synthetic import SyntheticSet
 
 
@@ -26,9 +30,9 @@ def test_from_scratch_equals_torch_optim_sgd(blobs, batch_size, learned_labels):
     nets = {k: v.double() for k, v in nets.items()}
     synthetic = _blobs_set(blobs)  # 12 images: batches of 5, 5, 2
     synthetic.images = synthetic.images.double()
-    if learned_labels:  # free target vectors, as --learn_labels writes them
+    if learned_labels:  # probability vectors, as --learn_labels writes them
         synthetic.labels = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(3),
-                                       dtype=torch.float64)
+                                       dtype=torch.float64).softmax(-1)
     got = train_from_scratch(model, nets, synthetic, epochs=3, lr=0.05, batch_size=batch_size,
                              generator=torch.Generator().manual_seed(7))
     x, y = synthetic.images.flatten(0, 1), synthetic.labels.flatten(0, 1)
@@ -36,7 +40,10 @@ def test_from_scratch_equals_torch_optim_sgd(blobs, batch_size, learned_labels):
         model.load_state_dict(init)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(7)
-        for _ in range(3):
+        for epoch in range(3):
+            if epoch == 1:  # the rate is halved at half of the epochs (3 // 2)
+                for group in opt.param_groups:
+                    group["lr"] = 0.025
             order = torch.arange(12) if batch_size is None else torch.randperm(12, generator=g)
             for idx in order.split(batch_size or 12):
                 opt.zero_grad()
@@ -74,7 +81,6 @@ def saved(tmp_path, digits_set):
 def _plain_torch_accuracies(path, protocol, seed, n_nets):
     """Test accuracy on digits of MLPs trained on the file at ``path`` with nn.Module and plain
     autograd, one network at a time (the protocols of ``evaluate``, the settings of the test below)."""
-    from datadistill.evaluate import eval_seeds
     d = torch.load(path, weights_only=True)
     x, y, lrs = d["images"], d["labels"], d["lrs"]
     test = load_dataset("digits", image_size=28).test
@@ -89,11 +95,15 @@ def _plain_torch_accuracies(path, protocol, seed, n_nets):
                 with torch.no_grad():
                     for p in model.parameters():
                         p -= lr * p.grad
-        else:  # 5 epochs of SGD over the pooled images, batches of 10, the order seeded by --seed
+        else:  # 5 epochs of SGD over the pooled images, batches of 10, the order seeded by --seed,
+            # the rate halved from epoch 5 // 2 on
             flat_x, flat_y = x.flatten(0, 1), y.flatten(0, 1)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
             g = torch.Generator().manual_seed(seed)
-            for _ in range(5):
+            for epoch in range(5):
+                if epoch == 2:
+                    for group in opt.param_groups:
+                        group["lr"] = 0.005
                 for idx in torch.randperm(len(flat_y), generator=g).split(10):
                     opt.zero_grad()
                     F.cross_entropy(model(flat_x[idx]), flat_y[idx]).backward()
@@ -113,10 +123,11 @@ def test_evaluate_round_trips_a_saved_set(tmp_path, capsys, saved, protocol, ext
             "--protocol", protocol, "--seed", "4", "--results_dir", str(out), *extra]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"({protocol}, MLP on digits)" in printed and "over 3 nets" in printed
+    assert f"({protocol}, MLP on digits, fresh nets)" in printed and "over 3 nets" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["command"].startswith(f"datadistill evaluate {saved} --dataset digits")
-    assert results["protocol"] == protocol and results["arch"] == "MLP"
+    assert (results["arch"], results["init"], results["nets"]) == ("MLP", "xavier", "fresh")
+    assert results["settings"]["protocol"] == protocol and results["settings"]["seed"] == 4
     r = results["result"]
     assert r["n"] == 3 and len(r["accuracies"]) == 3 and all(0 <= a <= 1 for a in r["accuracies"])
     # re-evaluate the saved file in plain torch: the fresh networks of --seed 4, trained one by one
@@ -131,7 +142,7 @@ def test_evaluate_round_trips_a_saved_set(tmp_path, capsys, saved, protocol, ext
 def test_evaluate_defaults_to_the_files_dataset_and_arch_and_is_deterministic(capsys, saved):
     assert main(["evaluate", saved, "--test_n_nets", "2"]) == 0
     first = capsys.readouterr().out
-    assert "(unrolled, LeNet on digits)" in first
+    assert "(unrolled, LeNet on digits, fresh nets)" in first
     assert main(["evaluate", saved, "--test_n_nets", "2"]) == 0
     assert capsys.readouterr().out == first
 
@@ -152,7 +163,9 @@ def _run(argv):
     ("protocol", "unknown --protocol 'bogus'; accepted: unrolled, from_scratch"),
     ("shape", "distilled images are (3, 16, 16) (C, H, W), digits images are (1, 28, 28)"),
     ("arch", "unknown arch 'ResNet'"),
-    ("flag", "unrecognized arguments: --bogus"),
+    ("flag", "--bogus does not apply to `datadistill evaluate`"),
+    ("fixed", "holds no fixed networks (init_params); use --nets fresh"),
+    ("nets", "unknown --nets 'bogus'; accepted: fixed, fresh"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, saved, case, message):
     path = saved
@@ -172,7 +185,7 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, saved, case, message):
     else:
         flags += {"n_nets": ["--test_n_nets", "0"], "epochs": ["--scratch_epochs", "0"],
                   "protocol": ["--protocol", "bogus"], "arch": ["--arch", "ResNet"],
-                  "flag": ["--bogus"]}[case]
+                  "flag": ["--bogus"], "fixed": ["--nets", "fixed"], "nets": ["--nets", "bogus"]}[case]
     out = tmp_path / "eval"
     assert _run(["evaluate", path, *flags, "--results_dir", str(out)]) == 2
     err = capsys.readouterr().err
@@ -184,3 +197,117 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, saved, case, message):
 def test_the_distill_command_is_unchanged_by_the_subcommand(capsys):
     assert _run(["--mode", "bogus"]) == 2
     assert "unknown mode 'bogus'" in capsys.readouterr().err
+
+
+# -- a known_init run: its fixed networks travel in distilled.pt (init_params) -----------------------
+
+KNOWN_INIT = ["distill", "--dataset", "digits", "--train_nets_type", "known_init", "--n_nets", "2",
+              "--test_nets_type", "same_as_train", "--distill_steps", "2", "--epochs", "1", "--learn_labels",
+              "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def known_init_run(tmp_path_factory):
+    """A tiny known_init run on digits, scored at the end on its own two fixed networks:
+    (distilled.pt, metrics.json as a dict)."""
+    folder = tmp_path_factory.mktemp("known_init")
+    assert main([*KNOWN_INIT, "--results_dir", str(folder)]) == 0
+    return folder / "distilled.pt", json.loads((folder / "metrics.json").read_text())
+
+
+def test_evaluate_reproduces_a_known_init_run_on_its_fixed_networks(tmp_path, capsys, known_init_run):
+    path, metrics = known_init_run
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(path), "--results_dir", str(out)]) == 0  # arch, init, nets: the file's
+    printed = capsys.readouterr().out
+    assert "(unrolled, LeNet on digits, fixed nets)" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert (results["arch"], results["init"], results["nets"]) == ("LeNet", "xavier", "fixed")
+    # the same two networks trained on the same set, scored on the same test split: the same figures
+    assert results["result"]["n"] == 2 and metrics["final_accuracy"]["n"] == 2
+    assert results["result"]["accuracies"] == metrics["final_accuracy"]["accuracies"]
+    assert results["result"]["mean"] == metrics["final_accuracy"]["mean"]
+    # --nets fresh: other networks, as many as asked for
+    assert main(["evaluate", str(path), "--nets", "fresh", "--test_n_nets", "3"]) == 0
+    assert "(unrolled, LeNet on digits, fresh nets)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--nets", "fixed", "--arch", "MLP"], ["--nets", "fixed", "--init", "kaiming"]])
+def test_fixed_networks_of_another_arch_or_init_are_refused(tmp_path, capsys, known_init_run, flags):
+    path, _ = known_init_run
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert _run(["evaluate", str(path), *flags, "--results_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datadistill: error: the file's fixed networks are LeNet with xavier init")
+    assert err.count("\n") == 1 and "use --nets fresh" in err, err
+    assert not out.exists()
+
+
+class PlainLeNet(nn.Module):
+    """LeNet as datadistill's models.py defines it for 28-pixel images, written out here in plain
+    PyTorch (in the textbook order, ReLU then pooling) so that the replay below shares no code with it."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def test_a_plain_pytorch_replay_of_a_known_init_file_gives_the_runs_accuracy(known_init_run):
+    path, metrics = known_init_run
+    d = torch.load(path, weights_only=True)  # plain tensors and values: no datadistill class inside
+    images, labels, lrs, fixed = d["images"], d["labels"], d["lrs"], d["init_params"]
+    steps = images.shape[0]
+    assert labels.is_floating_point() and labels.shape == (*images.shape[:2], 10)  # learned: probabilities
+    torch.testing.assert_close(labels.sum(-1), torch.ones(images.shape[:2]))
+    assert lrs.shape == (steps * d["epochs"],)
+    # the test split normalised as the run normalised it (with its training split's statistics)
+    data = load_dataset("digits", image_size=28, val_size=metrics["config"]["data"]["val_size"])
+    assert list(data.mean) == d["mean"] and list(data.std) == d["std"]
+    accuracies = []
+    for i in range(next(iter(fixed.values())).shape[0]):
+        net = PlainLeNet()
+        assert set(net.state_dict()) == set(fixed)
+        net.load_state_dict({k: v[i] for k, v in fixed.items()})
+        opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        for t in range(lrs.shape[0]):  # step t: batch t % S, step size t
+            for group in opt.param_groups:
+                group["lr"] = float(lrs[t])
+            opt.zero_grad()
+            F.cross_entropy(net(images[t % steps]), labels[t % steps]).backward()
+            opt.step()
+        with torch.no_grad():
+            accuracies.append(float((net(data.test.x).argmax(-1) == data.test.y).double().mean()))
+    assert len(accuracies) == metrics["final_accuracy"]["n"] == 2
+    assert sum(accuracies) / len(accuracies) == pytest.approx(metrics["final_accuracy"]["mean"], abs=1e-4)
+
+
+def test_evaluate_scores_on_the_test_split_the_run_scored_on(monkeypatch, known_init_run):
+    # the set's images live in the run's normalised space (the statistics of its training split,
+    # the validation images held out); evaluate must put the test images into that same space
+    evaluate_job = importlib.import_module("datadistill.jobs.evaluate")  # jobs.evaluate is also a function
+    path, metrics = known_init_run
+    scored = []
+
+    def recording(model, synthetic, nets, split):
+        scored.append(split)
+        return EvalResult((0.0,))
+    monkeypatch.setattr(evaluate_job, "evaluate_synthetic", recording)
+    evaluate_job.evaluate_file(evaluate_job.EvaluateConfig(str(path)))
+    run_data = load_dataset("digits", image_size=28, val_size=metrics["config"]["data"]["val_size"])
+    (split,) = scored
+    assert torch.equal(split.y, run_data.test.y)
+    gap = float((split.x - run_data.test.x).abs().max())
+    assert gap == 0, f"the test images are normalised unlike the run's (up to {gap:.2g} apart)"

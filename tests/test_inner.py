@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from datadistill import inner, models
+from datadistill import inner, models, weights
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def f64():
 def _problem(steps=2, per_step=3, epochs=2, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     model = models.build_model("MLP", 1, 8, 3)
-    params = {k: v.to(dtype) for k, v in models.init_params(model, "xavier", 1.0, seed=3).items()}
+    params = {k: v.to(dtype) for k, v in weights.init_params(model, "xavier", 1.0, seed=3).items()}
     images = torch.randn(steps, per_step, 1, 8, 8, generator=g, dtype=dtype)
     labels = torch.arange(per_step).repeat(steps, 1) % 3
     lrs = torch.rand(steps * epochs, generator=g, dtype=dtype) * 0.2 + 0.05
@@ -102,8 +102,8 @@ def test_hypergradient_wrt_learned_labels_matches_finite_differences(f64):
 
 def test_vmapped_networks_equal_a_loop():
     model, _, images, labels, lrs, real_x, real_y = _problem()
-    nets = [models.init_params(model, "xavier", 1.0, seed=s) for s in range(3)]
-    stacked = models.stack_params(nets)
+    nets = [weights.init_params(model, "xavier", 1.0, seed=s) for s in range(3)]
+    stacked = weights.stack_params(nets)
     images.requires_grad_()
     batched = inner.batched_unrolled_loss(model, stacked, images, labels, lrs, real_x, real_y)
     (g_batched,) = torch.autograd.grad(batched.sum(), images)

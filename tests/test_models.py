@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from datadistill import models
+from datadistill import models, weights
 from datadistill.config import RANDOM_INITS
 from datadistill.errors import ConfigError
 
@@ -13,7 +13,7 @@ from datadistill.errors import ConfigError
                                                  ("ConvNet", 1, 28), ("ConvNet", 3, 32), ("MLP", 1, 8)])
 def test_forward_shapes(arch, channels, size):
     model = models.build_model(arch, channels, size, 10)
-    params = models.init_params(model, "xavier", 1.0, seed=0)
+    params = weights.init_params(model, "xavier", 1.0, seed=0)
     out = functional_call(model, params, (torch.randn(4, channels, size, size),))
     assert out.shape == (4, 10) and torch.isfinite(out).all()
 
@@ -21,9 +21,9 @@ def test_forward_shapes(arch, channels, size):
 @pytest.mark.parametrize("scheme", RANDOM_INITS)  # imagenet_pretrained: test_alexnet
 def test_init_schemes(scheme):
     model = models.build_model("LeNet", 1, 28, 10)
-    a = models.init_params(model, scheme, 1.0, seed=5)
-    b = models.init_params(model, scheme, 1.0, seed=5)
-    c = models.init_params(model, scheme, 1.0, seed=6)
+    a = weights.init_params(model, scheme, 1.0, seed=5)
+    b = weights.init_params(model, scheme, 1.0, seed=5)
+    c = weights.init_params(model, scheme, 1.0, seed=6)
     assert set(a) == {n for n, _ in model.named_parameters()}
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
@@ -34,8 +34,8 @@ def test_init_schemes(scheme):
 
 def test_xavier_gain_scales_weights():
     model = models.build_model("MLP", 1, 28, 10)
-    small = models.init_params(model, "xavier", 0.5, seed=0)["net.1.weight"].std()
-    large = models.init_params(model, "xavier", 2.0, seed=0)["net.1.weight"].std()
+    small = weights.init_params(model, "xavier", 0.5, seed=0)["net.1.weight"].std()
+    large = weights.init_params(model, "xavier", 2.0, seed=0)["net.1.weight"].std()
     assert large / small == pytest.approx(4.0, rel=0.05)
 
 
@@ -53,7 +53,7 @@ def test_lenet_pools_before_relu_without_changing_outputs_or_gradients():
     from torch.func import grad
 
     model = models.build_model("LeNet", 1, 28, 10).double()
-    params = {k: v.double() for k, v in models.init_params(model, "xavier", 1.0, 0).items()}
+    params = {k: v.double() for k, v in weights.init_params(model, "xavier", 1.0, 0).items()}
     x = torch.randn(16, 1, 28, 28, dtype=torch.float64)
     y = torch.arange(16) % 10
 
@@ -80,7 +80,7 @@ def test_one_lenet_reads_its_batch_channels_last_with_the_same_loss_and_gradient
     from datadistill import inner
 
     model = models.build_model("LeNet", 1, 28, 10).double()
-    params = {k: v.double() for k, v in models.init_params(model, "xavier", 1.0, 0).items()}
+    params = {k: v.double() for k, v in weights.init_params(model, "xavier", 1.0, 0).items()}
     x = torch.randn(32, 1, 28, 28, dtype=torch.float64)
     y = torch.arange(32) % 10
     fast = models.in_fast_layout(model, x)

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from datadistill import backends, inner, models
+from datadistill import backends, inner, models, weights
 from datadistill.parallel import ChunkPool
 
 
@@ -21,7 +21,7 @@ def test_chunks_cover_the_batch_once_in_order():
 
 def test_chunked_gradient_sums_to_the_whole_batch_gradient():
     model = models.build_model("LeNet", 1, 28, 10)
-    stacked = models.stack_params([models.init_params(model, "xavier", 1.0, s) for s in range(2)])
+    stacked = weights.stack_params([weights.init_params(model, "xavier", 1.0, s) for s in range(2)])
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
     whole, value = inner.summed_loss_grad(model, stacked, x, y)
@@ -46,7 +46,7 @@ def test_cores_to_chunks_restores_the_thread_count():
 @pytest.mark.parametrize("name", ["mkldnn", "native"])
 def test_each_conv_backend_computes_the_same_unroll(name):
     model = models.build_model("LeNet", 1, 28, 10)
-    params = models.init_params(model, "xavier", 1.0, 0)
+    params = weights.init_params(model, "xavier", 1.0, 0)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(2, 10, 1, 28, 28, generator=g)
     labels = torch.arange(10).repeat(2, 1)

@@ -113,14 +113,15 @@ def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
     real = testphase.test_optimize
     calls = []
 
-    def locked(model, candidates, n_candidates, keep, test, nets, batches):
+    def locked(model, candidates, n_candidates, keep, test, nets, batches, *rest, **options):
         # the selection is handed no test split, and cannot reach one while it runs
+        assert all(a is not guard for a in (*rest, *options.values()))
         assert all(b is not guard and len(b) == 32 and _rows_of(dataset.val, b.x) for b in batches)
         assert not any(_rows_of(blobs.test, b.x) for b in batches)  # validation images, not test ones
         assert all(n is not None and next(iter(n.values())).shape[0] == 2 for n in nets) and len(nets) == 2
         guard.locked = True
         try:
-            out = real(model, candidates, n_candidates, keep, test, nets, batches)
+            out = real(model, candidates, n_candidates, keep, test, nets, batches, *rest, **options)
         finally:
             guard.locked = False
         calls.append(out)
@@ -129,10 +130,10 @@ def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
     real_score = testphase.score
     scored = []  # (networks, split) of every scoring outside the selection
 
-    def recording_score(model, candidate, test, nets, split):
+    def recording_score(model, candidate, test, nets, split, *rest, **options):
         if not guard.locked:
             scored.append((nets, split))
-        return real_score(model, candidate, test, nets, split)
+        return real_score(model, candidate, test, nets, split, *rest, **options)
 
     monkeypatch.setattr(testphase, "test_optimize", locked)
     monkeypatch.setattr(testphase, "score", recording_score)
