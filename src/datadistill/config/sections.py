@@ -1,0 +1,162 @@
+"""Names accepted by the flags, the checks every section shares, and the sections of a run that
+describe the data, the model, the synthetic set, the outer optimisation and the networks."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+MODES = ("distill_basic", "distill_adapt", "distill_attack", "train")
+TRAIN_NETS_TYPES = ("known_init", "unknown_init", "loaded")
+TEST_NETS_TYPES = ("same_as_train", "unknown_init", "loaded")
+PHASES = ("train", "test")
+IMAGE_INITS = ("noise", "real")
+CONV_BACKENDS = ("native", "mkldnn", "auto")  # CPU convolutions of the unrolled steps (see runtime)
+LR_SCHEDULES = ("cosine", "step")
+RANDOM_INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
+INITS = RANDOM_INITS + ("imagenet_pretrained",)  # the last: torchvision's ImageNet AlexNet
+PRETRAINED_ARCHS = ("AlexNet",)  # archs imagenet_pretrained applies to (models checks again)
+TEST_IMAGES = ("loaded", "random_train", "average_train", "kmeans_train")
+TEST_LRS = ("loaded", "fix", "nearest_neighbor")
+STOCHASTIC_IMAGES = ("random_train", "kmeans_train")  # a fresh draw gives another set
+
+
+def _choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+
+
+def _positive(what: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{what} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and where its files live."""
+
+    dataset: str = "MNIST"  # what is distilled and scored; the target domain when adapting
+    root: str | None = None  # None: ./data
+    download: bool = False
+    source_dataset: str | None = None  # distill_adapt: the domain the loaded networks know
+    # training images held out as the validation split (every choice is made on it, never on the
+    # test split); None: min(5000, a tenth of the training split)
+    val_size: int | None = None
+
+    def __post_init__(self):
+        if self.val_size is not None and self.val_size < 0:
+            raise ConfigError(f"--val_size must be >= 0, got {self.val_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and how fresh weights are drawn."""
+
+    arch: str = "LeNet"
+    init: str = "xavier"
+    init_param: float = 1.0  # gain for xavier/orthogonal, negative slope for kaiming
+    pretrained_weights: str | None = None  # imagenet_pretrained: the .pth file; None: torch hub cache
+    width: int | None = None  # ConvNet channels / MLP hidden units; None: the arch's default (128)
+
+    def __post_init__(self):
+        _choice("init", self.init, INITS)
+        # checked here, not only when the first network is drawn, so a run fails before loading data
+        if self.init == "imagenet_pretrained" and self.arch.lower() not in {a.lower() for a in PRETRAINED_ARCHS}:
+            raise ConfigError(f"--init imagenet_pretrained needs --arch {' or '.join(PRETRAINED_ARCHS)}; "
+                              f"{self.arch} has no ImageNet weights")
+        if self.pretrained_weights is not None and self.init != "imagenet_pretrained":
+            raise ConfigError(f"--pretrained_weights is only read with --init imagenet_pretrained, "
+                              f"not --init {self.init}")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Shape of the distilled set and the inner GD it drives.
+
+    The inner loop takes ``steps * epochs`` GD steps: ``epochs`` passes over ``steps`` batches of
+    ``images_per_class_per_step * num_classes`` images, each step with its own learned step size.
+    """
+
+    steps: int = 10
+    epochs: int = 3  # passes over the steps (the paper's 3)
+    images_per_class_per_step: int = 1
+    init_lr: float = 0.02
+    image_init: str = "noise"  # "noise": N(0, 1) in normalised space; "real": random training images
+    # learn each image's label as a distribution over the classes (the target of the inner
+    # cross-entropy; --label_mode soft) instead of the paper's fixed one-per-class labels
+    learn_labels: bool = False
+    # images per class in the whole set; None: steps * images_per_class_per_step. The methods
+    # without steps (dm, gm, mtt) hold all of them in one batch
+    ipc: int | None = None
+
+    def __post_init__(self):
+        _choice("--image_init", self.image_init, IMAGE_INITS)
+        _positive("--distill_steps", self.steps)
+        _positive("--distill_epochs", self.epochs)
+        _positive("--distilled_images_per_class_per_step", self.images_per_class_per_step)
+        _positive("--distill_lr", self.init_lr)
+        if self.ipc is not None:
+            _positive("--ipc", self.ipc)
+
+    @property
+    def images_per_class(self) -> int:
+        return self.ipc if self.ipc is not None else self.steps * self.images_per_class_per_step
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    """The outer optimisation of images and step sizes: Adam, and how its learning rate decays."""
+
+    # a smaller real batch than the original's 1024 buys more outer iterations for the same time,
+    # and a cosine decay to zero over the run ends each run at its own settled point
+    epochs: int = 3  # passes over the training split
+    schedule: str = "cosine"  # "cosine": to zero over all epochs; "step": x decay_factor every decay_epochs
+    decay_epochs: int = 3
+    decay_factor: float = 0.8
+    lr: float = 0.05  # Adam's rate of the images (and learned labels); of the weights when training a zoo
+    step_size_lr: float = 0.01  # Adam's rate of the log step sizes
+    batch_size: int = 256  # real images per outer step
+
+    def __post_init__(self):
+        _choice("--lr_schedule", self.schedule, LR_SCHEDULES)
+        _positive("--epochs", self.epochs)
+        _positive("--decay_epochs", self.decay_epochs)
+        _positive("--decay_factor", self.decay_factor)
+        _positive("--lr", self.lr)
+        _positive("--step_size_lr", self.step_size_lr)
+        _positive("--batch_size", self.batch_size)
+
+    def lr_factor(self, iteration: int, iterations_per_epoch: int) -> float:
+        """Multiplier of ``lr`` at outer iteration ``iteration`` (0-based)."""
+        if self.schedule == "step":
+            return self.decay_factor ** (iteration // iterations_per_epoch // self.decay_epochs)
+        progress = min(1.0, iteration / (self.epochs * iterations_per_epoch))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class NetsConfig:
+    """Which networks the images are distilled against and scored on."""
+
+    train_nets_type: str = "unknown_init"
+    n_nets: int = 1  # networks per outer iteration; with loaded nets, how many of the zoo to use
+    test_nets_type: str = "unknown_init"
+    test_n_nets: int = 1
+    sample_n_nets: int | None = None  # loaded nets: draw this many of the n_nets per iteration
+
+    def __post_init__(self):
+        _choice("--train_nets_type", self.train_nets_type, TRAIN_NETS_TYPES)
+        _choice("--test_nets_type", self.test_nets_type, TEST_NETS_TYPES)
+        _positive("--n_nets", self.n_nets)
+        _positive("--test_n_nets", self.test_n_nets)
+        if self.sample_n_nets is not None:
+            _positive("--sample_n_nets", self.sample_n_nets)
+            if self.sample_n_nets > self.n_nets:
+                raise ConfigError(f"--sample_n_nets ({self.sample_n_nets}) cannot exceed --n_nets ({self.n_nets})")
+
+    @property
+    def nets_per_iteration(self) -> int:
+        if self.train_nets_type == "loaded" and self.sample_n_nets is not None:
+            return self.sample_n_nets
+        return self.n_nets
