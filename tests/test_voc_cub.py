@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datadistill import data
-from datadistill.errors import DatasetError
+from datadistill import data, datasets
+from datadistill.errors import ConfigError, DatasetError
 
 # RGB, one per VOC object / CUB class
 COLOURS = [(230, 30, 30), (30, 200, 40), (40, 60, 220), (240, 220, 20), (200, 40, 200)]
@@ -61,9 +61,9 @@ def write_voc(root: Path, year: str = "2012") -> Path:
 @pytest.mark.parametrize("year", ["2007", "2012"])
 def test_voc_gives_one_sample_per_object(tmp_path, year):
     write_voc(tmp_path, year)
-    (xtr, ytr), (xte, yte) = data._LOADERS["PASCAL_VOC"](str(tmp_path), False, 24)
+    (xtr, ytr), (xte, yte) = datasets._LOADERS["PASCAL_VOC"](str(tmp_path), False, 24)
     assert xtr.shape == (3, 3, 24, 24) and xte.shape == (2, 3, 24, 24) and xtr.dtype == torch.float32
-    classes = data.VOC_CLASSES
+    classes = datasets.VOC_CLASSES
     assert ytr.tolist() == [classes.index("dog"), classes.index("person"), classes.index("cat")]
     assert yte.tolist() == [classes.index("tvmonitor"), classes.index("bottle")] == [19, 4]
     # each crop is exactly its object: its own flat colour, no grey background around it
@@ -79,8 +79,8 @@ def test_voc_boxes_are_one_based_and_inclusive(tmp_path):
     pixels = np.array(Image.open(path))
     pixels[4, 4:8] = pixels[4:8, 4] = 255
     Image.fromarray(pixels).save(path, **LOSSLESS_JPEG)
-    _, (xte, yte) = data._LOADERS["PASCAL_VOC"](str(tmp_path), False, 4)  # the bottle's own size: no resize
-    assert yte[1] == data.VOC_CLASSES.index("bottle")
+    _, (xte, yte) = datasets._LOADERS["PASCAL_VOC"](str(tmp_path), False, 4)  # the bottle's own size: no resize
+    assert yte[1] == datasets.VOC_CLASSES.index("bottle")
     expected = torch.tensor(COLOURS[4], dtype=torch.float32)[:, None, None].repeat(1, 4, 4)
     expected[:, 0, :] = expected[:, :, 0] = 255
     torch.testing.assert_close(xte[1] * 255, expected, atol=3.0, rtol=0)  # JPEG: a few levels
@@ -91,6 +91,23 @@ def test_voc_through_load_dataset(tmp_path):
     ds = data.load_dataset("pascal_voc", str(tmp_path), image_size=16)
     assert ds.name == "PASCAL_VOC" and ds.train.x.shape == (3, 3, 16, 16) and ds.image_size == 16
     assert torch.allclose(ds.train.x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)  # normalised
+    assert ds.val is None  # a tenth of 3 training images: no validation split by default
+
+
+def test_voc_validation_is_held_out_of_the_training_objects(tmp_path):
+    write_voc(tmp_path)
+    (xtr, ytr), (_, yte) = datasets._LOADERS["PASCAL_VOC"](str(tmp_path), False, 16)
+    ds = data.load_dataset("PASCAL_VOC", str(tmp_path), image_size=16, val_size=1)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (2, 1, 2)
+    assert sorted(ds.train.y.tolist() + ds.val.y.tolist()) == sorted(ytr.tolist())  # every object once
+    assert torch.equal(ds.test.y, yte)  # the test split is untouched
+    # the statistics are the training split's alone, and the held-out crop is normalised with them
+    assert torch.allclose(ds.train.x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    mean, std = torch.tensor(ds.mean)[:, None, None], torch.tensor(ds.std)[:, None, None]
+    held = ytr.tolist().index(int(ds.val.y[0]))
+    torch.testing.assert_close(ds.val.x[0] * std + mean, xtr[held], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="--val_size 3 leaves no training images"):
+        data.load_dataset("PASCAL_VOC", str(tmp_path), image_size=16, val_size=3)
 
 
 def test_voc_missing_files_name_the_folder(tmp_path):
@@ -132,7 +149,7 @@ def write_cub(root: Path, labels: list[int], is_train: list[int], size: int = 30
 def test_cub_split_and_zero_based_labels(tmp_path):
     labels, is_train = [0, 1, 2, 2, 1, 0, 2], [1, 1, 1, 0, 0, 1, 1]
     write_cub(tmp_path, labels, is_train)
-    (xtr, ytr), (xte, yte) = data._LOADERS["CUB200"](str(tmp_path), False, 20)
+    (xtr, ytr), (xte, yte) = datasets._LOADERS["CUB200"](str(tmp_path), False, 20)
     assert ytr.tolist() == [0, 1, 2, 0, 2] and yte.tolist() == [2, 1]  # in images.txt order
     assert xtr.shape == (5, 3, 20, 20) and xte.shape == (2, 3, 20, 20)
     colours = torch.tensor(COLOURS, dtype=torch.float32)
@@ -164,5 +181,5 @@ def test_cub_missing_files_name_the_folder(tmp_path):
 
 
 def test_new_datasets_are_registered():
-    assert {"PASCAL_VOC", "CUB200"} <= set(data.dataset_names())
-    assert data.canonical_name("cub200") == "CUB200" and data.canonical_name("Pascal_VOC") == "PASCAL_VOC"
+    assert {"PASCAL_VOC", "CUB200"} <= set(datasets.dataset_names())
+    assert datasets.canonical_name("cub200") == "CUB200" and datasets.canonical_name("Pascal_VOC") == "PASCAL_VOC"

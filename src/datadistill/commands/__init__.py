@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         name, rest = route(argv)
         module = COMMANDS[name]
-        args = module.build_parser().parse_args(rest)
+        try:
+            args = module.build_parser().parse_args(rest)
+        except SystemExit as e:  # --help (0) or a usage error, already printed in one line (2)
+            return e.code if isinstance(e.code, int) else EXIT_USAGE
         return module.run(args, argv, session)
     except DatadistillError as e:
         _error(session.world, e)

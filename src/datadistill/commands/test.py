@@ -23,6 +23,9 @@ def build_parser(prog: str = "datadistill test") -> Parser:
     add_model(p)
     add_shape(p)
     add_nets(p, sampling=False)
+    g = p.add_argument_group("attack (--mode distill_attack: the setting the set was distilled in)")
+    g.add_argument("--attack_class", type=int, help="the class whose images the attacked networks should misclassify")
+    g.add_argument("--target_class", type=int, help="the class they should take those images for")
     g = p.add_argument_group("test phase")
     g.add_argument("--test_distilled_images", help=f"the set under test: {', '.join(TEST_IMAGES)} "
                                                    "(default loaded: the distilled one)")
@@ -60,6 +63,9 @@ def run(args, argv: list[str], session) -> int:
         raise ConfigError("--mode train trains a zoo: use `datadistill train-zoo --phase test`")
     if mode != "distill_adapt":
         refuse(args, "source_dataset", f"applies to --mode distill_adapt only, not {mode}")
+    if mode != "distill_attack":
+        for flag in ("attack_class", "target_class"):
+            refuse(args, flag, f"applies to --mode distill_attack only, not {mode}")
     if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
         refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
     given = given_fields(args)
