@@ -250,16 +250,14 @@ FLAGS = re.compile(r"--[A-Za-z][\w-]*")
      ["--attack_class", "--distill_steps", "--mode", "--preset", "--resume", "--train_nets_type",
       "--source_dataset", "--test_n_nets", "--image_init", "--test_distilled_images"]),
     ("test", ["--mode", "--test_distilled_images", "--test_distilled_lrs", "--test_n_runs", "--distilled",
-              "--train_nets_type", "--test_n_nets"],
-     ["--phase", "--resume", "--epochs", "--lr", "--preset", "--attack_class", "--world_size", "--sample_n_nets"]),
+              "--train_nets_type", "--test_n_nets", "--attack_class", "--protocol", "--score_on"],
+     ["--phase", "--resume", "--epochs", "--lr", "--preset", "--attack_weight", "--world_size", "--sample_n_nets"]),
     ("evaluate", ["--protocol", "--nets", "--test_n_nets", "--arch", "--seed"],
      ["--mode", "--phase", "--epochs", "--train_nets_type", "--resume", "--attack_class", "--preset",
       "--distill_steps", "--world_size"]),
 ])
 def test_each_command_helps_with_its_own_flags_only(capsys, switches, command, has, has_not):
-    with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
-    assert exit_info.value.code == 0
+    assert exit_code([command, "--help"]) == 0
     printed = capsys.readouterr()
     assert printed.out.startswith(f"usage: datadistill {command} ") and printed.err == ""
     listed = set(FLAGS.findall(printed.out))
@@ -270,9 +268,7 @@ def test_each_command_helps_with_its_own_flags_only(capsys, switches, command, h
 
 def test_top_level_help_lists_the_commands(capsys, switches):
     for argv in (["--help"], []):
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 0
+        assert exit_code(argv) == 0
         printed = capsys.readouterr().out
         assert printed.startswith("usage: datadistill ")
         for command in ("distill", "train-zoo", "test", "evaluate"):

@@ -66,9 +66,10 @@ def route(argv: list[str]) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "--version"):
-        if not argv:
-            argv = ["--help"]
-        top_parser().parse_args(argv)
+        try:
+            top_parser().parse_args(argv or ["--help"])
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else EXIT_USAGE
         return 0
     session = Session()
     try:

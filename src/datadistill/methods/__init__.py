@@ -27,6 +27,7 @@ def method_class(name: str) -> type[Method]:
 
 
 from . import wang2018  # noqa: E402,F401  (registers itself)
+from . import gm  # noqa: E402,F401
 from . import mtt  # noqa: E402,F401  (registers itself)
 from . import dm  # noqa: E402,F401
 

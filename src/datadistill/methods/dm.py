@@ -1,0 +1,158 @@
+"""Zhao and Bilen 2023, "Dataset Condensation with Distribution Matching" (WACV): match the mean
+embedding of each class under randomly initialised networks.
+
+The synthetic set is one batch of ``ipc`` images per class (class-major, no step sizes), started
+from random real training images of each class (``--image_init real``, the paper's start) or
+noise. Each iteration the outer loop hands k fresh networks and a real batch; with e_w(x) the
+network's embedding (its output before the last linear layer, ``Embedder``), the loss is
+    L = (1 / total_nets) sum_w sum_{c in batch} || mean_i e_w(A_c(x_c,i)) - mean_j e_w(A_c(s_c,j)) ||^2
+over the classes c present in the real batch (at most ``embed_batch`` real images of each), where
+x_c are its real images of class c, s_c the synthetic ones and A_c one random DSA transform
+applied alike to both (``--augment dsa``; the identity otherwise). The networks' weights are
+constants: only the synthetic images get a gradient. Sets are scored from scratch.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from ..augment import augmenter
+from ..config import RunConfig
+from ..data import class_balanced_sample
+from ..errors import ConfigError
+from ..models import Params
+from ..runtime import Runtime
+from ..synthetic import LearnableSet, class_major_labels, noise_images
+from . import register
+from .base import Method, MethodLoss, Setup
+
+DEFAULT_IPC = 10
+
+
+class Embedder:
+    """e_w(x): a model's output before its last linear layer, for weights ``w`` given as a dict.
+
+    Every registered arch ends its forward with one ``nn.Linear`` (ConvNet ``classifier``, LeNet
+    ``fc3``, MLP ``net.5``, AlexCifarNet ``classifier.4``, AlexNet ``classifier.6``), the last
+    ``nn.Linear`` it registers; a copy of the template with that layer replaced by the identity
+    runs everything before it: ``features(x).flatten(1)`` for ConvNet, ``relu(fc2(...))`` for LeNet.
+    """
+
+    def __init__(self, model: nn.Module):
+        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ConfigError(f"dm needs a network that ends in a linear layer; {type(model).__name__} has none")
+        self.head = linears[-1]
+        self.headless = copy.deepcopy(model)
+        parent, _, child = self.head.rpartition(".")
+        setattr(self.headless.get_submodule(parent) if parent else self.headless, child, nn.Identity())
+        self.names = {name for name, _ in self.headless.named_parameters()}
+
+    def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) embeddings of x (B, C, H, W) under one network's weights ``params``."""
+        return functional_call(self.headless, {k: v for k, v in params.items() if k in self.names}, (x,)).flatten(1)
+
+
+def class_means(e: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean rows of ``e`` (B, D) with labels ``y`` (B,): (num_classes, D) and the
+    count of each class (num_classes,); classes with no row get a zero mean."""
+    counts = torch.bincount(y, minlength=num_classes)
+    sums = torch.zeros(num_classes, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, y, e)
+    return sums / counts.clamp(min=1).unsqueeze(1).to(e.dtype), counts
+
+
+def first_per_class(y: torch.Tensor, num_classes: int, cap: int) -> torch.Tensor:
+    """Bool mask (B,) keeping the first ``cap`` entries of each class of ``y`` (B,)."""
+    one_hot = nn.functional.one_hot(y, num_classes)
+    rank = one_hot.cumsum(0).gather(1, y.unsqueeze(1)).squeeze(1) - 1  # position within its class
+    return rank < cap
+
+
+@register("dm")
+class Dm(Method):
+    """``ipc`` images per class matched in embedding space; ``augment``: none or dsa;
+    ``embed_batch``: at most this many real images per class of each batch are embedded;
+    ``seed``: the stream of DSA transforms (checkpointed with ``state_dict``)."""
+
+    protocol = "from_scratch"
+
+    def __init__(self, model: nn.Module, ipc: int = DEFAULT_IPC, image_init: str = "real", augment: str = "none",
+                 embed_batch: int = 256, seed: int = 0):
+        self.model, self.ipc, self.image_init = model, ipc, image_init
+        self.augment_name, self.embed_batch = augment, embed_batch
+        self.dsa = augmenter(augment)
+        self.embed = Embedder(model)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, model: nn.Module, runtime: Runtime) -> "Dm":
+        if config.synthetic.learn_labels:
+            raise ConfigError("--method dm matches images class by class; its labels are fixed "
+                              "(--learn_labels / --label_mode soft apply to wang2018)")
+        # each process draws other DSA transforms for its networks
+        seed = config.seed * 1_000 + runtime.world.rank
+        return cls(model, config.synthetic.ipc or DEFAULT_IPC, config.synthetic.image_init, config.methods.augment,
+                   config.methods.embed_batch, seed)
+
+    def initial(self, setup: Setup) -> LearnableSet:
+        k, ipc = setup.num_classes, self.ipc
+        if self.image_init == "real":
+            images = class_balanced_sample(setup.train, ipc, k, setup.generator)[0].cpu().unsqueeze(0)
+        else:
+            images = noise_images(1, ipc * k, tuple(setup.train.x.shape[1:]), setup.generator)
+        labels = class_major_labels(1, ipc, k)
+        return LearnableSet(images, labels, None, k, setup.mean, setup.std).to(setup.device)
+
+    def loss(self, learned: LearnableSet, nets: Params, real_x: torch.Tensor, real_y: torch.Tensor,
+             total_nets: int) -> MethodLoss:
+        syn = learned.images[0]  # (ipc * K, C, H, W), class-major
+        k = learned.num_classes
+        keep = first_per_class(real_y, k, self.embed_batch)
+        if not bool(keep.all()):
+            real_x, real_y = real_x[keep], real_y[keep]
+        n = next(iter(nets.values())).shape[0]
+        total = syn.new_zeros(())
+        for i in range(n):
+            params = {name: v[i].detach() for name, v in nets.items()}
+            total = total + (self._matched(params, syn, real_x, real_y, k) if self.dsa is None
+                             else self._matched_augmented(params, syn, real_x, real_y, k))
+        objective = total / total_nets
+        return MethodLoss(objective, objective.detach())
+
+    def _matched(self, params: Params, syn: torch.Tensor, real_x: torch.Tensor, real_y: torch.Tensor,
+                 k: int) -> torch.Tensor:
+        """sum over the batch's classes of ||mean real embedding - mean synthetic embedding||^2, all
+        classes in one pass of each batch through the network."""
+        with torch.no_grad():
+            real_mean, counts = class_means(self.embed(params, real_x), real_y, k)
+        e_syn = self.embed(params, syn)
+        syn_mean = e_syn.view(k, self.ipc, -1).mean(1)
+        present = counts > 0
+        return ((real_mean[present] - syn_mean[present]) ** 2).sum()
+
+    def _matched_augmented(self, params: Params, syn: torch.Tensor, real_x: torch.Tensor,
+                           real_y: torch.Tensor, k: int) -> torch.Tensor:
+        """As ``_matched``, class by class, each class's real and synthetic images through the same
+        DSA transform: two generators seeded alike, the seed drawn once per class."""
+        total = syn.new_zeros(())
+        for c in torch.unique(real_y).tolist():
+            seed = int(torch.randint(0, 2**31 - 1, (), generator=self.generator))
+            with torch.no_grad():
+                real = self.dsa(real_x[real_y == c], torch.Generator().manual_seed(seed))
+                real_mean = self.embed(params, real).mean(0)
+            mine = self.dsa(syn[c * self.ipc:(c + 1) * self.ipc], torch.Generator().manual_seed(seed))
+            total = total + ((real_mean - self.embed(params, mine).mean(0)) ** 2).sum()
+        return total
+
+    def augment(self):
+        return augmenter(self.augment_name)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
