@@ -29,12 +29,12 @@ def main():
         print("command: datadistill " + " ".join(cmd[3:]), flush=True)
         seconds, _ = timed(cmd)
         metrics = json.loads((Path(d) / "metrics.json").read_text())
-    acc, val = metrics["final_accuracy"], metrics["validation"]
+    acc, val = metrics.get("final_accuracy"), metrics["validation"]
     print(f"preset {metrics['preset']}; validation accuracy: {100 * val['mean']:.2f}% +- {100 * val['std']:.2f}")
     print("accuracy during the run: " + ", ".join(
         f"it {e['iteration']}: {100 * e['mean']:.2f}%" for e in metrics["history"]["evaluations"]))
-    print(f"final test accuracy: {100 * acc['mean']:.2f}% (n={acc['n']}); "
-          f"{metrics['iterations']} iterations; {seconds:.0f} s wall")
+    test = f"final test accuracy: {100 * acc['mean']:.2f}% (n={acc['n']})" if acc else "test split not read (--skip_test)"
+    print(f"{test}; {metrics['iterations']} iterations; {seconds:.0f} s wall")
 
 
 if __name__ == "__main__":
