@@ -70,7 +70,7 @@ def evaluate_synthetic(model: nn.Module, synthetic: SyntheticSet, stacked_init: 
 def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: SyntheticSet, epochs: int,
                        lr: float, batch_size: int | None = 256, momentum: float = 0.9,
                        weight_decay: float = 5e-4, generator: torch.Generator | None = None,
-                       augment: Augment | None = None) -> Params:
+                       augment: Augment | None = None, on_epoch: Callable[[], None] | None = None) -> Params:
     """Train each stacked network with SGD on all of ``synthetic``'s images pooled into one set.
 
     The S * N images (S, N, C, H, W) are flattened to (S * N, C, H, W); its step sizes are ignored.
@@ -80,7 +80,8 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
         b <- momentum * b + (g + weight_decay * w);  w <- w - lr * b
     All networks see the same batches; returns the trained (n_nets, ...) weights, no graph.
     The learning rate is halved at half of the epochs (the later literature's schedule), and
-    ``augment(x, generator)``, when given, transforms each batch (DSA).
+    ``augment(x, generator)``, when given, transforms each batch (DSA); ``on_epoch()`` is told
+    after every epoch (a progress bar).
     """
     x = synthetic.images.detach().flatten(0, 1)  # (S * N, C, H, W)
     y = synthetic.labels.detach().flatten(0, 1)  # (S * N,), or (S * N, classes) if learned
@@ -103,21 +104,25 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
             with torch.enable_grad():
                 mean_loss_per_net_summed(model, params, xb, y[idx]).backward()
             optimizer.step()
+        if on_epoch is not None:
+            on_epoch()
     return {k: v.detach() for k, v in params.items()}
 
 
 def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params,
                           test: Split, epochs: int, lr: float, batch_size: int | None = 256,
                           generator: torch.Generator | None = None, chunk_nets: int = 25,
-                          augment: Augment | None = None, **sgd) -> EvalResult:
+                          augment: Augment | None = None, on_epoch: Callable[[], None] | None = None,
+                          **sgd) -> EvalResult:
     """``train_from_scratch`` each network in ``stacked_init`` on ``synthetic``, score it on
-    ``test``; ``chunk_nets`` networks at a time. ``sgd`` passes momentum / weight_decay on."""
+    ``test``; ``chunk_nets`` networks at a time (``on_epoch`` is told ceil(n / chunk_nets) * epochs
+    times). ``sgd`` passes momentum / weight_decay on."""
     n = next(iter(stacked_init.values())).shape[0]
     accs = []
     for i in range(0, n, chunk_nets):
         part = {k: v[i:i + chunk_nets] for k, v in stacked_init.items()}
         trained = train_from_scratch(model, part, synthetic, epochs, lr, batch_size,
-                                     generator=generator, augment=augment, **sgd)
+                                     generator=generator, augment=augment, on_epoch=on_epoch, **sgd)
         accs.append(accuracy(model, trained, test))
     return EvalResult(tuple(torch.cat(accs).tolist()))
 

@@ -55,3 +55,21 @@ def zoo_progress(total: int, disable: bool = False, file=sys.stderr):
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
         yield progress
+
+
+@contextlib.contextmanager
+def evaluation_progress(disable: bool = False, file=sys.stderr):
+    """Yields ``progress(what, total)``: opens a tqdm bar of ``total`` units described by ``what``
+    and returns its ``tick()``; the bar closes when the context does."""
+    from tqdm.auto import tqdm
+
+    bars = []
+
+    def progress(what: str, total: int):
+        bars.append(tqdm(total=total, file=file, disable=disable, desc=what, dynamic_ncols=True))
+        return lambda: bars[-1].update(1)
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()

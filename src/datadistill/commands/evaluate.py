@@ -35,13 +35,18 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
     p.add_argument("--seed", type=int, help="seeds the networks and the batch order (default 0)")
     p.add_argument("--results_dir", help=f"write {RESULTS} here (default: none)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar while the networks train")
     return p
 
 
 def run(args, argv: list[str], session) -> int:
     from ..jobs.evaluate import EvaluateConfig, evaluate_command
+    from ..progress import evaluation_progress
 
-    cfg = EvaluateConfig(**vars(args))
-    result, what = evaluate_command(cfg, shlex.join(["datadistill", *argv]))
+    settings = vars(args)
+    quiet = settings.pop("no_progress", False)
+    cfg = EvaluateConfig(**settings)
+    with evaluation_progress(disable=quiet) as progress:
+        result, what = evaluate_command(cfg, shlex.join(["datadistill", *argv]), progress)
     print(f"test accuracy ({cfg.protocol}, {what['arch']} on {what['dataset']}, {what['nets']} nets): {result}")
     return 0

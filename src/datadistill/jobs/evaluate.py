@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -21,6 +22,8 @@ from .common import resolve_device
 PROTOCOLS = ("unrolled", "from_scratch")
 NETS = ("fixed", "fresh")
 RESULTS = "results.json"
+CHUNK_NETS = 25  # networks trained together (vmap): bounds memory
+Progress = Callable[[str, int], Callable[[], None]] | None
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,10 @@ class EvaluateConfig:
             _positive(f"--{flag}", getattr(self, flag))
 
 
-def evaluate_file(cfg: EvaluateConfig) -> tuple[EvalResult, dict]:
-    """Run the evaluation ``cfg`` describes; (result, what was evaluated)."""
+def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalResult, dict]:
+    """Run the evaluation ``cfg`` describes; (result, what was evaluated). ``progress(what, total)``,
+    when given, is called once before the networks train and returns a callback told once per unit
+    of ``total`` (from-scratch epochs of each chunk of networks; unrolled: one per chunk)."""
     device = resolve_device(cfg.device)
     synthetic = artifacts.load_distilled(cfg.distilled)
     meta = synthetic.meta
@@ -91,13 +96,21 @@ def evaluate_file(cfg: EvaluateConfig) -> tuple[EvalResult, dict]:
     else:
         nets = fresh_nets(model, init, init_param, eval_seeds(cfg.seed, cfg.test_n_nets), device)
     synthetic = synthetic.to(device)
+    n_nets = next(iter(nets.values())).shape[0]
+    chunks = -(-n_nets // CHUNK_NETS)
+    what = f"training {n_nets} {nets_kind} {arch_cls.__name__}s ({cfg.protocol.replace('_', ' ')})"
     if cfg.protocol == "unrolled":
         if not synthetic.lrs.numel():
             raise ConfigError(f"{cfg.distilled} has no step sizes to unroll; use --protocol from_scratch")
+        done = None if progress is None else progress(what, 1)
         result = evaluate_synthetic(model, synthetic, nets, dataset.test)
+        if done is not None:
+            done()
     else:
+        on_epoch = None if progress is None else progress(what, chunks * cfg.scratch_epochs)
         result = evaluate_from_scratch(model, synthetic, nets, dataset.test, cfg.scratch_epochs, cfg.scratch_lr,
-                                       cfg.scratch_batch_size, generator=torch.Generator().manual_seed(cfg.seed))
+                                       cfg.scratch_batch_size, generator=torch.Generator().manual_seed(cfg.seed),
+                                       chunk_nets=CHUNK_NETS, on_epoch=on_epoch)
     return result, {"dataset": dataset.name, "arch": arch_cls.__name__, "init": init, "nets": nets_kind}
 
 
@@ -110,10 +123,10 @@ def check_fits(synthetic: SyntheticSet, dataset: Dataset) -> None:
         raise ConfigError(f"distilled set has {synthetic.num_classes} classes, {dataset.name} has {dataset.num_classes}")
 
 
-def evaluate_command(cfg: EvaluateConfig, command: str) -> tuple[EvalResult, dict]:
+def evaluate_command(cfg: EvaluateConfig, command: str, progress: Progress = None) -> tuple[EvalResult, dict]:
     """``evaluate_file``, and with ``results_dir`` its results.json."""
     start = time.perf_counter()
-    result, what = evaluate_file(cfg)
+    result, what = evaluate_file(cfg, progress)
     if cfg.results_dir is not None:
         artifacts.write_json(Path(cfg.results_dir) / RESULTS, {
             "command": command, **what, "settings": asdict(cfg), "result": result.to_dict(),
