@@ -384,3 +384,14 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
             == [(0, 0), (4, 16), (8, 32), (12, 48)])
     assert metrics["final_accuracy"]["accuracies"] == pytest.approx(straight_metrics["final_accuracy"]["accuracies"],
                                                                     abs=1e-4)
+
+
+def test_the_progress_bar_shows_iterations_and_validation(tmp_path, capsys):
+    # the README's command runs with the bar: it must count every iteration and show the validation
+    argv = [a for a in FAST if a != "--no_progress"]
+    assert main(["distill", *argv, "--epochs", "2", "--eval_every", "1", "--results_dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    total = metrics["iterations"]
+    assert total > 0 and re.search(rf"distilling: 100%\|.*\| {total}/{total} ", err), err[-500:]
+    assert "epoch 1: validation accuracy" in err and "epoch 2: validation accuracy" in err

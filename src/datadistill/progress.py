@@ -20,7 +20,7 @@ class ProgressBar(Callback):
     def on_start(self, run: Distillation) -> None:
         from tqdm.auto import tqdm
 
-        total = run.config.outer.epochs * run.iterations_per_epoch
+        total = run.outer.epochs * run.iterations_per_epoch
         self.bar = tqdm(total=total, initial=run.iteration, unit="it", file=self.file,
                         dynamic_ncols=True, desc="distilling")
         self.bar.set_postfix(val_acc=self.acc, refresh=False)
