@@ -12,8 +12,8 @@ class ProgressBar(Callback):
     """Shows iterations over the whole run; reads the loss only every ``every`` iterations so the
     bar does not stall the loop."""
 
-    def __init__(self, every: int = 20, file=sys.stderr):
-        self.every, self.file = every, file
+    def __init__(self, every: int = 20, file=None):
+        self.every, self.file = every, file or sys.stderr  # looked up now: tests swap sys.stderr
         self.bar = None
         self.acc = "-"
 
@@ -47,18 +47,18 @@ class ProgressBar(Callback):
 
 
 @contextlib.contextmanager
-def zoo_progress(total: int, disable: bool = False, file=sys.stderr):
+def zoo_progress(total: int, disable: bool = False, file=None):
     """A tqdm bar over the networks of a zoo; yields the ``progress(done, total)`` callback."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, unit="net", file=file, disable=disable, desc="training zoo") as bar:
+    with tqdm(total=total, unit="net", file=file or sys.stderr, disable=disable, desc="training zoo") as bar:
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
         yield progress
 
 
 @contextlib.contextmanager
-def evaluation_progress(disable: bool = False, file=sys.stderr):
+def evaluation_progress(disable: bool = False, file=None):
     """Yields ``progress(what, total)``: opens a tqdm bar of ``total`` units described by ``what``
     and returns its ``tick()``; the bar closes when the context does."""
     from tqdm.auto import tqdm
@@ -66,7 +66,7 @@ def evaluation_progress(disable: bool = False, file=sys.stderr):
     bars = []
 
     def progress(what: str, total: int):
-        bars.append(tqdm(total=total, file=file, disable=disable, desc=what, dynamic_ncols=True))
+        bars.append(tqdm(total=total, file=file or sys.stderr, disable=disable, desc=what, dynamic_ncols=True))
         return lambda: bars[-1].update(1)
     try:
         yield progress

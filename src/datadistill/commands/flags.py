@@ -69,7 +69,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def preset_note(field: str) -> str:
-    """The defaults a preset-dependent field takes, e.g. ``fresh 0.05, fixed 0.04, ...``."""
+    """The defaults a preset-dependent field takes, e.g. ``fresh 0.05, fixed 0.1, ...``."""
     section, name = field.split(".") if "." in field else (None, field)
     base = getattr(getattr(D, section), name) if section else getattr(D, name)
     values = [f"{p} {v[field]:g}" if isinstance(v.get(field), float) else f"{p} {v[field]}"
