@@ -311,3 +311,21 @@ def test_evaluate_scores_on_the_test_split_the_run_scored_on(monkeypatch, known_
     assert torch.equal(split.y, run_data.test.y)
     gap = float((split.x - run_data.test.x).abs().max())
     assert gap == 0, f"the test images are normalised unlike the run's (up to {gap:.2g} apart)"
+
+
+def test_evaluate_reads_the_dataset_from_where_the_run_read_it(monkeypatch, tmp_path, known_init_run):
+    evaluate_job = importlib.import_module("datadistill.jobs.evaluate")
+    d = torch.load(known_init_run[0], weights_only=True)
+    d["config"]["data"]["root"] = "where-the-run-read"  # digits are bundled: any root loads them
+    path = tmp_path / "distilled.pt"
+    torch.save(d, path)
+    roots = []
+    real_load = evaluate_job.load_dataset
+
+    def recording(name, root, *args, **kwargs):
+        roots.append(root)
+        return real_load(name, root, *args, **kwargs)
+    monkeypatch.setattr(evaluate_job, "load_dataset", recording)
+    evaluate_job.evaluate_file(evaluate_job.EvaluateConfig(str(path)))
+    evaluate_job.evaluate_file(evaluate_job.EvaluateConfig(str(path), dataset_root="elsewhere"))
+    assert roots == ["where-the-run-read", "elsewhere"]

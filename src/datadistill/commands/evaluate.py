@@ -17,7 +17,8 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
                                       "Dataset, architecture, init and fixed networks default to what the file says.")
     p.add_argument("distilled", metavar="DISTILLED.pt", help="a distilled.pt written by datadistill")
     p.add_argument("--dataset", help="whose test split to score on (default: the file's)")
-    p.add_argument("--dataset_root", help="folder holding the dataset files (default ./data)")
+    p.add_argument("--dataset_root", help="folder holding the dataset files (default: the folder the run read, "
+                                          "for the file's own dataset; else ./data)")
     p.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
     p.add_argument("--arch", help="architecture of the networks (default: the file's)")
     p.add_argument("--init", help=f"one of: {', '.join(INITS)} (default: the file's, else xavier)")

@@ -32,7 +32,7 @@ class EvaluateConfig:
 
     distilled: str
     dataset: str | None = None
-    dataset_root: str = "./data"
+    dataset_root: str | None = None  # None: the root the run read, when it is the file's dataset; else ./data
     download: bool = False
     arch: str | None = None
     init: str | None = None
@@ -85,7 +85,8 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     # the run's own validation hold-out, so the test split is normalised as the set was distilled
     val_size = meta.get("config", {}).get("data", {}).get("val_size") if name == meta.get("dataset") else None
     # only the bundled digits and JPEG folders are resized; load them at the set's size when the arch takes it
-    dataset = load_dataset(name, cfg.dataset_root, cfg.download,
+    run_root = meta.get("config", {}).get("data", {}).get("root") if name == meta.get("dataset") else None
+    dataset = load_dataset(name, cfg.dataset_root or run_root or "./data", cfg.download,
                            image_size=size if size in arch_cls.supported_sizes else arch_cls.default_size,
                            device=device, val_size=val_size)
     check_fits(synthetic, dataset)
