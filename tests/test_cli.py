@@ -395,3 +395,10 @@ def test_the_progress_bar_shows_iterations_and_validation(tmp_path, capsys):
     total = metrics["iterations"]
     assert total > 0 and re.search(rf"distilling: 100%\|.*\| {total}/{total} ", err), err[-500:]
     assert "epoch 1: validation accuracy" in err and "epoch 2: validation accuracy" in err
+
+
+def test_metrics_record_peak_memory_in_bytes(tmp_path):
+    assert main(["distill", *FAST, "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
+    peak = json.loads((tmp_path / "metrics.json").read_text())["peak_memory"]
+    # torch alone keeps over 100 MiB resident; a KiB count read as bytes would be about 1000x smaller
+    assert 100 * 2**20 < peak["host_rss"] < 64 * 2**30 and peak["device"] is None

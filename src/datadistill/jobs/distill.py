@@ -1,6 +1,7 @@
 """The distill job: config in; distilled.pt, metrics.json, pictures and a checkpoint out."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         "iterations": run.iteration,
         "conv_backend": backend,
         "processes": world.size,
+        "peak_memory": peak_memory(synthetic.images.device),
         "preset": config.preset,
         "config": config.to_dict(),
         **report,
@@ -149,3 +151,16 @@ def write_results(results: Path, synthetic: SyntheticSet, metrics: dict, evaluat
     if evaluations:
         artifacts.plot_accuracy(results / "accuracy.png", evaluations)
     artifacts.write_json(results / artifacts.METRICS, metrics)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak memory so far, bytes: ``host_rss`` (resident set; ``None`` where the
+    platform has no ``resource`` module) and ``device`` (CUDA tensors allocated; ``None`` off CUDA)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        rss = None
+    else:  # ru_maxrss is KiB on Linux, bytes on macOS
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"host_rss": rss, "device": gpu}
