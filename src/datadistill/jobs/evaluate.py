@@ -63,7 +63,7 @@ class EvaluateConfig:
 def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalResult, dict]:
     """Run the evaluation ``cfg`` describes; (result, what was evaluated). ``progress(what, total)``,
     when given, is called once before the networks train and returns a callback told once per unit
-    of ``total`` (from-scratch epochs of each chunk of networks; unrolled: one per chunk)."""
+    of ``total`` (from-scratch epochs of each chunk of networks; unrolled: once, at the end)."""
     device = resolve_device(cfg.device)
     synthetic = artifacts.load_distilled(cfg.distilled)
     meta = synthetic.meta
