@@ -19,6 +19,7 @@ from .models import Params
 from .synthetic import SyntheticSet
 
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (B, C, H, W) -> same shape
+CHUNK_NETS = 25  # networks trained together (vmap) by the scoring functions: bounds memory
 
 
 
@@ -55,7 +56,7 @@ def accuracy(model: nn.Module, stacked: Params, split: Split) -> torch.Tensor:
 
 
 def evaluate_synthetic(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params,
-                       test: Split, chunk_nets: int = 25) -> EvalResult:
+                       test: Split, chunk_nets: int = CHUNK_NETS) -> EvalResult:
     """Train each network in ``stacked_init`` on ``synthetic`` (its learned step sizes), score it
     on ``test``. Networks are processed ``chunk_nets`` at a time to bound memory."""
     n = next(iter(stacked_init.values())).shape[0]
@@ -111,7 +112,7 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
 
 def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params,
                           test: Split, epochs: int, lr: float, batch_size: int | None = 256,
-                          generator: torch.Generator | None = None, chunk_nets: int = 25,
+                          generator: torch.Generator | None = None, chunk_nets: int = CHUNK_NETS,
                           augment: Augment | None = None, on_epoch: Callable[[], None] | None = None,
                           **sgd) -> EvalResult:
     """``train_from_scratch`` each network in ``stacked_init`` on ``synthetic``, score it on

@@ -13,7 +13,7 @@ from .. import artifacts
 from ..config import INITS, _choice, _positive
 from ..data import Dataset, canonical_name, load_dataset
 from ..errors import ConfigError
-from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic
+from ..evaluate import CHUNK_NETS, EvalResult, evaluate_from_scratch, evaluate_synthetic
 from ..models import arch_class, build_model
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
@@ -22,7 +22,6 @@ from .common import resolve_device
 PROTOCOLS = ("unrolled", "from_scratch")
 NETS = ("fixed", "fresh")
 RESULTS = "results.json"
-CHUNK_NETS = 25  # networks trained together (vmap): bounds memory
 Progress = Callable[[str, int], Callable[[], None]] | None
 
 
