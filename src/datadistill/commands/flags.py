@@ -112,10 +112,12 @@ def add_shape(p) -> None:
 
 def add_outer(p, zoo: bool = False) -> None:
     g = p.add_argument_group("training the networks" if zoo else "outer optimisation")
-    g.add_argument("--epochs", type=int, help="passes over the training split (" + preset_note("outer.epochs") + ")")
+    # a zoo always trains under its own preset: its help shows that preset's values, not the distill table
+    note = (lambda field: f"default {PRESETS['train-zoo'][field]:g}") if zoo else preset_note
+    g.add_argument("--epochs", type=int, help="passes over the training split (" + note("outer.epochs") + ")")
     g.add_argument("--lr", type=float, help=("Adam's rate of the networks" if zoo else
                                              "Adam's rate of the images and learned labels")
-                   + " (" + preset_note("outer.lr") + ")")
+                   + " (" + note("outer.lr") + ")")
     g.add_argument("--lr_schedule", help=f"{' or '.join(LR_SCHEDULES)}: to zero over the run, or x--decay_factor every "
                                          f"--decay_epochs (default cosine; step when a decay flag is given)")
     g.add_argument("--decay_epochs", type=int, help=f"step schedule: epochs between decays (default {D.outer.decay_epochs})")
