@@ -329,3 +329,28 @@ def test_evaluate_reads_the_dataset_from_where_the_run_read_it(monkeypatch, tmp_
     evaluate_job.evaluate_file(evaluate_job.EvaluateConfig(str(path)))
     evaluate_job.evaluate_file(evaluate_job.EvaluateConfig(str(path), dataset_root="elsewhere"))
     assert roots == ["where-the-run-read", "elsewhere"]
+
+
+def test_plain_evaluate_scores_a_later_method_as_its_run_did(tmp_path, capsys):
+    # a dm run on ConvNet width 8 with DSA, scored from scratch; `evaluate FILE` with no flags must
+    # take the run's width, protocol, augmentation, scratch settings and seed from the file, and so
+    # reproduce the run's own test accuracies exactly (CPU runs are deterministic)
+    run = tmp_path / "run"
+    assert main(["distill", "--method", "dm", "--dataset", "digits", "--arch", "ConvNet", "--width", "8",
+                 "--ipc", "2", "--augment", "dsa", "--epochs", "1", "--test_n_nets", "2", "--scratch_epochs", "6",
+                 "--scratch_lr", "0.02", "--val_size", "0", "--seed", "3", "--results_dir", str(run),
+                 "--no_progress"]) == 0
+    reported = json.loads((run / "metrics.json").read_text())["final_accuracy"]
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run / "distilled.pt"), "--test_n_nets", "2", "--results_dir", str(out),
+                 "--no_progress"]) == 0
+    assert "(from_scratch, ConvNet on digits" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    settings = results["settings"]
+    assert (settings["width"], settings["eval_augment"], settings["scratch_epochs"], settings["scratch_lr"],
+            settings["seed"]) == (8, "dsa", 6, 0.02, 3)
+    assert results["result"]["accuracies"] == reported["accuracies"]
+    # an explicit flag still wins over the file: no augmentation scores other accuracies
+    assert main(["evaluate", str(run / "distilled.pt"), "--test_n_nets", "2", "--eval_augment", "none",
+                 "--results_dir", str(out), "--no_progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["result"]["accuracies"] != reported["accuracies"]

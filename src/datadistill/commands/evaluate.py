@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import shlex
 
-from ..config import INITS
+from ..config import AUGMENTS, INITS
 from .flags import Parser
 
 NAME = "evaluate"
@@ -26,14 +26,22 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
     p.add_argument("--pretrained_weights", metavar="PATH", help="--init imagenet_pretrained: the AlexNet weights file")
     p.add_argument("--nets", help=f"{' or '.join(NETS)}: the file's fixed networks (known_init) or new ones "
                                   "(default: fixed when the file holds them and arch and init match)")
+    p.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units (default: the file's, when "
+                                             "--arch is the file's; else the class's)")
     p.add_argument("--test_n_nets", type=int, help="fresh networks to train and score (default 10)")
     p.add_argument("--protocol", help=f"{' or '.join(PROTOCOLS)}: the set's batches and learned step sizes, as "
                                       "distilled; or SGD (momentum 0.9, weight decay 5e-4) on all images pooled "
-                                      "(default unrolled)")
-    p.add_argument("--scratch_epochs", type=int, help="from_scratch: passes over the images (default 300)")
-    p.add_argument("--scratch_lr", type=float, help="from_scratch: SGD learning rate (default 0.01)")
-    p.add_argument("--scratch_batch_size", type=int, help="from_scratch: images per SGD step (default 256)")
-    p.add_argument("--seed", type=int, help="seeds the networks and the batch order (default 0)")
+                                      "(default: the run's; wang2018 unrolled, the later methods from_scratch)")
+    p.add_argument("--scratch_epochs", type=int, help="from_scratch: passes over the images (default: the run's, "
+                                                      "else 300)")
+    p.add_argument("--scratch_lr", type=float, help="from_scratch: SGD rate, halved at half (default: the run's, "
+                                                    "else 0.01)")
+    p.add_argument("--scratch_batch_size", type=int, help="from_scratch: images per SGD step (default: the run's, "
+                                                          "else 256)")
+    p.add_argument("--eval_augment", help=f"from_scratch: {' or '.join(AUGMENTS)} on each batch (default: the "
+                                          "run's, else none)")
+    p.add_argument("--seed", type=int, help="seeds the networks and the batch order (default: the run's, so the "
+                                            "run's own evaluation networks; else 0)")
     p.add_argument("--results_dir", help=f"write {RESULTS} here (default: none)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar while the networks train")
@@ -49,5 +57,5 @@ def run(args, argv: list[str], session) -> int:
     cfg = EvaluateConfig(**settings)
     with evaluation_progress(disable=quiet) as progress:
         result, what = evaluate_command(cfg, shlex.join(["datadistill", *argv]), progress)
-    print(f"test accuracy ({cfg.protocol}, {what['arch']} on {what['dataset']}, {what['nets']} nets): {result}")
+    print(f"test accuracy ({what['settings']['protocol']}, {what['arch']} on {what['dataset']}, {what['nets']} nets): {result}")
     return 0

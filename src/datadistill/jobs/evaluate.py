@@ -3,18 +3,20 @@ networks it was distilled for; unrolled as distilled, or trained from scratch.""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .. import artifacts
-from ..config import INITS, _choice, _positive
+from ..augment import augmenter
+from ..config import AUGMENTS, INITS, _choice, _positive
 from ..data import Dataset, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import CHUNK_NETS, EvalResult, evaluate_from_scratch, evaluate_synthetic
 from ..models import arch_class, build_model
+from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
 from .common import resolve_device
@@ -38,25 +40,53 @@ class EvaluateConfig:
     init_param: float | None = None
     pretrained_weights: str | None = None
     nets: str | None = None  # fixed: the file's init_params; fresh: new networks; None: fixed if the file has them
+    width: int | None = None  # ConvNet channels / MLP units; None: the file's when the arch is the file's
     test_n_nets: int = 10
-    protocol: str = "unrolled"
-    scratch_epochs: int = 300
-    scratch_lr: float = 0.01
-    scratch_batch_size: int = 256
-    seed: int = 0
+    # None below: what the run that wrote the file used (its config), else the default on the right
+    protocol: str | None = None  # the run's (its method's: wang2018 unrolled, the others from_scratch)
+    scratch_epochs: int | None = None  # 300
+    scratch_lr: float | None = None  # 0.01
+    scratch_batch_size: int | None = None  # 256
+    eval_augment: str | None = None  # none
+    seed: int | None = None  # the run's seed, else 0: the run's own evaluation networks
     results_dir: str | None = None
     device: str = "cpu"
 
     def __post_init__(self):
-        _choice("--protocol", self.protocol, PROTOCOLS)
+        if self.protocol is not None:
+            _choice("--protocol", self.protocol, PROTOCOLS)
+        if self.eval_augment is not None:
+            _choice("--eval_augment", self.eval_augment, AUGMENTS)
         if self.init is not None:
             _choice("init", self.init, INITS)
         if self.nets is not None:
             _choice("--nets", self.nets, NETS)
         if self.pretrained_weights is not None and self.init != "imagenet_pretrained":
             raise ConfigError(f"--pretrained_weights is only read with --init imagenet_pretrained, not --init {self.init}")
-        for flag in ("test_n_nets", "scratch_epochs", "scratch_batch_size", "scratch_lr"):
-            _positive(f"--{flag}", getattr(self, flag))
+        for flag in ("test_n_nets", "width", "scratch_epochs", "scratch_batch_size", "scratch_lr"):
+            if getattr(self, flag) is not None:
+                _positive(f"--{flag}", getattr(self, flag))
+
+
+def from_file(cfg: EvaluateConfig, meta: dict, same_arch: bool) -> EvaluateConfig:
+    """``cfg`` with its None settings filled in from the config of the run that wrote the file
+    (``meta["config"]``), so that a plain ``evaluate`` scores the set as that run did."""
+    run = meta.get("config", {})
+    scoring = run.get("evaluation", {})
+    method = run.get("method", meta.get("method", "wang2018"))
+
+    def own(value, key, default):
+        return value if value is not None else scoring.get(key) if scoring.get(key) is not None else default
+
+    return replace(
+        cfg,
+        width=cfg.width if cfg.width is not None or not same_arch else run.get("model", {}).get("width"),
+        protocol=own(cfg.protocol, "protocol", method_class(method).protocol if method in METHODS else "unrolled"),
+        scratch_epochs=own(cfg.scratch_epochs, "scratch_epochs", 300),
+        scratch_lr=own(cfg.scratch_lr, "scratch_lr", 0.01),
+        scratch_batch_size=own(cfg.scratch_batch_size, "scratch_batch_size", 256),
+        eval_augment=own(cfg.eval_augment, "augment", run.get("methods", {}).get("augment", "none")),
+        seed=cfg.seed if cfg.seed is not None else run.get("seed", 0))
 
 
 def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalResult, dict]:
@@ -72,6 +102,7 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     init = cfg.init or meta.get("init") or "xavier"
     init_param = cfg.init_param if cfg.init_param is not None else meta.get("init_param", 1.0)
     same_nets = arch_cls.__name__ == meta.get("arch") and init == meta.get("init", init)
+    cfg = from_file(cfg, meta, arch_cls.__name__ == meta.get("arch"))
     fixed = meta.get("init_params")
     nets_kind = cfg.nets or ("fixed" if fixed is not None and same_nets else "fresh")
     if nets_kind == "fixed" and fixed is None:
@@ -90,7 +121,7 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
                            device=device, val_size=val_size)
     check_fits(synthetic, dataset)
     model = build_model(arch_cls.__name__, dataset.in_channels, dataset.image_size, dataset.num_classes,
-                        pretrained_weights=cfg.pretrained_weights)
+                        pretrained_weights=cfg.pretrained_weights, width=cfg.width)
     if nets_kind == "fixed":
         nets = {k: v.to(device) for k, v in fixed.items()}
     else:
@@ -110,8 +141,9 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         on_epoch = None if progress is None else progress(what, chunks * cfg.scratch_epochs)
         result = evaluate_from_scratch(model, synthetic, nets, dataset.test, cfg.scratch_epochs, cfg.scratch_lr,
                                        cfg.scratch_batch_size, generator=torch.Generator().manual_seed(cfg.seed),
-                                       chunk_nets=CHUNK_NETS, on_epoch=on_epoch)
-    return result, {"dataset": dataset.name, "arch": arch_cls.__name__, "init": init, "nets": nets_kind}
+                                       chunk_nets=CHUNK_NETS, augment=augmenter(cfg.eval_augment), on_epoch=on_epoch)
+    return result, {"dataset": dataset.name, "arch": arch_cls.__name__, "init": init, "nets": nets_kind,
+                    "settings": asdict(cfg)}
 
 
 def check_fits(synthetic: SyntheticSet, dataset: Dataset) -> None:
@@ -129,7 +161,7 @@ def evaluate_command(cfg: EvaluateConfig, command: str, progress: Progress = Non
     result, what = evaluate_file(cfg, progress)
     if cfg.results_dir is not None:
         artifacts.write_json(Path(cfg.results_dir) / RESULTS, {
-            "command": command, **what, "settings": asdict(cfg), "result": result.to_dict(),
+            "command": command, **what, "result": result.to_dict(),
             "wall_seconds": time.perf_counter() - start})
     return result, what
 
