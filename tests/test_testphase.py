@@ -257,3 +257,16 @@ def test_cli_test_phase_prints_the_table_and_writes_both_files(tmp_path, capsys)
     results = json.loads((out / RESULTS_JSON).read_text())
     assert results["command"].startswith("datadistill --dataset digits --phase test")
     assert testphase.parse_table((out / RESULTS_MD).read_text())[0]["runs"] == 3
+
+def test_test_phase_scores_from_scratch_with_dsa_when_asked(tmp_path):
+    # random real images scored from scratch under DSA (the protocol a --augment dsa run is scored
+    # under): the flag reaches the training, so the same networks and images score otherwise
+    rows = {}
+    for augment in ("none", "dsa"):
+        out = tmp_path / augment
+        assert main(["test", "--dataset", "digits", "--arch", "ConvNet", "--width", "8", "--test_distilled_images",
+                     "random_train", "--distill_steps", "1", "--distilled_images_per_class_per_step", "2",
+                     "--test_n_nets", "2", "--protocol", "from_scratch", "--scratch_epochs", "5",
+                     "--eval_augment", augment, "--val_size", "0", "--results_dir", str(out), "--no_progress"]) == 0
+        rows[augment] = json.loads((out / "results.json").read_text())["rows"][0]
+    assert rows["none"]["accuracies"] != rows["dsa"]["accuracies"]

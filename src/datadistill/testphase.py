@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .augment import augmenter
 from .baselines import average_train, fixed_lrs, kmeans_train, knn_accuracy, random_train
 from .config import EvalConfig, TestPhaseConfig
 from .data import Dataset, Split, shuffled_batches
@@ -89,7 +90,8 @@ def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfi
         return torch.tensor([acc], dtype=torch.float64)
     if scratch is not None and scratch.protocol == "from_scratch":
         result = score_set(model, candidate, nets, split, "from_scratch",
-                           (scratch.scratch_epochs, scratch.scratch_lr, scratch.scratch_batch_size))
+                           (scratch.scratch_epochs, scratch.scratch_lr, scratch.scratch_batch_size),
+                           augment=augmenter(scratch.augment or "none"))
     else:
         result = evaluate_synthetic(model, candidate, nets, split)
     return torch.tensor(result.accuracies, dtype=torch.float64)
