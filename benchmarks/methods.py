@@ -1,21 +1,35 @@
-"""Methods x images per class x dataset: test accuracy (mean +- std over fresh networks trained
+"""Methods x images per class on MNIST: test accuracy (mean +- std over fresh networks trained
 from scratch), wall time and peak memory, with random real images of the same IPC beside each row.
 
 Each cell is one `datadistill distill --method M --ipc N ...` run (its own process, so peak RSS is
-its own) and one `datadistill test --test_distilled_images random_train` run under the same
-from-scratch protocol. mtt first trains its experts (`train-zoo --trajectories`), timed apart.
+its own) with the flags of ``SETTINGS`` (sized to about 20 minutes of distillation on 2 CPU
+cores), then one `datadistill test --test_distilled_images random_train` run under the same
+from-scratch protocol (DSA in evaluation where the method distils with it). mtt first trains its
+experts (`train-zoo --trajectories`), timed apart.
 
-    python benchmarks/methods.py [--methods dm,gm,mtt] [--ipc 1,10] [--datasets MNIST] [--width 32]
-        [--test_n_nets 10] [--extra "--epochs 2"]
+    python benchmarks/methods.py [--cells dm:10,gm:10,gm:1,mtt:10] [--width 32] [--test_n_nets 10]
+        [--threads 2] [--extra "--epochs 2"]
 """
 import argparse
 import json
+import os
 import resource
 import shlex
 import tempfile
 from pathlib import Path
 
 from _common import datadistill, require_mnist, timed
+
+# flags of each (method, ipc) beyond its preset; gm at one image per class takes DC's loops for it
+# (one update per network, one network step between) and learned soft labels
+SETTINGS = {
+    ("dm", 10): [],
+    ("gm", 10): ["--augment", "dsa", "--epochs", "19", "--eval_every", "100"],
+    ("gm", 1): ["--augment", "dsa", "--label_mode", "soft", "--outer_loop", "1", "--inner_steps", "1",
+                "--epochs", "45", "--eval_every", "15"],
+    ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--eval_every", "15"],
+}
+EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 
 
 def peak_rss_mib() -> float:
@@ -25,52 +39,48 @@ def peak_rss_mib() -> float:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", default="dm,gm,mtt")
-    p.add_argument("--ipc", default="1,10")
-    p.add_argument("--datasets", default="MNIST")
+    p.add_argument("--cells", default="dm:10,gm:10,gm:1,mtt:10", help="method:ipc pairs of SETTINGS")
     p.add_argument("--width", default="32")
     p.add_argument("--test_n_nets", default="10")
+    p.add_argument("--threads", help="OMP_NUM_THREADS of every run (default: torch's)")
     p.add_argument("--extra", default="", help="more flags for every distill run")
-    p.add_argument("--expert_epochs", default="15", help="mtt: epochs each expert trains")
     args = p.parse_args()
     root = require_mnist()
-    arch = ["--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": args.threads} if args.threads else {})}
+    arch = ["--dataset", "MNIST", "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for dataset in args.datasets.split(","):
-            zoo = str(Path(d) / "zoo")
-            for method in args.methods.split(","):
-                if method == "mtt":
-                    seconds, _ = timed(datadistill("train-zoo", "--trajectories", "--dataset", dataset, *arch,
-                                                   "--n_nets", "5", "--epochs", args.expert_epochs, "--zoo_dir", zoo,
-                                                   "--results_dir", d))
-                    print(f"mtt experts on {dataset}: {seconds:.0f} s wall", flush=True)
-                for ipc in args.ipc.split(","):
-                    out = str(Path(d) / f"{dataset}-{method}-{ipc}")
-                    extra = ["--zoo_dir", zoo] if method == "mtt" else []
-                    cmd = datadistill("distill", "--method", method, "--dataset", dataset, "--ipc", ipc, *arch,
-                                      "--test_n_nets", args.test_n_nets, "--results_dir", out, *extra,
-                                      *shlex.split(args.extra))
-                    if method == "gm":
-                        cmd += ["--augment", "dsa"]
-                    seconds, _ = timed(cmd)
-                    peak = peak_rss_mib()
-                    m = json.loads((Path(out) / "metrics.json").read_text())
-                    real_cmd = datadistill("test", "--dataset", dataset, *arch, "--test_distilled_images",
-                                           "random_train", "--distill_steps", "1",
-                                           "--distilled_images_per_class_per_step", ipc, "--test_n_nets",
-                                           args.test_n_nets, "--protocol", "from_scratch", "--results_dir", out)
-                    _, proc = timed(real_cmd)
-                    real = json.loads((Path(out) / "results.json").read_text())["rows"][0]
-                    acc = m["final_accuracy"]
-                    rows.append((dataset, method, ipc, acc, real, seconds, peak))
-                    print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
-                          f"(random real {100 * real['mean']:.2f}); {seconds:.0f} s; peak {peak:.0f} MiB", flush=True)
-    print("\n| dataset | method | ipc | test accuracy (%) | random real (%) | wall (s) | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|")
-    for dataset, method, ipc, acc, real, seconds, peak in rows:
-        print(f"| {dataset} | {method} | {ipc} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | "
-              f"{100 * real['mean']:.2f} +- {100 * real['std']:.2f} | {seconds:.0f} | {peak:.0f} |")
+        zoo = str(Path(d) / "zoo")
+        for cell in args.cells.split(","):
+            method, ipc = cell.split(":")
+            flags = SETTINGS[(method, int(ipc))]
+            if method == "mtt" and not Path(zoo).exists():
+                seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *EXPERTS, "--zoo_dir", zoo,
+                                               "--results_dir", d), env=env)
+                print(f"mtt experts: {seconds:.0f} s wall", flush=True)
+            out = str(Path(d) / f"{method}-{ipc}")
+            extra = ["--zoo_dir", zoo] if method == "mtt" else []
+            cmd = datadistill("distill", "--method", method, "--ipc", ipc, *arch, "--test_n_nets", args.test_n_nets,
+                              "--results_dir", out, *flags, *extra, *shlex.split(args.extra))
+            seconds, _ = timed(cmd, env=env)
+            peak = peak_rss_mib()
+            m = json.loads((Path(out) / "metrics.json").read_text())
+            augment = ["--eval_augment", "dsa"] if "dsa" in flags else []
+            timed(datadistill("test", *arch, "--test_distilled_images", "random_train", "--distill_steps", "1",
+                              "--distilled_images_per_class_per_step", ipc, "--test_n_nets", args.test_n_nets,
+                              "--protocol", "from_scratch", *augment, "--results_dir", out), env=env)
+            real = json.loads((Path(out) / "results.json").read_text())["rows"][0]
+            acc, val = m["final_accuracy"], m["validation"]
+            rows.append((method, ipc, acc, val, real, seconds, m["distill_seconds"], peak))
+            print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
+                  f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}); "
+                  f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)
+    print("\n| method | ipc | test accuracy (%) | validation (%) | random real (%) | wall (s) | distillation (s) "
+          "| peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, ipc, acc, val, real, seconds, distill_s, peak in rows:
+        print(f"| {method} | {ipc} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | {100 * val['mean']:.2f} | "
+              f"{100 * real['mean']:.2f} +- {100 * real['std']:.2f} | {seconds:.0f} | {distill_s:.0f} | {peak:.0f} |")
 
 
 if __name__ == "__main__":
