@@ -24,7 +24,7 @@ from _common import datadistill, require_mnist, timed
 # (one update per network, one network step between) and learned soft labels
 SETTINGS = {
     ("dm", 10): [],
-    ("gm", 10): ["--augment", "dsa", "--epochs", "19", "--eval_every", "100"],
+    ("gm", 10): ["--augment", "dsa"],
     ("gm", 1): ["--augment", "dsa", "--label_mode", "soft", "--outer_loop", "1", "--inner_steps", "1",
                 "--epochs", "45", "--eval_every", "15"],
     ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--eval_every", "15"],
