@@ -26,8 +26,10 @@ SETTINGS = {
     ("dm", 10): [],
     ("gm", 10): ["--augment", "dsa"],
     ("gm", 1): ["--augment", "dsa", "--label_mode", "soft", "--outer_loop", "1", "--inner_steps", "1",
-                "--epochs", "45", "--eval_every", "15"],
-    ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--eval_every", "15"],
+                "--epochs", "30", "--eval_every", "30"],
+    # mtt reads no real batch, but its steps are counted in epochs of them: 3 MNIST epochs are 642
+    # segments of 10 unrolled steps (the preset's 15 suit digits' few batches per epoch)
+    ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
 }
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 
