@@ -19,7 +19,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # 0.02 / 0.05 / 0.1 on MNIST's validation split (20 networks)
     "fresh": _FRESH,
     # one fixed network; rate (images and step sizes) 0.1 of 0.01 / 0.03 / 0.1 / 0.3 at 15 epochs, then
-    # 25 of 15 / 25 / 45 epochs, on MNIST's validation split
+    # 25 of 15 / 25 / 45 epochs, on MNIST's validation split; also above the original code's outer
+    # settings (rate 0.01, 400 epochs of batches of 1024, x0.5 every 40) on the same split
     "fixed": _FIXED,
     "zoo": _ZOO,  # networks of a trained zoo (adaptation, zoo distillation)
     "attack": _ATTACK,  # zoo networks; longer runs overfit the zoo
