@@ -354,3 +354,10 @@ def test_plain_evaluate_scores_a_later_method_as_its_run_did(tmp_path, capsys):
     assert main(["evaluate", str(run / "distilled.pt"), "--test_n_nets", "2", "--eval_augment", "none",
                  "--results_dir", str(out), "--no_progress"]) == 0
     assert json.loads((out / "results.json").read_text())["result"]["accuracies"] != reported["accuracies"]
+
+
+def test_from_scratch_flags_on_an_unrolled_score_are_refused(tmp_path, capsys, saved):
+    # a wang2018 file is scored unrolled by default; a from-scratch setting would be ignored
+    assert main(["evaluate", str(saved), "--scratch_epochs", "5", "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--scratch_epochs applies to --protocol from_scratch" in err and len(err.splitlines()) == 1

@@ -45,8 +45,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "dm": {"synthetic.image_init": "real", "outer.lr": 0.1, "outer.epochs": 40, "outer.batch_size": 256,
            "eval_every": 20},
     # gradient matching (--method gm): real images to start from; 256 real images per class per
-    # update; 19 epochs of MNIST are 399 image updates (3.3 s each for a ConvNet of width 32 on one
-    # CPU core), sized to the CPU, not chosen on a grid; validated at the start and the end only
+    # update; 19 epochs of MNIST are 399 image updates, a count sized to a 2-core CPU, not chosen on
+    # a grid; validated at the start and the end only
     "gm": {"synthetic.image_init": "real", "outer.lr": 0.05, "outer.epochs": 19, "outer.batch_size": 2560,
            "eval_every": 19},
 }

@@ -102,11 +102,21 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     init = cfg.init or meta.get("init") or "xavier"
     init_param = cfg.init_param if cfg.init_param is not None else meta.get("init_param", 1.0)
     same_nets = arch_cls.__name__ == meta.get("arch") and init == meta.get("init", init)
+    given = cfg
     cfg = from_file(cfg, meta, arch_cls.__name__ == meta.get("arch"))
+    if cfg.protocol == "unrolled":  # the from-scratch settings would be ignored: refuse them
+        stray = [f for f in ("scratch_epochs", "scratch_lr", "scratch_batch_size", "eval_augment")
+                 if getattr(given, f) is not None]
+        if stray:
+            raise ConfigError(f"--{stray[0]} applies to --protocol from_scratch; this set is scored unrolled "
+                              f"(add --protocol from_scratch)")
     fixed = meta.get("init_params")
-    nets_kind = cfg.nets or ("fixed" if fixed is not None and same_nets else "fresh")
+    file_width = meta.get("config", {}).get("model", {}).get("width")
+    nets_kind = cfg.nets or ("fixed" if fixed is not None and same_nets and cfg.width == file_width else "fresh")
     if nets_kind == "fixed" and fixed is None:
         raise ConfigError(f"{cfg.distilled} holds no fixed networks (init_params); use --nets fresh")
+    if nets_kind == "fixed" and cfg.width != file_width:
+        raise ConfigError(f"the file's fixed networks have width {file_width}; --width {cfg.width} needs --nets fresh")
     if nets_kind == "fixed" and not same_nets:
         raise ConfigError(f"the file's fixed networks are {meta.get('arch')} with {meta.get('init')} init; "
                           f"--arch/--init ask for {arch_cls.__name__} with {init}; use --nets fresh")
