@@ -139,9 +139,8 @@ def mean_loss_per_net_summed(model: nn.Module, stacked: Params, x: torch.Tensor,
 @torch.no_grad()
 def batched_logits(model: nn.Module, stacked: Params, x: torch.Tensor, images: int = 2048) -> torch.Tensor:
     """Logits (n_nets, B, classes) of each stacked network on x (B, C, H, W), in chunks of about
-    ``images`` (network, image) pairs: every layer's activation holds n_nets x chunk images, so
-    the chunk shrinks as networks are added (10 ConvNets of width 32 on 2048 MNIST images at once
-    would hold 2 GB per activation)."""
+    ``images`` (network, image) pairs: every layer's activation holds n_nets x chunk images'
+    feature maps, so the chunk shrinks as networks are added and memory stays bounded."""
     n_nets = next(iter(stacked.values())).shape[0]
     chunk = max(16, images // n_nets)
     fn = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import shlex
 
-from ..config import AUGMENTS, INITS
+from ..config import AUGMENTS, INITS, EvalConfig
 from .flags import Parser
+
+E = EvalConfig()  # the from-scratch defaults a file without its run's settings falls back to
 
 NAME = "evaluate"
 HELP = "train networks on a saved distilled.pt and score them on the test split"
@@ -33,11 +35,11 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
                                       "distilled; or SGD (momentum 0.9, weight decay 5e-4) on all images pooled "
                                       "(default: the run's; wang2018 unrolled, the later methods from_scratch)")
     p.add_argument("--scratch_epochs", type=int, help="from_scratch: passes over the images (default: the run's, "
-                                                      "else 300)")
+                                                      f"else {E.scratch_epochs})")
     p.add_argument("--scratch_lr", type=float, help="from_scratch: SGD rate, halved at half (default: the run's, "
-                                                    "else 0.01)")
+                                                    f"else {E.scratch_lr})")
     p.add_argument("--scratch_batch_size", type=int, help="from_scratch: images per SGD step (default: the run's, "
-                                                          "else 256)")
+                                                          f"else {E.scratch_batch_size})")
     p.add_argument("--eval_augment", help=f"from_scratch: {' or '.join(AUGMENTS)} on each batch (default: the "
                                           "run's, else none)")
     p.add_argument("--seed", type=int, help="seeds the networks and the batch order (default: the run's, so the "

@@ -11,7 +11,7 @@ import torch
 
 from .. import artifacts
 from ..augment import augmenter
-from ..config import AUGMENTS, INITS, _choice, _positive
+from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive
 from ..data import Dataset, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import CHUNK_NETS, EvalResult, evaluate_from_scratch, evaluate_synthetic
@@ -42,12 +42,12 @@ class EvaluateConfig:
     nets: str | None = None  # fixed: the file's init_params; fresh: new networks; None: fixed if the file has them
     width: int | None = None  # ConvNet channels / MLP units; None: the file's when the arch is the file's
     test_n_nets: int = 10
-    # None below: what the run that wrote the file used (its config), else the default on the right
+    # None below: what the run that wrote the file used (its config), else EvalConfig's default
     protocol: str | None = None  # the run's (its method's: wang2018 unrolled, the others from_scratch)
-    scratch_epochs: int | None = None  # 300
-    scratch_lr: float | None = None  # 0.01
-    scratch_batch_size: int | None = None  # 256
-    eval_augment: str | None = None  # none
+    scratch_epochs: int | None = None
+    scratch_lr: float | None = None
+    scratch_batch_size: int | None = None
+    eval_augment: str | None = None  # the run's --eval_augment, else its --augment
     seed: int | None = None  # the run's seed, else 0: the run's own evaluation networks
     results_dir: str | None = None
     device: str = "cpu"
@@ -72,20 +72,22 @@ def from_file(cfg: EvaluateConfig, meta: dict, same_arch: bool) -> EvaluateConfi
     """``cfg`` with its None settings filled in from the config of the run that wrote the file
     (``meta["config"]``), so that a plain ``evaluate`` scores the set as that run did."""
     run = meta.get("config", {})
-    scoring = run.get("evaluation", {})
     method = run.get("method", meta.get("method", "wang2018"))
-
-    def own(value, key, default):
-        return value if value is not None else scoring.get(key) if scoring.get(key) is not None else default
-
+    # the run's scoring settings over EvalConfig's defaults; None entries (protocol, augment) fall
+    # back to what the run's method and --augment decided
+    given = lambda d: {k: v for k, v in d.items() if v is not None}  # noqa: E731
+    scoring = {**given(asdict(EvalConfig())), **given(run.get("evaluation", {}))}
+    scoring.setdefault("protocol", method_class(method).protocol if method in METHODS else "unrolled")
+    scoring.setdefault("augment", run.get("methods", {}).get("augment", "none"))
+    pick = lambda given, key: scoring[key] if given is None else given  # noqa: E731
     return replace(
         cfg,
         width=cfg.width if cfg.width is not None or not same_arch else run.get("model", {}).get("width"),
-        protocol=own(cfg.protocol, "protocol", method_class(method).protocol if method in METHODS else "unrolled"),
-        scratch_epochs=own(cfg.scratch_epochs, "scratch_epochs", 300),
-        scratch_lr=own(cfg.scratch_lr, "scratch_lr", 0.01),
-        scratch_batch_size=own(cfg.scratch_batch_size, "scratch_batch_size", 256),
-        eval_augment=own(cfg.eval_augment, "augment", run.get("methods", {}).get("augment", "none")),
+        protocol=pick(cfg.protocol, "protocol"),
+        scratch_epochs=pick(cfg.scratch_epochs, "scratch_epochs"),
+        scratch_lr=pick(cfg.scratch_lr, "scratch_lr"),
+        scratch_batch_size=pick(cfg.scratch_batch_size, "scratch_batch_size"),
+        eval_augment=pick(cfg.eval_augment, "augment"),
         seed=cfg.seed if cfg.seed is not None else run.get("seed", 0))
 
 
