@@ -12,7 +12,10 @@ def _batch(n=3, c=2, h=9, w=8, seed=0, dtype=torch.float32):
 
 
 def test_augmenter_names_dsa():
-    assert augmenter("dsa") is dsa.dsa and augmenter("none") is None
+    assert augmenter("dsa") is dsa.dsa and augmenter("none") is None and augmenter("none", siamese=False) is None
+    x = _batch(n=4)
+    per_image = augmenter("dsa", siamese=False)(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(per_image, dsa.dsa(x, torch.Generator().manual_seed(1), siamese=False))
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -25,7 +28,8 @@ def test_shape_kept_and_same_generator_state_gives_the_same_transform(seed):
     # the transform of each image depends on the generator's state only, not on its batch
     torch.testing.assert_close(torch.cat([one, other]), both)
     p = dsa.sample_params(torch.Generator().manual_seed(seed))
-    assert p == dsa.sample_params(torch.Generator().manual_seed(seed))
+    again = dsa.sample_params(torch.Generator().manual_seed(seed))
+    assert p.family == again.family and torch.equal(p.u, again.u)
     torch.testing.assert_close(one, dsa.apply(a, p))
 
 
@@ -47,6 +51,26 @@ def test_one_parameter_set_for_the_whole_batch():
     for seed in range(20):
         y = dsa.dsa(x, torch.Generator().manual_seed(seed))
         assert all(torch.equal(y[0], y[i]) for i in range(1, 4))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_per_image_draws_transform_each_image_by_its_own_row(seed):
+    x = _batch(n=5, c=3, h=9, w=8, seed=seed)
+    p = dsa.sample_params(torch.Generator().manual_seed(seed), n=5)
+    y = dsa.apply(x, p)
+    for b in range(5):  # image b alone under row b: the batched path is the per-image one
+        torch.testing.assert_close(y[b:b + 1], dsa.apply(x[b:b + 1], dsa.DsaParams(p.family, p.u[b])))
+    # and dsa(siamese=False) is that draw
+    torch.testing.assert_close(dsa.dsa(x, torch.Generator().manual_seed(seed), siamese=False), y)
+
+
+def test_per_image_draws_differ_between_images_of_one_batch():
+    x = _batch(n=1).repeat(6, 1, 1, 1)
+    differing = 0
+    for seed in range(20):
+        y = dsa.dsa(x, torch.Generator().manual_seed(seed), siamese=False)
+        differing += not all(torch.equal(y[0], y[i]) for i in range(1, 6))
+    assert differing >= 15  # flip draws agree for all six with probability 1/32
 
 
 def test_families_do_what_the_paper_says():
@@ -74,7 +98,8 @@ def test_families_do_what_the_paper_says():
 @pytest.mark.parametrize("family", dsa.FAMILIES)
 def test_gradient_matches_finite_differences(family):
     x = _batch(n=2, c=3, h=6, w=7, dtype=torch.float64).requires_grad_()
-    for u in ((0.1, 0.8, 0.3), (0.77, 0.26, 0.9)):
+    # one row for the batch, then a row per image
+    for u in ((0.1, 0.8, 0.3), (0.77, 0.26, 0.9), ((0.1, 0.8, 0.3), (0.77, 0.26, 0.9))):
         params = dsa.DsaParams(family, u)
         assert torch.autograd.gradcheck(lambda t: dsa.apply(t, params), (x,))
 

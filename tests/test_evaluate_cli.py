@@ -41,9 +41,8 @@ def test_from_scratch_equals_torch_optim_sgd(blobs, batch_size, learned_labels):
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(7)
         for epoch in range(3):
-            if epoch == 1:  # the rate is halved at half of the epochs (3 // 2)
-                for group in opt.param_groups:
-                    group["lr"] = 0.025
+            if epoch == 1:  # at half of the epochs (3 // 2) a new optimiser at a tenth of the rate
+                opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=5e-4)
             order = torch.arange(12) if batch_size is None else torch.randperm(12, generator=g)
             for idx in order.split(batch_size or 12):
                 opt.zero_grad()
@@ -96,14 +95,13 @@ def _plain_torch_accuracies(path, protocol, seed, n_nets):
                     for p in model.parameters():
                         p -= lr * p.grad
         else:  # 5 epochs of SGD over the pooled images, batches of 10, the order seeded by --seed,
-            # the rate halved from epoch 5 // 2 on
+            # from epoch 5 // 2 on a new optimiser at a tenth of the rate
             flat_x, flat_y = x.flatten(0, 1), y.flatten(0, 1)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
             g = torch.Generator().manual_seed(seed)
             for epoch in range(5):
                 if epoch == 2:
-                    for group in opt.param_groups:
-                        group["lr"] = 0.005
+                    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)
                 for idx in torch.randperm(len(flat_y), generator=g).split(10):
                     opt.zero_grad()
                     F.cross_entropy(model(flat_x[idx]), flat_y[idx]).backward()

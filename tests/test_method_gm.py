@@ -189,4 +189,5 @@ def test_method_is_registered_and_the_preset_starts_from_real_images():
     assert default_preset("distill_basic", "unknown_init", "gm") == "gm"
     assert PRESETS["gm"]["synthetic.image_init"] == "real"
     config = build_config({"method": "gm", "methods.augment": "dsa"})
-    assert Gm.from_config(config, models.build_model("MLP", 1, 8, 3), None).augment() is dsa
+    method = Gm.from_config(config, models.build_model("MLP", 1, 8, 3), None)
+    assert method._augment is dsa and method._augment_training.keywords == {"siamese": False}

@@ -1,10 +1,12 @@
 """Augmentations applied to image batches, by name: ``none`` or ``dsa``.
 
 ``dsa`` is differentiable Siamese augmentation (Zhao and Bilen 2021): random transforms that are
-differentiable w.r.t. the images, drawn once and applied alike to a real and a synthetic batch.
+differentiable w.r.t. the images, drawn once and applied alike to a real and a synthetic batch
+(``siamese``), or drawn per image where a network trains on a set (evaluation).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -12,12 +14,13 @@ import torch
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 
-def augmenter(name: str) -> Augment | None:
-    """The batch transform ``(x, generator) -> x'`` called ``name``; None for ``none``."""
+def augmenter(name: str, siamese: bool = True) -> Augment | None:
+    """The batch transform ``(x, generator) -> x'`` called ``name``; None for ``none``.
+    ``siamese``: one random transform per batch (matching losses), else one per image (training)."""
     if name == "none":
         return None
     if name == "dsa":
         from .dsa import dsa
 
-        return dsa
+        return dsa if siamese else functools.partial(dsa, siamese=False)
     raise ValueError(f"unknown augmentation {name!r}")

@@ -1,25 +1,28 @@
 """Differentiable Siamese augmentation (Zhao and Bilen, ICML 2021).
 
 ``dsa(x, generator)`` transforms a batch x (B, C, H, W) by one of the six families of the paper's
-strategy ``color_crop_cutout_flip_scale_rotate``, chosen at random per call, with ONE set of random
-parameters drawn from ``generator`` for the whole batch. Two calls with generators in the same
-state therefore apply the same transform (the Siamese property: a real and a synthetic batch are
-augmented alike), and every transform is differentiable w.r.t. x (each one is linear or affine in
-x for fixed parameters), so a loss of augmented synthetic images reaches the images.
+strategy ``color_crop_cutout_flip_scale_rotate``, chosen at random per call. With ``siamese=True``
+(the default) ONE set of random parameters drawn from ``generator`` serves the whole batch: two
+calls with generators in the same state apply the same transform, so a real and a synthetic batch
+are augmented alike, as in the papers' matching losses. With ``siamese=False`` every image draws
+its own parameters (the family is still one per call): the papers' code does this wherever it
+trains a network on a set (evaluation, gradient matching's inner training, trajectory matching's
+steps), and it is what makes DSA a data augmentation there: one transform per batch would give a
+100-image set a single view per epoch. Every transform is differentiable w.r.t. x (each is linear
+or affine in x for fixed parameters), so a loss of augmented synthetic images reaches the images.
 
 The families and their ranges are those of the paper's code (``ParamDiffAug``), in its single-
-family mode (``aug_mode='S'``):
-- color: brightness x + (b - 0.5), then saturation (x - mean_channels) * 2s + mean_channels, then
-  contrast (x - mean_image) * (c + 0.5) + mean_image, with b, s, c ~ U[0, 1);
+family mode (``aug_mode='S'``); u, v, w ~ U[0, 1) are an image's three uniforms:
+- color: brightness x + (u - 0.5), then saturation (x - mean_channels) * 2v + mean_channels, then
+  contrast (x - mean_image) * (w + 0.5) + mean_image;
 - crop: a translation by whole pixels, up to 1/8 of the side each way, zeros shifted in;
 - cutout: a square of half the side (centred anywhere in the image, clipped at the border) set to 0;
-- flip: left-right, with probability 1/2;
+- flip: left-right, when u < 1/2;
 - scale: x and y scaled independently by factors in [1/1.2, 1.2] about the centre;
 - rotate: by an angle in [-15, 15] degrees about the centre.
-Scale and rotate resample bilinearly (``F.affine_grid`` / ``F.grid_sample``, zeros outside);
-flip, crop and cutout are ``torchvision.transforms.v2.functional``'s (exact pixel moves); color is
-elementwise arithmetic, written here because torchvision's colour functions clamp to [0, 1] and
-these images are normalised. Zero is the mean image of the data in normalised space.
+Scale and rotate resample bilinearly (``F.affine_grid`` / ``F.grid_sample``, zeros outside); crop,
+cutout and flip move or zero whole pixels (exact). Zero is the mean image of the data in
+normalised space, which is why zeros are what is shifted in and cut out.
 """
 from __future__ import annotations
 
@@ -28,7 +31,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 STRATEGY = "_".join(FAMILIES)  # the paper's 'color_crop_cutout_flip_scale_rotate'
@@ -43,84 +45,109 @@ SCALE = 1.2
 ROTATE_DEGREES = 15.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DsaParams:
-    """One draw: the family and its three uniforms u in [0, 1) (each family reads what it needs;
-    drawing the same count every call keeps a generator's consumption independent of the family)."""
+    """One draw: the family and the uniforms u in [0, 1), shape (n, 3) float64: one row for the
+    whole batch (n = 1) or one per image (n = B). Each family reads the columns it needs; drawing
+    three per row whatever the family keeps a generator's consumption independent of the family."""
 
     family: str
-    u: tuple[float, float, float]
+    u: torch.Tensor
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown DSA family {self.family!r}; accepted: {', '.join(FAMILIES)}")
+        object.__setattr__(self, "u", torch.as_tensor(self.u, dtype=torch.float64).reshape(-1, 3))
 
 
-def sample_params(generator: torch.Generator | None = None, families: tuple[str, ...] = FAMILIES) -> DsaParams:
-    """A family among ``families`` and its parameters, from ``generator`` (None: torch's global one)."""
+def sample_params(generator: torch.Generator | None = None, families: tuple[str, ...] = FAMILIES,
+                  n: int = 1) -> DsaParams:
+    """A family among ``families`` and n rows of uniforms, from ``generator`` (None: torch's global one)."""
     index = int(torch.randint(len(families), (1,), generator=generator))
-    u = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
-    return DsaParams(families[index], tuple(u))
+    return DsaParams(families[index], torch.rand(n, 3, generator=generator, dtype=torch.float64))
 
 
-def _pixels(u: float, low: int, high: int) -> int:
-    """An integer uniform in low..high (inclusive) from a uniform u in [0, 1)."""
-    return low + min(int(u * (high - low + 1)), high - low)
+def _pixels(u: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Integers uniform in low..high (inclusive) from uniforms u in [0, 1); same shape, int64."""
+    return low + torch.clamp((u * (high - low + 1)).long(), max=high - low)
 
 
-def _color(x: torch.Tensor, u) -> torch.Tensor:
-    b, s, c = u
-    x = x + (b - 0.5) * BRIGHTNESS
+def _column(u: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
+    """Column i of u as (n, 1, 1, 1) in x's dtype and device, to broadcast over x's images."""
+    return u[:, i].to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+
+
+def _color(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    x = x + _column((u - 0.5) * BRIGHTNESS, 0, x)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (s * SATURATION) + mean
+    x = (x - mean) * _column(u * SATURATION, 1, x) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (c + CONTRAST) + mean
+    return (x - mean) * _column(u + CONTRAST, 2, x) + mean
 
 
-def _crop(x: torch.Tensor, u) -> torch.Tensor:
-    """out[i, j] = x[i + ti, j + tj], zero where that falls outside (pad by the shift, crop back)."""
-    h, w = x.shape[-2:]
+def _crop(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """out[b, :, i, j] = x[b, :, i + ti_b, j + tj_b], zero where that falls outside."""
+    b, _, h, w = x.shape
     sh, sw = int(h * CROP_PAD + 0.5), int(w * CROP_PAD + 0.5)
-    ti, tj = _pixels(u[0], -sh, sh), _pixels(u[1], -sw, sw)
-    return TF.crop(x, ti, tj, h, w)  # torchvision zero-pads a crop box that leaves the image
+    ti, tj = _pixels(u[:, 0], -sh, sh).to(x.device), _pixels(u[:, 1], -sw, sw).to(x.device)
+    rows = (torch.arange(h, device=x.device) + sh + ti[:, None]).expand(b, h)  # in the padded image
+    cols = (torch.arange(w, device=x.device) + sw + tj[:, None]).expand(b, w)
+    padded = F.pad(x, (sw, sw, sh, sh))
+    images = torch.arange(b, device=x.device)[:, None, None]
+    # indices on dims 0, 2, 3 around a slice: the result is (B, H, W, C)
+    return padded[images, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _cutout(x: torch.Tensor, u) -> torch.Tensor:
+def _cutout(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     ch, cw = int(h * CUTOUT + 0.5), int(w * CUTOUT + 0.5)
     # the centre's range and the clipping of the paper's code
-    ci, cj = _pixels(u[0], 0, h - ch % 2), _pixels(u[1], 0, w - cw % 2)
-    top, left = max(0, ci - ch // 2), max(0, cj - cw // 2)
-    bottom, right = min(h, ci - ch // 2 + ch), min(w, cj - cw // 2 + cw)
-    return TF.erase(x, top, left, bottom - top, right - left, torch.zeros((), dtype=x.dtype, device=x.device))
+    ci, cj = _pixels(u[:, 0], 0, h - ch % 2).to(x.device), _pixels(u[:, 1], 0, w - cw % 2).to(x.device)
+    i, j = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = (i >= ci[:, None] - ch // 2) & (i < ci[:, None] - ch // 2 + ch)  # (n, H)
+    cols = (j >= cj[:, None] - cw // 2) & (j < cj[:, None] - cw // 2 + cw)  # (n, W)
+    return x.masked_fill((rows[:, :, None] & cols[:, None, :])[:, None], 0.0)
 
 
-def _flip(x: torch.Tensor, u) -> torch.Tensor:
-    return TF.horizontal_flip(x) if u[0] < FLIP_PROB else x
+def _flip(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    flipped = (u[:, 0] < FLIP_PROB).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flipped, x.flip(-1), x)
 
 
-def _affine(x: torch.Tensor, theta: list[list[float]]) -> torch.Tensor:
-    """Resample x at the points theta @ (x, y, 1) of the output grid ([-1, 1] coordinates)."""
-    t = torch.tensor(theta, dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample each image b at the points theta[b] @ (x, y, 1) of the output grid ([-1, 1]
+    coordinates); theta (n, 2, 3) float64, n = 1 or B."""
+    t = theta.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 3)
     grid = F.affine_grid(t, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def _scale(x: torch.Tensor, u) -> torch.Tensor:
-    sx = u[0] * (SCALE - 1 / SCALE) + 1 / SCALE
-    sy = u[1] * (SCALE - 1 / SCALE) + 1 / SCALE
-    return _affine(x, [[sx, 0.0, 0.0], [0.0, sy, 0.0]])
+def _scale(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    s = u[:, :2] * (SCALE - 1 / SCALE) + 1 / SCALE  # (n, 2): the x and y factors
+    zero = torch.zeros_like(s[:, 0])
+    theta = torch.stack([torch.stack([s[:, 0], zero, zero], -1), torch.stack([zero, s[:, 1], zero], -1)], 1)
+    return _affine(x, theta)
 
 
-def _rotate(x: torch.Tensor, u) -> torch.Tensor:
-    t = (u[0] - 0.5) * 2 * ROTATE_DEGREES / 180 * math.pi
-    return _affine(x, [[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]])
+def _rotate(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    t = (u[:, 0] - 0.5) * 2 * ROTATE_DEGREES / 180 * math.pi
+    zero = torch.zeros_like(t)
+    theta = torch.stack([torch.stack([t.cos(), -t.sin(), zero], -1), torch.stack([t.sin(), t.cos(), zero], -1)], 1)
+    return _affine(x, theta)
 
 
 _APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}
 
 
 def apply(x: torch.Tensor, params: DsaParams) -> torch.Tensor:
-    """The transform ``params`` stands for, applied alike to every image of x (B, C, H, W)."""
+    """The transform ``params`` stands for applied to x (B, C, H, W): its one row to every image,
+    or row b to image b."""
+    if params.u.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"DSA parameters for {params.u.shape[0]} images, a batch of {x.shape[0]}")
     return _APPLY[params.family](x, params.u).contiguous()
 
 
-def dsa(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x (B, C, H, W) under one random DSA transform drawn from ``generator``; same shape."""
-    return apply(x, sample_params(generator))
+def dsa(x: torch.Tensor, generator: torch.Generator | None = None, siamese: bool = True) -> torch.Tensor:
+    """x (B, C, H, W) under one random DSA transform drawn from ``generator``; same shape.
+    ``siamese``: one parameter set for the batch; else one per image (see the module's doc)."""
+    return apply(x, sample_params(generator, n=1 if siamese else x.shape[0]))

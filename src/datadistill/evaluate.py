@@ -20,6 +20,7 @@ from .synthetic import SyntheticSet
 
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (B, C, H, W) -> same shape
 CHUNK_NETS = 25  # networks trained together (vmap) by the scoring functions: bounds memory
+LR_DECAY = 0.1  # from-scratch training's learning rate after half of its epochs, as a fraction
 
 
 
@@ -80,9 +81,10 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     The update is ``torch.optim.SGD``'s with ``momentum`` and L2 ``weight_decay`` on every weight:
         b <- momentum * b + (g + weight_decay * w);  w <- w - lr * b
     All networks see the same batches; returns the trained (n_nets, ...) weights, no graph.
-    The learning rate is halved at half of the epochs (the later literature's schedule), and
-    ``augment(x, generator)``, when given, transforms each batch (DSA); ``on_epoch()`` is told
-    after every epoch (a progress bar).
+    At half of the epochs the learning rate drops to a tenth and the momentum restarts (the papers'
+    code builds a new optimiser there: Zhao et al. 2021, ``evaluate_synset``), and
+    ``augment(x, generator)``, when given, transforms each batch (DSA, a draw per image);
+    ``on_epoch()`` is told after every epoch (a progress bar).
     """
     x = synthetic.images.detach().flatten(0, 1)  # (S * N, C, H, W)
     y = synthetic.labels.detach().flatten(0, 1)  # (S * N,), or (S * N, classes) if learned
@@ -94,8 +96,7 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     optimizer = torch.optim.SGD(leaves, lr=lr, momentum=momentum, weight_decay=weight_decay)
     for epoch in range(epochs):
         if epoch == epochs // 2 and epochs > 1:
-            for group in optimizer.param_groups:
-                group["lr"] = lr / 2
+            optimizer = torch.optim.SGD(leaves, lr=lr * LR_DECAY, momentum=momentum, weight_decay=weight_decay)
         order = (torch.arange(n) if batch_size is None
                  else torch.randperm(n, generator=generator)).to(x.device)
         for start in range(0, n, size):

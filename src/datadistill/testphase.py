@@ -91,7 +91,7 @@ def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfi
     if scratch is not None and scratch.protocol == "from_scratch":
         result = score_set(model, candidate, nets, split, "from_scratch",
                            (scratch.scratch_epochs, scratch.scratch_lr, scratch.scratch_batch_size),
-                           augment=augmenter(scratch.augment or "none"))
+                           augment=augmenter(scratch.augment or "none", siamese=False))
     else:
         result = evaluate_synthetic(model, candidate, nets, split)
     return torch.tensor(result.accuracies, dtype=torch.float64)

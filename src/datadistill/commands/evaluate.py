@@ -36,7 +36,7 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
                                       "(default: the run's; wang2018 unrolled, the later methods from_scratch)")
     p.add_argument("--scratch_epochs", type=int, help="from_scratch: passes over the images (default: the run's, "
                                                       f"else {E.scratch_epochs})")
-    p.add_argument("--scratch_lr", type=float, help="from_scratch: SGD rate, halved at half (default: the run's, "
+    p.add_argument("--scratch_lr", type=float, help="from_scratch: SGD rate, a tenth after half the epochs (default: the run's, "
                                                     f"else {E.scratch_lr})")
     p.add_argument("--scratch_batch_size", type=int, help="from_scratch: images per SGD step (default: the run's, "
                                                           f"else {E.scratch_batch_size})")

@@ -83,7 +83,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         protocol = config.evaluation.protocol or method.protocol
         scratch = (config.evaluation.scratch_epochs, config.evaluation.scratch_lr,
                    config.evaluation.scratch_batch_size)
-        augment = augmenter(config.evaluation.augment or config.methods.augment)
+        augment = augmenter(config.evaluation.augment or config.methods.augment, siamese=False)
 
         def scored(synthetic: SyntheticSet, split) -> EvalResult:
             mine = score_set(model, synthetic, score(False), split, protocol, scratch, config.seed, augment)

@@ -153,7 +153,7 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         on_epoch = None if progress is None else progress(what, chunks * cfg.scratch_epochs)
         result = evaluate_from_scratch(model, synthetic, nets, dataset.test, cfg.scratch_epochs, cfg.scratch_lr,
                                        cfg.scratch_batch_size, generator=torch.Generator().manual_seed(cfg.seed),
-                                       chunk_nets=CHUNK_NETS, augment=augmenter(cfg.eval_augment), on_epoch=on_epoch)
+                                       chunk_nets=CHUNK_NETS, augment=augmenter(cfg.eval_augment, siamese=False), on_epoch=on_epoch)
     return result, {"dataset": dataset.name, "arch": arch_cls.__name__, "init": init, "nets": nets_kind,
                     "settings": asdict(cfg)}
 

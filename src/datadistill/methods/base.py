@@ -78,10 +78,6 @@ class Method:
         expert trajectories of mtt); None: the source ``--train_nets_type`` names."""
         return None
 
-    def augment(self):
-        """``(x, generator) -> x'`` applied to the batches of from-scratch evaluation, or None."""
-        return None
-
     def state_dict(self) -> dict:
         """State the method keeps across iterations (e.g. a network it trains along), for checkpoints."""
         return {}

@@ -147,9 +147,6 @@ class Dm(Method):
             total = total + ((real_mean - self.embed(params, mine).mean(0)) ** 2).sum()
         return total
 
-    def augment(self):
-        return augmenter(self.augment_name)
-
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 

@@ -67,7 +67,9 @@ class Gm(Method):
     def __init__(self, model: nn.Module, synthetic: SyntheticConfig, methods: MethodConfig, seed: int = 0):
         self.model, self.synthetic, self.config = model, synthetic, methods
         self.ipc = synthetic.ipc or DEFAULT_IPC
-        self._augment = augmenter(methods.augment)
+        self._augment = augmenter(methods.augment)  # the matching: one draw for real and synthetic
+        # the network's own training on the set: a draw per image, as when any network trains
+        self._augment_training = augmenter(methods.augment, siamese=False)
         self.generator = torch.Generator().manual_seed(seed)  # reseeded from the run's stream by initial
         self.count = 0  # loss calls so far
         self.kept: Params | None = None  # the current networks (k, ...)
@@ -77,9 +79,6 @@ class Gm(Method):
     @classmethod
     def from_config(cls, config: RunConfig, model: nn.Module, runtime: Runtime) -> "Gm":
         return cls(model, config.synthetic, config.methods, config.seed)
-
-    def augment(self):
-        return self._augment
 
     def initial(self, setup: Setup) -> LearnableSet:
         k, shape = setup.num_classes, tuple(setup.train.x.shape[1:])
@@ -124,8 +123,8 @@ class Gm(Method):
                 xb, yb = x[idx], y[idx]
             else:
                 xb, yb = x, y
-            if self._augment is not None:
-                xb = self._augment(xb, self.generator)
+            if self._augment_training is not None:
+                xb = self._augment_training(xb, self.generator)
             with torch.enable_grad():
                 leaves = {k: v.requires_grad_() for k, v in weights.items()}
                 # summed over networks, mean over images: each network's own mean-loss gradient

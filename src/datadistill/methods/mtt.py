@@ -128,7 +128,8 @@ class Mtt(Method):
         self.model, self.runtime, self.ipc, self.init_lr, self.image_init = model, runtime, ipc, init_lr, image_init
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
         self.augment_name, self.learn_labels, self.init = augment, learn_labels, init
-        self._augment = augmenter(augment) if augment != "none" else None
+        # each step trains the network on an augmented set: a draw per image (the papers' code)
+        self._augment = augmenter(augment, siamese=False)
         # the augmentations' own stream, so that --augment leaves the run's stream as it is
         self.generator = torch.Generator().manual_seed(seed)
         self.experts: dict = {}  # what the report says about them, once loaded
@@ -149,9 +150,6 @@ class Mtt(Method):
         self.experts = {"experts": source.n_experts, "expert_epochs_trained": source.epochs,
                         "expert_test_accuracy": float(zoo.accuracies.mean())}
         return source
-
-    def augment(self):
-        return self._augment
 
     def initial(self, setup: Setup) -> LearnableSet:
         k = setup.num_classes
