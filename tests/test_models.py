@@ -98,3 +98,16 @@ def test_one_lenet_reads_its_batch_channels_last_with_the_same_loss_and_gradient
     torch.testing.assert_close(v_fast, v_ref.detach(), rtol=0, atol=1e-10)
     for k, g in zip(nchw, g_ref):
         torch.testing.assert_close(g_fast[k][0], g, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_convnet_blocks_see_32_16_8_pixels_as_in_the_papers(channels, size):
+    # the papers' ConvNet pads a 28-pixel input by 3 in its first conv, so both sizes end in 4 x 4
+    model = models.build_model("ConvNet", channels, size, 10, width=8)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+             for m in model.features if isinstance(m, torch.nn.AvgPool2d)]
+    model(torch.randn(2, channels, size, size))
+    for h in hooks:
+        h.remove()
+    assert seen == [(32, 32), (16, 16), (8, 8)] and model.classifier.in_features == 8 * 4 * 4

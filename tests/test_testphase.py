@@ -270,3 +270,25 @@ def test_test_phase_scores_from_scratch_with_dsa_when_asked(tmp_path):
                      "--eval_augment", augment, "--val_size", "0", "--results_dir", str(out), "--no_progress"]) == 0
         rows[augment] = json.loads((out / "results.json").read_text())["rows"][0]
     assert rows["none"]["accuracies"] != rows["dsa"]["accuracies"]
+
+
+def test_test_phase_scores_a_set_without_step_sizes_from_scratch_only(tmp_path, capsys):
+    # a dm / gm set (no step sizes): scored from scratch like `evaluate` scores it; the unrolled
+    # protocol has no steps to replay, and says so
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 20, 1, 28, 28, generator=g)  # 2 per class of digits' 10
+    labels = torch.arange(10).repeat_interleave(2).unsqueeze(0)
+    path = artifacts.save_distilled(tmp_path / "distilled.pt", SyntheticSet(images, labels, torch.zeros(0), (0.0,), (1.0,), 10))
+    common = ["--dataset", "digits", "--arch", "MLP", "--width", "16", "--test_n_nets", "2", "--seed", "3"]
+    scratch = ["--protocol", "from_scratch", "--scratch_epochs", "4", "--scratch_batch_size", "8"]
+    assert main(["test", "--distilled", str(path), *common, *scratch, "--val_size", "0", "--results_dir", str(tmp_path / "t"),
+                 "--no_progress"]) == 0
+    row = json.loads((tmp_path / "t" / "results.json").read_text())["rows"][0]
+    assert main(["evaluate", str(path), *common, *scratch, "--results_dir", str(tmp_path / "e")]) == 0
+    evaluated = json.loads((tmp_path / "e" / "results.json").read_text())["result"]
+    assert row["accuracies"] == evaluated["accuracies"] and row["n"] == 2
+    capsys.readouterr()
+    assert main(["test", "--distilled", str(path), *common, "--results_dir", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no step sizes" in err and "--protocol from_scratch" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "u").exists()

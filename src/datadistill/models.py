@@ -144,6 +144,9 @@ class ConvNet(nn.Module):
 
     Three blocks of 3x3 conv (``width`` channels, 128 in the papers), instance norm (GroupNorm with one group per channel,
     affine, no running statistics), ReLU and 2x2 average pooling, then one linear layer.
+    A 28-pixel input is padded by 3 in the first conv, as in the papers' code, so that the blocks
+    see 32, 16 and 8 pixels and the linear layer 4 x 4 (without it the last pooling would drop
+    the seventh row and column of a 7 x 7 map).
     """
 
     supported_sizes = {28, 32}
@@ -153,10 +156,11 @@ class ConvNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
-        for _ in range(3):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GroupNorm(width, width),
+        for block in range(3):
+            padding = 3 if block == 0 and image_size == 28 else 1
+            layers += [nn.Conv2d(channels, width, 3, padding=padding), nn.GroupNorm(width, width),
                        nn.ReLU(), nn.AvgPool2d(2)]
-            channels, size = width, size // 2
+            channels, size = width, (size + 2 * padding - 2) // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * size * size, num_classes)
 

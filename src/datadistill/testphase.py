@@ -79,10 +79,11 @@ def selection_batches(val: Split, batch_size: int, n: int, generator: torch.Gene
 
 
 def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfig,
-          nets: Params | None, split: Split, scratch: EvalConfig | None = None) -> torch.Tensor:
+          nets: Params | None, split: Split, scratch: EvalConfig | None = None, seed: int = 0) -> torch.Tensor:
     """Accuracies on ``split``: one per network after training on ``candidate`` (its steps, or
-    from scratch when ``scratch.protocol`` says so), or (nearest neighbour) the single accuracy of
-    the candidate's images as memory, shape (n,)."""
+    from scratch when ``scratch.protocol`` says so; ``seed`` seeds its batch order and
+    augmentation), or (nearest neighbour) the single accuracy of the candidate's images as
+    memory, shape (n,)."""
     if test.lrs == "nearest_neighbor":
         memory_x = candidate.images.flatten(0, 1)  # (S * N, C, H, W): every step's images
         memory_y = candidate.hard_labels.flatten()
@@ -90,8 +91,8 @@ def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfi
         return torch.tensor([acc], dtype=torch.float64)
     if scratch is not None and scratch.protocol == "from_scratch":
         result = score_set(model, candidate, nets, split, "from_scratch",
-                           (scratch.scratch_epochs, scratch.scratch_lr, scratch.scratch_batch_size),
-                           augment=augmenter(scratch.augment or "none", siamese=False))
+                           (scratch.scratch_epochs, scratch.scratch_lr, scratch.scratch_batch_size), seed,
+                           augmenter(scratch.augment or "none", siamese=False))
     else:
         result = evaluate_synthetic(model, candidate, nets, split)
     return torch.tensor(result.accuracies, dtype=torch.float64)
@@ -191,7 +192,7 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
         inputs.progress(f"scoring {test.images} run {run + 1} of {len(kept)}")
         nets = None if test.lrs == "nearest_neighbor" else inputs.test_nets(run)
         split = data.test if test.score_on == "test" else data.val
-        per_run.append(score(model, candidate(index), test, nets, split, inputs.scratch))
+        per_run.append(score(model, candidate(index), test, nets, split, inputs.scratch, run_seed))
     accs = torch.stack(per_run)  # (runs, nets)
     result = EvalResult(tuple(accs.flatten().tolist()))
     row = {"images": test.images, "lrs": "from scratch" if from_scratch else test.lrs_label,

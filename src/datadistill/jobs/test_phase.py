@@ -72,7 +72,11 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
             raise ConfigError(f"distilled set has {loaded.num_classes} classes, {dataset.name} has "
                               f"{dataset.num_classes}")
         steps, per_class = loaded.steps, loaded.images.shape[1] // loaded.num_classes
-        epochs = test.distill_epochs or loaded.epochs
+        if loaded.epochs == 0 and not from_scratch and test.lrs == "loaded":
+            raise ConfigError(f"{distilled_path(config)} has no step sizes (a set of a method scored from "
+                              f"scratch); score it with --protocol from_scratch, or give --test_distilled_lrs fix LR")
+        # a set without step sizes (dm, gm) is scored from scratch, where the passes play no part
+        epochs = test.distill_epochs or loaded.epochs or 1
         loaded = loaded.to(dataset.train.x.device)
     else:
         steps, per_class = config.synthetic.steps, config.synthetic.images_per_class_per_step
