@@ -188,6 +188,9 @@ def test_method_is_registered_and_the_preset_starts_from_real_images():
     assert method_class("gm") is Gm and Gm.protocol == "from_scratch"
     assert default_preset("distill_basic", "unknown_init", "gm") == "gm"
     assert PRESETS["gm"]["synthetic.image_init"] == "real"
+    # the papers' networks: PyTorch's own layer initialisation, unless --init says otherwise
+    assert build_config({"method": "gm"}).model.init == "default" == build_config({"method": "dm"}).model.init
+    assert build_config({"method": "gm", "model.init": "xavier"}).model.init == "xavier"
     config = build_config({"method": "gm", "methods.augment": "dsa"})
     method = Gm.from_config(config, models.build_model("MLP", 1, 8, 3), None)
     assert method._augment is dsa and method._augment_training.keywords == {"siamese": False}

@@ -93,7 +93,7 @@ def add_model(p) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units (default 128)")
     g.add_argument("--arch", help=f"LeNet, AlexCifarNet, ConvNet, MLP or AlexNet (default {D.model.arch})")
-    g.add_argument("--init", help=f"one of: {', '.join(INITS)} (default {D.model.init})")
+    g.add_argument("--init", help=f"one of: {', '.join(INITS)} ({preset_note('model.init')})")
     g.add_argument("--init_param", type=float, help="gain (xavier, orthogonal) or negative slope (kaiming) "
                                                     f"(default {D.model.init_param:g})")
     g.add_argument("--pretrained_weights", metavar="PATH",
