@@ -67,10 +67,12 @@ def main():
             seconds, _ = timed(cmd, env=env)
             peak = peak_rss_mib()
             m = json.loads((Path(out) / "metrics.json").read_text())
+            # random real images on the networks the run scored with: its init, its DSA
             augment = ["--eval_augment", "dsa"] if "dsa" in flags else []
+            init = ["--init", m["config"]["model"]["init"]]
             timed(datadistill("test", *arch, "--test_distilled_images", "random_train", "--distill_steps", "1",
                               "--distilled_images_per_class_per_step", ipc, "--test_n_nets", args.test_n_nets,
-                              "--protocol", "from_scratch", *augment, "--results_dir", out), env=env)
+                              "--protocol", "from_scratch", *init, *augment, "--results_dir", out), env=env)
             real = json.loads((Path(out) / "results.json").read_text())["rows"][0]
             acc, val = m["final_accuracy"], m["validation"]
             rows.append((method, ipc, acc, val, real, seconds, m["distill_seconds"], peak))
