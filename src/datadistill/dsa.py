@@ -47,17 +47,21 @@ ROTATE_DEGREES = 15.0
 
 @dataclass(frozen=True, eq=False)
 class DsaParams:
-    """One draw: the family and the uniforms u in [0, 1), shape (n, 3) float64: one row for the
-    whole batch (n = 1) or one per image (n = B). Each family reads the columns it needs; drawing
-    three per row whatever the family keeps a generator's consumption independent of the family."""
+    """One draw: the family and the uniforms u in [0, 1), (n, 3) (a tensor or nested sequences;
+    one triple stands for n = 1): one row for the whole batch (n = 1) or one per image (n = B).
+    Each family reads the columns it needs; drawing three per row whatever the family keeps a
+    generator's consumption independent of the family."""
 
     family: str
-    u: torch.Tensor
+    u: torch.Tensor | tuple
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown DSA family {self.family!r}; accepted: {', '.join(FAMILIES)}")
-        object.__setattr__(self, "u", torch.as_tensor(self.u, dtype=torch.float64).reshape(-1, 3))
+
+    def table(self) -> torch.Tensor:
+        """u as an (n, 3) float64 tensor."""
+        return torch.as_tensor(self.u, dtype=torch.float64).reshape(-1, 3)
 
 
 def sample_params(generator: torch.Generator | None = None, families: tuple[str, ...] = FAMILIES,
@@ -142,9 +146,10 @@ _APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "sca
 def apply(x: torch.Tensor, params: DsaParams) -> torch.Tensor:
     """The transform ``params`` stands for applied to x (B, C, H, W): its one row to every image,
     or row b to image b."""
-    if params.u.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"DSA parameters for {params.u.shape[0]} images, a batch of {x.shape[0]}")
-    return _APPLY[params.family](x, params.u).contiguous()
+    u = params.table()
+    if u.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"DSA parameters for {u.shape[0]} images, a batch of {x.shape[0]}")
+    return _APPLY[params.family](x, u).contiguous()
 
 
 def dsa(x: torch.Tensor, generator: torch.Generator | None = None, siamese: bool = True) -> torch.Tensor:
