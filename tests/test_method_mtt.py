@@ -152,6 +152,16 @@ def test_expert_and_ordinary_zoos_never_mix(tmp_path, blobs_zoo):
         load_experts(config, model)
 
 
+def test_experts_of_another_layout_say_to_train_them_again(tmp_path, blobs_zoo):
+    # the same settings, but the class's layout changed since (as ConvNet's 28-pixel padding did)
+    config = _zoo_config(tmp_path, 2)
+    blobs_zoo(config, trajectories=True)
+    other_layout = models.build_model("MLP", 1, 8, 3, width=12)
+    with pytest.raises(ArtifactError, match="other shapes.*train-zoo --trajectories"):
+        load_experts(config, other_layout)
+    assert load_experts(config, models.build_model("MLP", 1, 8, 3, width=16))[0]  # the layout they fit
+
+
 def test_segments_are_drawn_within_the_trajectories(tmp_path, blobs_zoo):
     experts, _ = blobs_zoo(_zoo_config(tmp_path, 2, epochs=4), trajectories=True)
     traj = experts.trajectories

@@ -110,7 +110,9 @@ def load_experts(config: RunConfig, model: nn.Module) -> tuple[Params, "Zoo"]:
                             f"train experts with the same --width and --init_param, in another --results_dir")
     shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
     if {k: tuple(v.shape[2:]) for k, v in zoo.trajectories.items()} != shapes:
-        raise ArtifactError(f"the experts in {path} do not fit this run's {config.model.arch}")
+        # e.g. experts of an older layout of the class (ConvNet before its 28-pixel padding)
+        raise ArtifactError(f"the experts in {path} do not fit this run's {config.model.arch} (weights of "
+                            f"other shapes); train them again with datadistill train-zoo --trajectories")
     return zoo.trajectories, zoo
 
 
