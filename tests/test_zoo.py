@@ -79,6 +79,18 @@ def test_a_zoo_refuses_another_arch_dataset_or_size(tmp_path, blobs_zoo):
         trained.check("MNIST", "LeNet", 3, "train")
 
 
+def test_a_zoo_of_other_weight_shapes_is_refused_with_how_to_train_it_again(tmp_path, blobs_zoo):
+    from datadistill.jobs.common import load_zoo_nets
+    config = _zoo_config(tmp_path, 2)
+    blobs_zoo(config)
+    nets, shape = load_zoo_nets(config, "train", 2)  # the layout it was trained with
+    assert next(iter(nets.values())).shape[0] == 2
+    wider = build_config({"data.dataset": "blobs", "model.arch": "MLP", "model.width": 16,
+                          "results_dir": str(tmp_path)})
+    with pytest.raises(ArtifactError, match="other shapes.*train it again"):
+        load_zoo_nets(wider, "train", 2)
+
+
 def test_loaded_nets_are_sampled_distinct_and_cover_the_zoo(tmp_path, blobs, blobs_zoo):
     trained, _ = blobs_zoo(_zoo_config(tmp_path, 7))
     cfg = build_config({"data.dataset": "blobs", "model.arch": "MLP", "nets.train_nets_type": "loaded",
