@@ -23,7 +23,6 @@ CHUNK_NETS = 25  # networks trained together (vmap) by the scoring functions: bo
 LR_DECAY = 0.1  # from-scratch training's learning rate after half of its epochs, as a fraction
 
 
-
 @dataclass(frozen=True)
 class EvalResult:
     accuracies: tuple[float, ...]  # one per network, in [0, 1]

@@ -65,6 +65,15 @@ class Zoo:
         index = torch.as_tensor(index, dtype=torch.long)
         return {k: v[index].to(device or v.device) for k, v in self.params.items()}
 
+    def check_layout(self, model: nn.Module, what: str, retrain: str) -> None:
+        """Refuse weights of other shapes than ``model``'s (another --width, or an older layout of
+        the class, e.g. ConvNet before its 28-pixel padding): one line naming ``what`` and the
+        ``retrain`` command, instead of a shape error inside the first forward pass."""
+        if {k: tuple(v.shape[1:]) for k, v in self.params.items()} != \
+                {k: tuple(v.shape) for k, v in model.named_parameters()}:
+            raise ArtifactError(f"{what}: weights of other shapes than this run's {self.arch} "
+                                f"(another --width, or an older layout); train {retrain}")
+
     def check(self, dataset: str, arch: str, n_nets: int, what: str) -> None:
         """Refuse a zoo of another dataset or arch, or one smaller than asked for."""
         if self.dataset != dataset or self.arch != arch:

@@ -86,14 +86,9 @@ def load_zoo_nets(config: RunConfig, phase: str, n: int) -> tuple[Params, tuple[
     path = zoo_file(config, phase, config.zoo_dataset)
     zoo = artifacts.load_zoo(path)
     zoo.check(config.zoo_dataset, config.model.arch, n, phase)
-    # weights of other shapes: another --width, or an older layout of the class (ConvNet before
-    # its 28-pixel padding); refused here rather than deep inside the first forward pass
     c, h, _ = zoo.input_shape
-    model = build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width)
-    if {k: tuple(v.shape[1:]) for k, v in zoo.params.items()} != {k: tuple(v.shape) for k, v in model.named_parameters()}:
-        raise ArtifactError(f"the {phase} zoo in {path} holds weights of other shapes than this run's "
-                            f"{config.model.arch} (another --width, or an older layout); train it again "
-                            f"with datadistill train-zoo")
+    zoo.check_layout(build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width),
+                     f"the {phase} zoo in {path}", "it again with datadistill train-zoo")
     return zoo.select(list(range(n))), zoo.input_shape
 
 

@@ -82,7 +82,7 @@ class Dm(Method):
     def __init__(self, model: nn.Module, ipc: int = DEFAULT_IPC, image_init: str = "real", augment: str = "none",
                  embed_batch: int = 256, seed: int = 0):
         self.model, self.ipc, self.image_init = model, ipc, image_init
-        self.augment_name, self.embed_batch = augment, embed_batch
+        self.embed_batch = embed_batch
         self.dsa = augmenter(augment)
         self.embed = Embedder(model)
         self.generator = torch.Generator().manual_seed(seed)

@@ -108,11 +108,7 @@ def load_experts(config: RunConfig, model: nn.Module) -> tuple[Params, "Zoo"]:
         diff = sorted(k for k in wanted if (got or {}).get(k) != wanted[k])
         raise ArtifactError(f"the experts in {path} differ from this run's model ({', '.join(diff)}); "
                             f"train experts with the same --width and --init_param, in another --results_dir")
-    shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
-    if {k: tuple(v.shape[2:]) for k, v in zoo.trajectories.items()} != shapes:
-        # e.g. experts of an older layout of the class (ConvNet before its 28-pixel padding)
-        raise ArtifactError(f"the experts in {path} do not fit this run's {config.model.arch} (weights of "
-                            f"other shapes); train them again with datadistill train-zoo --trajectories")
+    zoo.check_layout(model, f"the experts in {path}", "them again with datadistill train-zoo --trajectories")
     return zoo.trajectories, zoo
 
 
@@ -129,7 +125,7 @@ class Mtt(Method):
                  seed: int = 0):
         self.model, self.runtime, self.ipc, self.init_lr, self.image_init = model, runtime, ipc, init_lr, image_init
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
-        self.augment_name, self.learn_labels, self.init = augment, learn_labels, init
+        self.learn_labels, self.init = learn_labels, init
         # each step trains the network on an augmented set: a draw per image (the papers' code)
         self._augment = augmenter(augment, siamese=False)
         # the augmentations' own stream, so that --augment leaves the run's stream as it is
