@@ -210,6 +210,10 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     (["train-zoo", "--dataset", "digits", "--resume"], "--resume does not apply to `datadistill train-zoo`"),
     (["test", "--dataset", "digits", "--epochs", "3"], "--epochs does not apply to `datadistill test`"),
     (["evaluate", "distilled.pt", "--mode", "distill_basic"], "--mode does not apply to `datadistill evaluate`"),
+    # a method's own flags are refused with another method
+    (["distill", "--method", "dm", "--dataset", "digits", "--step_size_param", "softplus"],
+     "--step_size_param applies to --method wang2018 or mtt, not dm"),
+    (["distill", *FAST, "--step_size_param", "cubic"], "unknown --step_size_param 'cubic'; accepted: exp, softplus"),
 ])
 def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
     out = tmp_path / "r"

@@ -92,13 +92,13 @@ def test_known_init_nets_stay_fixed_while_the_set_learns(blobs, runtime):
     run = _run(blobs, runtime)
     assert isinstance(run.nets, FixedNets) and run.nets.total == 2
     before = {k: v.clone() for k, v in run.nets.params.items()}
-    images, log_lrs = run.learned.images.detach().clone(), run.learned.log_lrs.detach().clone()
+    images, raw_lrs = run.learned.images.detach().clone(), run.learned.raw_lrs.detach().clone()
     seen = _record_samples(run)
     for _ in range(2):
         run.step(blobs.train.x[:32], blobs.train.y[:32])
     assert all(torch.equal(before[k], run.nets.params[k]) for k in before)
     assert all(torch.equal(seen[0][k], seen[1][k]) and torch.equal(seen[0][k], before[k]) for k in before)
-    assert not torch.equal(images, run.learned.images) and not torch.equal(log_lrs, run.learned.log_lrs)
+    assert not torch.equal(images, run.learned.images) and not torch.equal(raw_lrs, run.learned.raw_lrs)
     assert run.iteration == 2
 
 
@@ -267,7 +267,7 @@ def test_outer_lr_follows_the_schedule_per_iteration(blobs, runtime, schedule):
     for _ in range(12):
         images_group, step_size_group = run.optimizer.param_groups
         assert images_group["params"] == [run.learned.images]
-        assert step_size_group["params"] == [run.learned.log_lrs]
+        assert step_size_group["params"] == [run.learned.raw_lrs]
         # the step sizes' own rate follows the same schedule
         assert step_size_group["lr"] == pytest.approx(images_group["lr"] * 0.2)
         seen.append(images_group["lr"])

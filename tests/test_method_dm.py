@@ -113,7 +113,7 @@ def test_initial_set_is_one_class_major_batch_of_real_images():
     model = models.build_model("MLP", 1, 8, 3, width=4)
     setup = Setup(model, train, None, 3, (0.0,), (1.0,), torch.device("cpu"), torch.Generator().manual_seed(2), 0)
     learned = Dm(model, ipc=2, image_init="real").initial(setup)
-    assert learned.images.shape == (1, 6, 1, 8, 8) and learned.log_lrs is None
+    assert learned.images.shape == (1, 6, 1, 8, 8) and learned.raw_lrs is None
     assert learned.labels.tolist() == [[0, 0, 1, 1, 2, 2]]
     for img, label in zip(learned.images[0], learned.labels[0]):
         match = (x == img.detach()).flatten(1).all(1).nonzero().squeeze(1)

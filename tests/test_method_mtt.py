@@ -82,13 +82,13 @@ def test_the_gradient_wrt_images_and_log_step_size_matches_finite_differences(ti
     model, method, learned, starts, targets, stack = tiny
     nets = {"start": stack(starts[:n_segments]), "target": stack(targets[:n_segments])}
 
-    def loss(images, log_lr):
-        learned.images, learned.log_lrs = images, log_lr  # the learned leaves, as the outer loop sees them
+    def loss(images, raw_lr):
+        learned.images, learned.raw_lrs = images, raw_lr  # the learned leaves, as the outer loop sees them
         return method.loss(learned, nets, None, None, n_segments).objective
 
     images = learned.images.detach().clone().requires_grad_()
-    log_lr = learned.log_lrs.detach().clone().requires_grad_()
-    assert torch.autograd.gradcheck(loss, (images, log_lr), eps=1e-6, atol=1e-7, rtol=1e-5)
+    raw_lr = learned.raw_lrs.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(loss, (images, raw_lr), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 # -- the experts ----------------------------------------------------------------------------------

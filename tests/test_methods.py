@@ -65,7 +65,7 @@ def test_a_registered_method_runs_through_the_unchanged_loop(blobs, toy, tmp_pat
         setup = _setup(model, blobs)
         method = method_class("toy")()
         learned = method.initial(setup)
-        assert learned.log_lrs is None and learned.tensors() == [learned.images]
+        assert learned.raw_lrs is None and learned.tensors() == [learned.images]
         sampled = []
 
         class Nets(FreshNets):  # the loop draws networks every step; this method ignores them
@@ -109,30 +109,33 @@ def test_a_registered_method_runs_through_the_unchanged_loop(blobs, toy, tmp_pat
 
 
 # -- Wang2018's hypergradient ------------------------------------------------------------------------
-@pytest.mark.parametrize("n_nets", [1, 2])
-def test_wang2018_hypergradient_matches_finite_differences(f64, blobs, n_nets):
+@pytest.mark.parametrize("n_nets, step_size_param", [(1, "exp"), (2, "exp"), (2, "softplus")])
+def test_wang2018_hypergradient_matches_finite_differences(f64, blobs, n_nets, step_size_param):
     """The gradient of the objective ``Wang2018.loss`` hands the loop, w.r.t. the images and the
-    log step sizes, is the derivative of the loss value it reports (central differences)."""
+    raw step sizes, is the derivative of the loss value it reports (central differences)."""
     model = models.build_model("MLP", 1, 8, 3)
     with Runtime("cpu") as runtime:
-        method = Wang2018(model, SyntheticConfig(steps=2, epochs=2), Relabel(), "basic", runtime)
+        config = SyntheticConfig(steps=2, epochs=2, step_size_param=step_size_param)
+        method = Wang2018(model, config, Relabel(), "basic", runtime)
         learned = method.initial(_setup(model, blobs))
-        assert learned.images.dtype == learned.log_lrs.dtype == torch.float64
+        assert learned.images.dtype == learned.raw_lrs.dtype == torch.float64
+        # the set starts at the configured step size whichever way it is parameterised
+        torch.testing.assert_close(learned.lrs(), torch.full_like(learned.lrs(), config.init_lr))
         nets = fresh_nets(model, "xavier", 1.0, list(range(n_nets)), "cpu")
         x, y = blobs.train.x[:30].double(), blobs.train.y[:30]
         out = method.loss(learned, nets, x, y, n_nets)
-        g_images, g_log_lrs = torch.autograd.grad(out.objective, (learned.images, learned.log_lrs))
-        assert g_images.abs().sum() > 0 and g_log_lrs.abs().sum() > 0
+        g_images, g_raw_lrs = torch.autograd.grad(out.objective, (learned.images, learned.raw_lrs))
+        assert g_images.abs().sum() > 0 and g_raw_lrs.abs().sum() > 0
 
-        def value(d_images, d_log_lrs):
-            saved = learned.images.detach().clone(), learned.log_lrs.detach().clone()
+        def value(d_images, d_raw_lrs):
+            saved = learned.images.detach().clone(), learned.raw_lrs.detach().clone()
             with torch.no_grad():
                 learned.images.add_(d_images)
-                learned.log_lrs.add_(d_log_lrs)
+                learned.raw_lrs.add_(d_raw_lrs)
             v = method.loss(learned, nets, x, y, n_nets).value
             with torch.no_grad():
                 learned.images.copy_(saved[0])
-                learned.log_lrs.copy_(saved[1])
+                learned.raw_lrs.copy_(saved[1])
             return v
 
         torch.testing.assert_close(value(0, 0), out.value, rtol=0, atol=0)
@@ -140,14 +143,14 @@ def test_wang2018_hypergradient_matches_finite_differences(f64, blobs, n_nets):
         gen = torch.Generator().manual_seed(1)
         for _ in range(3):  # directional derivatives along random directions
             di = torch.randn(learned.images.shape, generator=gen)
-            dl = torch.randn(learned.log_lrs.shape, generator=gen)
+            dl = torch.randn(learned.raw_lrs.shape, generator=gen)
             fd = (value(eps * di, eps * dl) - value(-eps * di, -eps * dl)) / (2 * eps)
-            torch.testing.assert_close((g_images * di).sum() + (g_log_lrs * dl).sum(), fd, rtol=1e-6, atol=1e-9)
-        for t in range(learned.log_lrs.shape[0]):  # and each step size on its own
-            e = torch.zeros_like(learned.log_lrs)
+            torch.testing.assert_close((g_images * di).sum() + (g_raw_lrs * dl).sum(), fd, rtol=1e-6, atol=1e-9)
+        for t in range(learned.raw_lrs.shape[0]):  # and each step size on its own
+            e = torch.zeros_like(learned.raw_lrs)
             e[t] = eps
             fd = (value(0, e) - value(0, -e)) / (2 * eps)
-            torch.testing.assert_close(g_log_lrs[t], fd, rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(g_raw_lrs[t], fd, rtol=1e-6, atol=1e-9)
 
 
 # -- the registry -------------------------------------------------------------------------------------

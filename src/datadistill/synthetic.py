@@ -92,12 +92,24 @@ def class_major_labels(steps: int, per_class: int, num_classes: int) -> torch.Te
 LABEL_START = 0.99  # learned labels start as this much probability on the image's own class
 
 
+def step_sizes_from_raw(raw: torch.Tensor, param: str) -> torch.Tensor:
+    """Positive step sizes from the learned raw values: softplus(raw) (the paper's code) or exp(raw)."""
+    return torch.nn.functional.softplus(raw) if param == "softplus" else raw.exp()
+
+
+def raw_from_step_sizes(lrs: torch.Tensor, param: str) -> torch.Tensor:
+    """The inverse of ``step_sizes_from_raw``: log(expm1(lr)) or log(lr)."""
+    return lrs.expm1().log() if param == "softplus" else lrs.log()
+
+
 class LearnableSet:
     """The tensors the outer optimiser updates, and the synthetic set they stand for.
 
-    images (S, N, C, H, W) and, when step sizes are learned, ``log_lrs`` (T,): step sizes live in
-    log space so that they stay positive and Adam's scale-free steps suit a quantity whose useful
-    range spans orders of magnitude. ``labels`` (S, N) are the fixed classes; with learned labels,
+    images (S, N, C, H, W) and, when step sizes are learned, ``raw_lrs`` (T,): the step sizes are
+    ``softplus(raw_lrs)`` (``step_size_param`` "softplus", the paper's code) or ``exp(raw_lrs)``
+    ("exp"), so that they stay positive. Both act alike on small step sizes (softplus(x) ~ e^x for
+    x << 0); on large ones softplus grows additively under Adam's bounded steps and exp
+    multiplicatively. ``labels`` (S, N) are the fixed classes; with learned labels,
     ``label_logits`` (S, N, classes) are learned and the inner cross-entropy's targets are
     ``softmax(label_logits)``: probability vectors, so that cross-entropy stays a proper one,
     bounded below by 0 (free target vectors with a negative entry would make it unbounded below).
@@ -105,10 +117,12 @@ class LearnableSet:
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor | None,
-                 num_classes: int, mean, std, learn_labels: bool = False, meta: dict | None = None):
+                 num_classes: int, mean, std, learn_labels: bool = False, meta: dict | None = None,
+                 step_size_param: str = "exp"):
         self.images = images.detach().clone().requires_grad_()
         self.labels = labels
-        self.log_lrs = None if lrs is None else lrs.detach().log().requires_grad_()
+        self.step_size_param = step_size_param
+        self.raw_lrs = None if lrs is None else raw_from_step_sizes(lrs.detach(), step_size_param).requires_grad_()
         self.label_logits = None
         if learn_labels:
             # logit gap g between the class and each other one: e^g / (e^g + K - 1) = LABEL_START
@@ -123,22 +137,22 @@ class LearnableSet:
         return self.labels if self.label_logits is None else self.label_logits.softmax(-1)
 
     def lrs(self) -> torch.Tensor:
-        return self.log_lrs.exp()
+        return step_sizes_from_raw(self.raw_lrs, self.step_size_param)
 
     def param_groups(self, lr: float, step_size_lr: float) -> list[dict]:
-        """Adam's groups: images and labels at ``lr``, the log step sizes at ``step_size_lr``."""
+        """Adam's groups: images and labels at ``lr``, the raw step sizes at ``step_size_lr``."""
         groups = [{"params": [self.images] + ([] if self.label_logits is None else [self.label_logits])}]
-        if self.log_lrs is not None:
-            groups.append({"params": [self.log_lrs], "lr": step_size_lr})
+        if self.raw_lrs is not None:
+            groups.append({"params": [self.raw_lrs], "lr": step_size_lr})
         return groups
 
     def tensors(self) -> list[torch.Tensor]:
         """Every learned tensor, in a fixed order (checkpoints, replica checks, all-reduce)."""
-        return [t for t in (self.images, self.log_lrs, self.label_logits) if t is not None]
+        return [t for t in (self.images, self.raw_lrs, self.label_logits) if t is not None]
 
     def to(self, device) -> "LearnableSet":
         with torch.no_grad():
-            for name in ("images", "log_lrs", "label_logits"):
+            for name in ("images", "raw_lrs", "label_logits"):
                 t = getattr(self, name)
                 if t is not None:
                     setattr(self, name, t.detach().to(device).requires_grad_())
@@ -147,6 +161,6 @@ class LearnableSet:
 
     def current(self) -> SyntheticSet:
         """A detached snapshot; sets without learned step sizes store an empty ``lrs``."""
-        lrs = torch.empty(0) if self.log_lrs is None else self.log_lrs.detach().exp().clone()
+        lrs = torch.empty(0) if self.raw_lrs is None else self.lrs().detach().clone()
         return SyntheticSet(self.images.detach().clone(), self.targets().detach().clone(), lrs,
                             self.mean, self.std, self.num_classes, dict(self.meta))

@@ -33,6 +33,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g.add_argument("--learn_labels", action=argparse.BooleanOptionalAction,
                    help="learn each image's label as a distribution over the classes, from its own class "
                         "(" + preset_note("synthetic.learn_labels") + ")")
+    g.add_argument("--step_size_param", help="exp or softplus: learned step sizes are exp(raw), or softplus(raw) "
+                                             "as in the paper's code (" + preset_note("synthetic.step_size_param") + ")")
     g.add_argument("--label_mode", help="hard (fixed one-per-class labels) or soft (learned; = --learn_labels)")
     g.add_argument("--ipc", type=int, help="images per class in the whole set (default: wang2018's steps x images "
                                            "per class per step; dm/gm/mtt: 10)")

@@ -28,6 +28,7 @@ FIELDS = {
     "distill_steps": "synthetic.steps", "distill_epochs": "synthetic.epochs",
     "distilled_images_per_class_per_step": "synthetic.images_per_class_per_step",
     "distill_lr": "synthetic.init_lr", "image_init": "synthetic.image_init", "learn_labels": "synthetic.learn_labels",
+    "step_size_param": "synthetic.step_size_param",
     "train_nets_type": "nets.train_nets_type", "n_nets": "nets.n_nets", "test_nets_type": "nets.test_nets_type",
     "test_n_nets": "nets.test_n_nets", "sample_n_nets": "nets.sample_n_nets",
     "epochs": "outer.epochs", "lr_schedule": "outer.schedule", "decay_epochs": "outer.decay_epochs",
@@ -50,7 +51,8 @@ METHOD_FLAGS = {"outer_loop": ("gm",), "inner_steps": ("gm",), "inner_lr": ("gm"
                 "expert_epochs": ("mtt",), "max_start_epoch": ("mtt",), "embed_batch": ("dm", "gm"),
                 "augment": ("dm", "gm", "mtt"), "attack_class": ("wang2018",), "target_class": ("wang2018",),
                 "attack_weight": ("wang2018",), "distill_epochs": ("wang2018",),
-                "distilled_images_per_class_per_step": ("wang2018",), "sample_n_nets": ("wang2018", "mtt")}
+                "distilled_images_per_class_per_step": ("wang2018",), "sample_n_nets": ("wang2018", "mtt"),
+                "step_size_param": ("wang2018", "mtt")}
 
 
 class Parser(argparse.ArgumentParser):

@@ -122,10 +122,10 @@ class Mtt(Method):
     def __init__(self, model: nn.Module, runtime: Runtime, ipc: int = DEFAULT_IPC, init_lr: float = 0.01,
                  image_init: str = "real", syn_steps: int = 20, expert_epochs: int = 2, max_start_epoch: int = 10,
                  augment: str = "none", learn_labels: bool = False, init: tuple[str, float] = ("xavier", 1.0),
-                 seed: int = 0):
+                 seed: int = 0, step_size_param: str = "exp"):
         self.model, self.runtime, self.ipc, self.init_lr, self.image_init = model, runtime, ipc, init_lr, image_init
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
-        self.learn_labels, self.init = learn_labels, init
+        self.learn_labels, self.init, self.step_size_param = learn_labels, init, step_size_param
         # each step trains the network on an augmented set: a draw per image (the papers' code)
         self._augment = augmenter(augment, siamese=False)
         # the augmentations' own stream, so that --augment leaves the run's stream as it is
@@ -138,7 +138,7 @@ class Mtt(Method):
         seed = config.seed * 1_000 + runtime.world.rank  # each process augments for its own segments
         return cls(model, runtime, s.ipc or DEFAULT_IPC, s.init_lr, s.image_init, m.syn_steps, m.expert_epochs,
                    m.max_start_epoch, m.augment, s.learn_labels, (config.model.init, config.model.init_param),
-                   seed)
+                   seed, s.step_size_param)
 
     def net_source(self, config: RunConfig, model: nn.Module, device, generator: torch.Generator,
                    world) -> ExpertSegments:
@@ -158,7 +158,7 @@ class Mtt(Method):
         labels = class_major_labels(1, self.ipc, k)
         lrs = torch.tensor([float(self.init_lr)], dtype=images.dtype)
         return LearnableSet(images, labels, lrs, k, setup.mean, setup.std,
-                            learn_labels=self.learn_labels).to(setup.device)
+                            learn_labels=self.learn_labels, step_size_param=self.step_size_param).to(setup.device)
 
     def step_batches(self, learned: LearnableSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, labels, step sizes) of the ``syn_steps`` steps for ``inner.unroll``: the set as

@@ -112,7 +112,7 @@ class Wang2018(Method):
         labels = class_major_labels(c.steps, c.images_per_class_per_step, setup.num_classes)
         lrs = torch.full((c.steps * c.epochs,), float(c.init_lr))
         return LearnableSet(images, labels, lrs, setup.num_classes, setup.mean, setup.std,
-                            learn_labels=c.learn_labels).to(setup.device)
+                            learn_labels=c.learn_labels, step_size_param=c.step_size_param).to(setup.device)
 
     def loss(self, learned: LearnableSet, nets: Params, real_x: torch.Tensor, real_y: torch.Tensor,
              total_nets: int) -> MethodLoss:
