@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -5,7 +7,8 @@ from datadistill import artifacts, models
 from datadistill.commands import main
 from datadistill.config import build_config
 from datadistill.errors import ArtifactError
-from datadistill.evaluate import accuracy
+from datadistill.evaluate import accuracy, evaluate_synthetic
+from datadistill.jobs.common import load_for
 from datadistill.jobs import scoring
 from datadistill.jobs import zoo as zoo_job
 from datadistill.nets import ZooNets, fresh_nets, zoo_seeds
@@ -83,7 +86,7 @@ def test_a_zoo_of_other_weight_shapes_is_refused_with_how_to_train_it_again(tmp_
     from datadistill.jobs.common import load_zoo_nets
     config = _zoo_config(tmp_path, 2)
     blobs_zoo(config)
-    nets, shape = load_zoo_nets(config, "train", 2)  # the layout it was trained with
+    nets, shape, _ = load_zoo_nets(config, "train", 2)  # the layout it was trained with
     assert next(iter(nets.values())).shape[0] == 2
     wider = build_config({"data.dataset": "blobs", "model.arch": "MLP", "model.width": 16,
                           "results_dir": str(tmp_path)})
@@ -139,10 +142,24 @@ def test_cli_trains_a_zoo_and_distils_against_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "zoo of 4 LeNet networks on digits (train phase)" in out and "(test phase)" in out
     assert (tmp_path / "zoo" / "digits-LeNet-xavier-train" / "zoo.pt").is_file()
-    assert main(["--mode", "distill_basic", "--train_nets_type", "loaded", "--n_nets", "4", "--sample_n_nets", "2",
-                 "--test_nets_type", "loaded", "--test_n_nets", "2", "--distill_steps", "1", "--distill_epochs", "1",
-                 "--epochs", "1", *common]) == 0
+    loaded = ["--mode", "distill_basic", "--train_nets_type", "loaded", "--sample_n_nets", "2",
+              "--test_nets_type", "loaded", "--test_n_nets", "2", "--distill_steps", "1", "--distill_epochs", "1",
+              "--epochs", "1"]
+    assert main([*loaded, "--n_nets", "4", *common]) == 0
     assert "over 2 nets" in capsys.readouterr().out
+    # no train zoo network left over to hold out: the run is not validated (never on the test zoo)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["validation"] is None and metrics["validation_nets"] is None
+    # 3 of 4 distil, the 4th scores the validation split: the same figure as that network's own
+    assert main([*loaded, "--n_nets", "3", *common]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["validation_nets"] == "1 held-out train zoo networks" and metrics["validation"]["n"] == 1
+    config = build_config({"data.dataset": "digits", "model.arch": "LeNet"}, "zoo")
+    zoo = artifacts.load_zoo(tmp_path / "zoo" / "digits-LeNet-xavier-train" / "zoo.pt")
+    synthetic = artifacts.load_distilled(tmp_path / "distilled.pt")
+    model = models.build_model("LeNet", 1, 28, 10)
+    held_out = evaluate_synthetic(model, synthetic, zoo.select([3]), load_for(config).val)
+    assert metrics["validation"]["mean"] == pytest.approx(held_out.mean, abs=1e-6)
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -150,6 +167,8 @@ def test_cli_trains_a_zoo_and_distils_against_it(tmp_path, capsys):
     (["--train_nets_type", "loaded", "--n_nets", "2", "--sample_n_nets", "3"], "cannot exceed --n_nets"),
     (["--mode", "train", "--phase", "validation"], "unknown --phase 'validation'; accepted: train, test"),
     (["--sample_n_nets", "2"], "--sample_n_nets draws from loaded networks"),
+    (["--val_n_nets", "2"], "--val_n_nets holds out loaded networks; --train_nets_type is unknown_init"),
+    (["--train_nets_type", "loaded", "--val_n_nets", "-1"], "--val_n_nets must be >= 0, got -1"),
     (["--zoo_dir", "z"], "--zoo_dir is read only with loaded networks"),
 ])
 def test_zoo_refusals_are_one_line_exit_2(tmp_path, capsys, flags, message):

@@ -100,6 +100,7 @@ def check_applies(args) -> None:
         refuse(args, "source_dataset", f"applies to --mode distill_adapt only, not {mode}")
     if nets != "loaded":
         refuse(args, "sample_n_nets", f"draws from loaded networks; --train_nets_type is {nets}")
+        refuse(args, "val_n_nets", f"holds out loaded networks; --train_nets_type is {nets}")
     if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
         refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
     if "loaded" not in (nets, getattr(args, "test_nets_type", D.nets.test_nets_type)) and method != "mtt":

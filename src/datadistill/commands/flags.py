@@ -30,7 +30,7 @@ FIELDS = {
     "distill_lr": "synthetic.init_lr", "image_init": "synthetic.image_init", "learn_labels": "synthetic.learn_labels",
     "step_size_param": "synthetic.step_size_param",
     "train_nets_type": "nets.train_nets_type", "n_nets": "nets.n_nets", "test_nets_type": "nets.test_nets_type",
-    "test_n_nets": "nets.test_n_nets", "sample_n_nets": "nets.sample_n_nets",
+    "test_n_nets": "nets.test_n_nets", "sample_n_nets": "nets.sample_n_nets", "val_n_nets": "nets.val_n_nets",
     "epochs": "outer.epochs", "lr_schedule": "outer.schedule", "decay_epochs": "outer.decay_epochs",
     "decay_factor": "outer.decay_factor", "lr": "outer.lr", "step_size_lr": "outer.step_size_lr",
     "batch_size": "outer.batch_size",
@@ -154,6 +154,10 @@ def add_nets(p, sampling: bool = True) -> None:
                                               f"(default {D.nets.n_nets})")
     if sampling:
         g.add_argument("--sample_n_nets", type=int, help="loaded nets: networks drawn per iteration (default all)")
+        g.add_argument("--val_n_nets", type=int,
+                       help="loaded nets: networks of the train zoo after the first --n_nets, held out of "
+                            "distillation, that score the validation split (up to this many; default "
+                            f"{D.nets.val_n_nets}; none in the zoo: no validation)")
     g.add_argument("--test_nets_type", help=f"{' or '.join(TEST_NETS_TYPES)} (default {D.nets.test_nets_type})")
     g.add_argument("--test_n_nets", type=int, help=f"networks that score the set (default {D.nets.test_n_nets})")
     g.add_argument("--zoo_dir", help="where zoos live (default <results_dir>/zoo)")

@@ -149,12 +149,18 @@ class NetsConfig:
     test_nets_type: str = "unknown_init"
     test_n_nets: int = 1
     sample_n_nets: int | None = None  # loaded nets: draw this many of the n_nets per iteration
+    # loaded nets: up to this many networks of the train zoo after its first n_nets, never drawn
+    # for distillation, score the validation split, so that choices are made on networks that are
+    # neither trained against nor the test zoo; none there: the run is not validated
+    val_n_nets: int = 10
 
     def __post_init__(self):
         _choice("--train_nets_type", self.train_nets_type, TRAIN_NETS_TYPES)
         _choice("--test_nets_type", self.test_nets_type, TEST_NETS_TYPES)
         _positive("--n_nets", self.n_nets)
         _positive("--test_n_nets", self.test_n_nets)
+        if self.val_n_nets < 0:
+            raise ConfigError(f"--val_n_nets must be >= 0, got {self.val_n_nets}")
         if self.sample_n_nets is not None:
             _positive("--sample_n_nets", self.sample_n_nets)
             if self.sample_n_nets > self.n_nets:

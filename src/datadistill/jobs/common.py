@@ -80,31 +80,33 @@ def zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:
                        config.model.init, phase) / ZOO_FILE
 
 
-def load_zoo_nets(config: RunConfig, phase: str, n: int) -> tuple[Params, tuple[int, int, int]]:
-    """Stacked weights of the first ``n`` networks of a zoo, checked against the run, and the
-    input shape they take."""
+def load_zoo_nets(config: RunConfig, phase: str, n: int, held_out: int = 0
+                  ) -> tuple[Params, tuple[int, int, int], Params | None]:
+    """Stacked weights of the first ``n`` networks of a zoo, checked against the run, the input
+    shape they take, and up to ``held_out`` networks after them (None when there are none)."""
     path = zoo_file(config, phase, config.zoo_dataset)
     zoo = artifacts.load_zoo(path)
     zoo.check(config.zoo_dataset, config.model.arch, n, phase)
     c, h, _ = zoo.input_shape
     zoo.check_layout(build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width),
                      f"the {phase} zoo in {path}", "it again with datadistill train-zoo")
-    return zoo.select(list(range(n))), zoo.input_shape
+    rest = list(range(n, min(len(zoo), n + held_out)))
+    return zoo.select(list(range(n))), zoo.input_shape, zoo.select(rest) if rest else None
 
 
-def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None, tuple | None]:
-    """(train zoo nets, test zoo nets, their input shape) the run asks for; read before anything
-    else is done, so a missing zoo fails fast."""
+def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None, Params | None, tuple | None]:
+    """(train zoo nets, held-out train zoo nets for validation, test zoo nets, their input shape)
+    the run asks for; read before anything else is done, so a missing zoo fails fast."""
     nets = config.nets
-    train = test = shape = None
+    train = val = test = shape = None
     if nets.train_nets_type == "loaded":
-        train, shape = load_zoo_nets(config, "train", nets.n_nets)
+        train, shape, val = load_zoo_nets(config, "train", nets.n_nets, nets.val_n_nets)
     if nets.test_nets_type == "loaded":
-        test, test_shape = load_zoo_nets(config, "test", nets.test_n_nets)
+        test, test_shape, _ = load_zoo_nets(config, "test", nets.test_n_nets)
         if shape is not None and test_shape != shape:
             raise ArtifactError(f"train zoo takes {shape} images, test zoo {test_shape}")
         shape = test_shape
-    return train, test, shape
+    return train, val, test, shape
 
 
 def check_classes(config: RunConfig, dataset: Dataset) -> None:

@@ -16,12 +16,13 @@ from ..distill import Callback, Distillation
 from ..augment import augmenter
 from ..evaluate import EvalResult, score_set
 from ..methods import Setup, method_class
+from ..models import Params
 from ..nets import FixedNets, FreshNets, NetSource, ZooNets
 from ..runtime import Runtime
 from ..synthetic import SyntheticSet
 from ..world import World
 from .common import check_classes, dataset_for, loaded_nets, model_for, normalise_config, resolve_device
-from .scoring import scoring_nets
+from .scoring import held_out_nets, scoring_nets
 
 
 @dataclass
@@ -65,7 +66,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     state = None
     if resume:  # read before any work, so a bad checkpoint fails fast and writes nothing
         state = world.broadcast(world.agree(lambda: read_checkpoint(ckpt_path, config) if world.is_main else None))
-    zoo_train, zoo_test, shape = world.agree(lambda: loaded_nets(config))
+    zoo_train, zoo_val, zoo_test, shape = world.agree(lambda: loaded_nets(config))
     dataset = world.agree(lambda: dataset_for(config, shape, dataset))
     world.agree(lambda: check_classes(config, dataset))
     device = resolve_device(config.device)
@@ -85,15 +86,23 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
                    config.evaluation.scratch_batch_size)
         augment = augmenter(config.evaluation.augment or config.methods.augment, siamese=False)
 
-        def scored(synthetic: SyntheticSet, split) -> EvalResult:
-            mine = score_set(model, synthetic, score(False), split, protocol, scratch, config.seed, augment)
+        def scored(synthetic: SyntheticSet, split, nets: Params) -> EvalResult:
+            mine = score_set(model, synthetic, nets, split, protocol, scratch, config.seed, augment)
             return EvalResult(tuple(world.gather(list(mine.accuracies))))
 
-        def validate(synthetic: SyntheticSet) -> EvalResult:
-            return scored(synthetic, dataset.val)
+        # with a train zoo, held-out networks of it validate (neither trained against nor the test
+        # zoo's); a zoo with none left over is not validated
+        loaded = config.nets.train_nets_type == "loaded"
+        val_nets = held_out_nets(zoo_val, device, world) if zoo_val is not None else None
 
+        def validate(synthetic: SyntheticSet) -> EvalResult:
+            return scored(synthetic, dataset.val, val_nets if loaded else score(False))
+
+        validated = dataset.val is not None and (val_nets is not None or not loaded)
+        validation_nets = None if not validated else (
+            f"{len(next(iter(zoo_val.values())))} held-out train zoo networks" if loaded else "the scoring networks")
         run = Distillation(method, learned, source, config.outer, dataset.train, generator, config.eval_every,
-                           validate if dataset.val is not None else None, world)
+                           validate if validated else None, world)
         if state is not None:
             runtime.backend = state["conv_backend"] or runtime.backend
             world.agree(lambda: load_state_dict(run, state, world.size))
@@ -103,7 +112,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         if not config.skip_test:
             progress(f"scoring on the test split with {config.nets.test_n_nets} networks")
         # the test split, read once: the final figure
-        final = None if config.skip_test else scored(synthetic, dataset.test)
+        final = None if config.skip_test else scored(synthetic, dataset.test, score(False))
         if not world.is_main:
             world.barrier()  # rank 0 writes the results; wait, so a failure there fails every process
             return RunResult(synthetic, final, {}, results)
@@ -116,6 +125,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         "final_accuracy": None if final is None else final.to_dict(),
         "protocol": protocol,
         "validation": run.history.evaluations[-1] if run.history.evaluations else None,
+        "validation_nets": validation_nets,
         "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
         "distill_seconds": run.history.seconds,
         "wall_seconds": time.perf_counter() - start,

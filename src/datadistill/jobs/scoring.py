@@ -9,6 +9,12 @@ from ..nets import FixedNets, NetSource, ZooNets, eval_seeds, fresh_nets
 from ..world import World
 
 
+def held_out_nets(zoo: Params, device, world: World) -> Params:
+    """This process's part of held-out zoo networks (validation; accuracies gathered afterwards)."""
+    part = world.part(next(iter(zoo.values())).shape[0])
+    return {k: v[part.start:part.stop].to(device) for k, v in zoo.items()}
+
+
 def scoring_nets(config: RunConfig, model, device, world: World, source: NetSource,
                  zoo_test: Params | None) -> Callable[[bool], Params]:
     """``score(all_processes)``: this process's part of the scoring networks (evaluation, whose

@@ -57,9 +57,9 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
                               "fixed networks (init_params), and it has none; use unknown_init or loaded")
     train_zoo = test_zoo = shape = None
     if nets_cfg.train_nets_type == "loaded" and (selecting or same_as_train):
-        train_zoo, shape = load_zoo_nets(config, "train", nets_cfg.n_nets)
+        train_zoo, shape, _ = load_zoo_nets(config, "train", nets_cfg.n_nets)
     if not knn and nets_cfg.test_nets_type == "loaded":
-        test_zoo, shape = load_zoo_nets(config, "test", nets_cfg.test_n_nets)
+        test_zoo, shape, _ = load_zoo_nets(config, "test", nets_cfg.test_n_nets)
     if dataset is None and shape is None and config.mode == "distill_adapt" and loaded is not None:
         dataset = load_for(config, tuple(loaded.images.shape[2:]))  # the input space it was distilled in
     dataset = dataset_for(config, shape, dataset)
