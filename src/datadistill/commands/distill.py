@@ -71,7 +71,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g.add_argument("--attack_weight", type=float, help="weight of attack_class images in the outer loss against 1 "
                                                        "(" + preset_note("attack_weight") + "; 1 is the paper's)")
     g = add_outer(p)
-    g.add_argument("--step_size_lr", type=float, help="Adam's rate of the log step sizes (" + preset_note("outer.step_size_lr") + ")")
+    g.add_argument("--step_size_lr", type=float, help="Adam's rate of the raw step sizes, log(lr) or softplus^-1(lr) "
+                                                      "(" + preset_note("outer.step_size_lr") + ")")
     g.add_argument("--eval_every", type=int, help="validate every N epochs (default 0: about five times a run)")
     g = add_run(p)
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")

@@ -91,7 +91,7 @@ class SyntheticConfig:
     # without steps (dm, gm, mtt) hold all of them in one batch
     ipc: int | None = None
     # learned step sizes are exp(raw) or softplus(raw) (the paper's code); see synthetic.LearnableSet.
-    # exp on MNIST's validation split (fixed preset): one fixed network lost 3.0 points under softplus
+    # exp chosen on MNIST's validation split with the fixed preset (benchmarks/RESULTS.md)
     step_size_param: str = "exp"
 
     def __post_init__(self):
@@ -120,7 +120,7 @@ class OuterConfig:
     decay_epochs: int = 3
     decay_factor: float = 0.8
     lr: float = 0.05  # Adam's rate of the images (and learned labels); of the weights when training a zoo
-    step_size_lr: float = 0.01  # Adam's rate of the log step sizes
+    step_size_lr: float = 0.01  # Adam's rate of the raw step sizes (log or softplus-inverse; --step_size_param)
     batch_size: int = 256  # real images per outer step
 
     def __post_init__(self):
