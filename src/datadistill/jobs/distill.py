@@ -22,7 +22,7 @@ from ..runtime import Runtime
 from ..synthetic import SyntheticSet
 from ..world import World
 from .common import check_classes, dataset_for, loaded_nets, model_for, normalise_config, resolve_device
-from .scoring import held_out_nets, scoring_nets
+from .scoring import my_part, scoring_nets
 
 
 @dataclass
@@ -93,7 +93,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         # with a train zoo, held-out networks of it validate (neither trained against nor the test
         # zoo's); a zoo with none left over is not validated
         loaded = config.nets.train_nets_type == "loaded"
-        val_nets = held_out_nets(zoo_val, device, world) if zoo_val is not None else None
+        val_nets = my_part(zoo_val, device, world) if zoo_val is not None else None
 
         def validate(synthetic: SyntheticSet) -> EvalResult:
             return scored(synthetic, dataset.val, val_nets if loaded else score(False))

@@ -9,8 +9,8 @@ from ..nets import FixedNets, NetSource, ZooNets, eval_seeds, fresh_nets
 from ..world import World
 
 
-def held_out_nets(zoo: Params, device, world: World) -> Params:
-    """This process's part of held-out zoo networks (validation; accuracies gathered afterwards)."""
+def my_part(zoo: Params, device, world: World) -> Params:
+    """This process's part of scoring networks, on ``device`` (accuracies are gathered afterwards)."""
     part = world.part(next(iter(zoo.values())).shape[0])
     return {k: v[part.start:part.stop].to(device) for k, v in zoo.items()}
 
@@ -21,9 +21,7 @@ def scoring_nets(config: RunConfig, model, device, world: World, source: NetSour
     accuracies are gathered afterwards), or every one of them (the reports rank 0 computes)."""
     nets, m = config.nets, config.model
     on_device = lambda params: {k: v.to(device) for k, v in params.items()}  # noqa: E731
-    mine_of_test = None if zoo_test is None else {
-        k: v[world.part(nets.test_n_nets).start:world.part(nets.test_n_nets).stop].to(device)
-        for k, v in zoo_test.items()}
+    mine_of_test = None if zoo_test is None else my_part(zoo_test, device, world)
 
     def score(all_processes: bool) -> Params:
         everyone = all_processes and world.distributed
