@@ -8,6 +8,7 @@ from torch.func import functional_call
 from datadistill import artifacts, checkpoint, models
 from datadistill.config import OuterConfig, SyntheticConfig
 from datadistill.distill import Callback, Distillation
+from datadistill.errors import ConfigError
 from datadistill.evaluate import evaluate_synthetic
 from datadistill.inner import batched_unroll, batched_unrolled_loss
 from datadistill.methods import Setup
@@ -277,3 +278,12 @@ def test_outer_lr_follows_the_schedule_per_iteration(blobs, runtime, schedule):
     else:  # from lr down a half cosine, halfway at the middle of the run
         assert seen[0] == pytest.approx(0.1) and seen[6] == pytest.approx(0.05)
         assert all(a > b for a, b in zip(seen, seen[1:])) and seen[-1] < 0.002
+
+
+@pytest.mark.parametrize("beta1", [0.5, 0.9])
+def test_adam_beta1_is_the_outer_optimisers(blobs, runtime, beta1):
+    outer = OuterConfig(epochs=1, lr=0.1, step_size_lr=0.1, batch_size=40, adam_beta1=beta1)
+    run = _run(blobs, runtime, nets="known_init", n_nets=1, steps=1, synthetic_epochs=1, outer=outer)
+    assert [g["betas"] for g in run.optimizer.param_groups] == [(beta1, 0.999)] * 2
+    with pytest.raises(ConfigError, match="adam_beta1"):
+        OuterConfig(adam_beta1=1.0)

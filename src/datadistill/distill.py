@@ -58,7 +58,7 @@ class Distillation:
         self.train, self.generator, self.validate, self.world = train, generator, validate, world
         self.eval_every = eval_every or max(1, outer.epochs // 5)
         self.optimizer = torch.optim.Adam(learned.param_groups(outer.lr, outer.step_size_lr),
-                                          lr=outer.lr, betas=(0.5, 0.999))
+                                          lr=outer.lr, betas=(outer.adam_beta1, 0.999))
         # the factor is a pure function of the iteration, so a resumed run lands on the same curve
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: outer.lr_factor(it, self.iterations_per_epoch))

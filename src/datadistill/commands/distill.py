@@ -73,6 +73,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g = add_outer(p)
     g.add_argument("--step_size_lr", type=float, help="Adam's rate of the raw step sizes, log(lr) or softplus^-1(lr) "
                                                       "(" + preset_note("outer.step_size_lr") + ")")
+    g.add_argument("--adam_beta1", type=float, help="Adam's first-moment decay of the outer optimiser (" +
+                   preset_note("outer.adam_beta1") + "; 0.5 is the original code's)")
     g.add_argument("--eval_every", type=int, help="validate every N epochs (default 0: about five times a run)")
     g = add_run(p)
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")

@@ -122,9 +122,15 @@ class OuterConfig:
     lr: float = 0.05  # Adam's rate of the images (and learned labels); of the weights when training a zoo
     step_size_lr: float = 0.01  # Adam's rate of the raw step sizes (log or softplus-inverse; --step_size_param)
     batch_size: int = 256  # real images per outer step
+    # Adam's first-moment decay (the second's is 0.999). 0.5 is the original code's; with it one
+    # gradient far larger than the recent ones moves a tensor by up to (1 - b1) / sqrt(1 - 0.999),
+    # about 16 times the rate, against about 3 times at 0.9
+    adam_beta1: float = 0.5
 
     def __post_init__(self):
         _choice("--lr_schedule", self.schedule, LR_SCHEDULES)
+        if not 0 <= self.adam_beta1 < 1:
+            raise ConfigError(f"--adam_beta1 must be in [0, 1), got {self.adam_beta1}")
         _positive("--epochs", self.epochs)
         _positive("--decay_epochs", self.decay_epochs)
         _positive("--decay_factor", self.decay_factor)
