@@ -180,3 +180,29 @@ def test_tiny_digits_run_beats_random_real_images_and_its_file_round_trips(tmp_p
     assert saved.images.shape == (1, 10, 1, 32, 32) and saved.lrs.numel() == 0
     assert saved.labels.tolist() == [list(range(10))] and saved.meta["method"] == "dm"
     torch.testing.assert_close(saved.images, result.synthetic.images)
+
+
+@pytest.mark.skipif(not DSA_IMPORTABLE, reason="datadistill.dsa (DSA) is not there yet")
+def test_dsa_loss_equals_a_class_by_class_computation_in_float64():
+    from datadistill.dsa import dsa
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = models.build_model("ConvNet", 1, 28, 3, width=4)
+        stacked = nets.fresh_nets(model, "xavier", 1.0, [0, 1], "cpu")
+        g = torch.Generator().manual_seed(5)
+        real_x, syn = torch.randn(9, 1, 28, 28, generator=g), torch.randn(6, 1, 28, 28, generator=g)
+        real_y = torch.tensor([2, 0, 2, 2, 0, 0, 2, 0, 2])  # class 1 absent from the batch
+        out = Dm(model, ipc=2, augment="dsa", seed=4).loss(_learned(syn, 2, 3), stacked, real_x, real_y, 4)
+        seeds = torch.Generator().manual_seed(4)  # the method's stream: one seed per present class
+        embed, total = Embedder(model), 0.0
+        for i in range(2):
+            params = {name: v[i] for name, v in stacked.items()}
+            for c in (0, 2):
+                seed = int(torch.randint(0, 2**31 - 1, (), generator=seeds))
+                real = dsa(real_x[real_y == c], torch.Generator().manual_seed(seed))
+                mine = dsa(syn[2 * c:2 * c + 2], torch.Generator().manual_seed(seed))
+                total += ((embed(params, real).mean(0) - embed(params, mine).mean(0)) ** 2).sum()
+        assert torch.allclose(out.value, total / 4, rtol=1e-10)
+    finally:
+        torch.set_default_dtype(torch.float32)
