@@ -9,7 +9,7 @@ from datadistill import artifacts, checkpoint, models
 from datadistill.config import OuterConfig, SyntheticConfig
 from datadistill.distill import Callback, Distillation
 from datadistill.errors import ConfigError
-from datadistill.evaluate import evaluate_synthetic
+from datadistill.evaluate import EvalResult, evaluate_synthetic
 from datadistill.inner import batched_unroll, batched_unrolled_loss
 from datadistill.methods import Setup
 from datadistill.methods.wang2018 import Relabel, Wang2018, real_batch_gradient
@@ -287,3 +287,41 @@ def test_adam_beta1_is_the_outer_optimisers(blobs, runtime, beta1):
     assert [g["betas"] for g in run.optimizer.param_groups] == [(beta1, 0.999)] * 2
     with pytest.raises(ConfigError, match="adam_beta1"):
         OuterConfig(adam_beta1=1.0)
+
+
+class ScriptedScores:
+    """A validation that scores the k-th snapshot it sees ``scores[k]`` and keeps the snapshots."""
+
+    def __init__(self, scores):
+        self.scores, self.seen = list(scores), []
+
+    def __call__(self, synthetic):
+        self.seen.append(synthetic.images.clone())
+        return EvalResult((self.scores[len(self.seen) - 1],))
+
+
+def _scripted(blobs, runtime, scores, keep_best=True, epochs=3) -> Distillation:
+    run = _run(blobs, runtime, epochs=epochs)
+    run.validate, run.keep_best = ScriptedScores(scores), keep_best
+    return run
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_keep_best_gives_the_snapshot_that_validated_best(blobs, runtime, keep_best):
+    # validated at epochs 0, 1, 2 and the end (3); the second snapshot scores best
+    run = _scripted(blobs, runtime, [0.2, 0.9, 0.5, 0.4], keep_best)
+    out = run.run()
+    seen = run.validate.seen
+    assert len(seen) == 4 and not torch.equal(seen[1], seen[3])
+    assert torch.equal(out.images, seen[1] if keep_best else seen[3])
+    assert run.selected_evaluation()["epoch"] == (1 if keep_best else 3)
+
+
+def test_keep_best_survives_a_resume(blobs, runtime, tmp_path):
+    scores = [0.2, 0.9, 0.5, 0.4]
+    straight = _scripted(blobs, runtime, scores).run()
+    with pytest.raises(KeyboardInterrupt):  # killed after epoch 2, its best (epoch 1) behind it
+        _scripted(blobs, runtime, scores).run([StopAfter(tmp_path / "ckpt.pt", epochs=2)])
+    resumed = _resumed(_scripted(blobs, runtime, scores[2:]), tmp_path / "ckpt.pt")
+    out = resumed.run()
+    assert torch.equal(out.images, straight.images) and resumed.selected_evaluation()["epoch"] == 1

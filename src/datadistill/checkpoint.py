@@ -13,6 +13,7 @@ from . import artifacts
 from .config import RunConfig
 from .distill import Callback, Distillation, History
 from .errors import ArtifactError
+from .synthetic import SyntheticSet
 
 # config fields a resumed run may change; anything else must match the checkpoint
 # (test, evaluation: how results are scored; preset: what is recorded is the values it gave)
@@ -34,6 +35,8 @@ def state_dict(run: Distillation, world_size: int, backend: str | None) -> dict:
         "conv_backend": backend,  # the numerics the run chose; a resumed run keeps them
         "epoch": run.epoch,
         "iteration": run.iteration,
+        "best": None if run.best is None else {"index": run.best[0], "images": run.best[1].images.cpu(),
+                                               "labels": run.best[1].labels.cpu(), "lrs": run.best[1].lrs.cpu()},
         "history": {"evaluations": run.history.evaluations, "losses": run.history.losses,
                     "seconds": run.history.seconds},
     }
@@ -53,6 +56,12 @@ def load_state_dict(run: Distillation, state: dict, world_size: int) -> None:
     run.method.load_state_dict(state["method"])
     run.epoch, run.iteration = state["epoch"], state["iteration"]
     run.history = History(**state["history"])
+    best = state.get("best")  # absent in checkpoints written before --keep_best
+    if best is not None:
+        device, learned = run.learned.images.device, run.learned
+        run.best = (best["index"], SyntheticSet(best["images"].to(device), best["labels"].to(device),
+                                                best["lrs"].to(device), learned.mean, learned.std,
+                                                learned.num_classes, dict(learned.meta)))
     run.check_replicas()
 
 

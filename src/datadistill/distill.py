@@ -47,14 +47,19 @@ class Distillation:
     """One run of the outer loop; holds the learned set, its optimiser and the run's generator.
 
     ``validate(synthetic)`` scores a snapshot on held-out data (the validation split) every
-    ``eval_every`` epochs and at the end; in a group of processes (``world``) every process runs
-    the loop on its share of the networks and the learned tensors stay identical.
+    ``eval_every`` epochs and at the end; with ``keep_best`` the run returns the snapshot that
+    scored highest there (early stopping on validation) rather than the last. In a group of
+    processes (``world``) every process runs the loop on its share of the networks and the
+    learned tensors stay identical.
     """
 
     def __init__(self, method: Method, learned: LearnableSet, nets: NetSource, outer: OuterConfig,
                  train: Split, generator: torch.Generator, eval_every: int = 0,
-                 validate: Callable[[SyntheticSet], EvalResult] | None = None, world: World = World()):
+                 validate: Callable[[SyntheticSet], EvalResult] | None = None, world: World = World(),
+                 keep_best: bool = False):
         self.method, self.learned, self.nets, self.outer = method, learned, nets, outer
+        self.keep_best = keep_best
+        self.best: tuple[int, SyntheticSet] | None = None  # (its index in history.evaluations, snapshot)
         self.train, self.generator, self.validate, self.world = train, generator, validate, world
         self.eval_every = eval_every or max(1, outer.epochs // 5)
         self.optimizer = torch.optim.Adam(learned.param_groups(outer.lr, outer.step_size_lr),
@@ -123,12 +128,27 @@ class Distillation:
         self.history.seconds += time.perf_counter() - t0
         for cb in callbacks:
             cb.on_end(self)
-        return self.current()
+        return self.selected()
+
+    def selected(self) -> SyntheticSet:
+        """The set the run gives: the best validated snapshot with ``keep_best``, else the last."""
+        return self.best[1] if self.keep_best and self.best is not None else self.current()
+
+    def selected_evaluation(self) -> dict | None:
+        """The validation of ``selected()``; None when the run was never validated."""
+        evaluations = self.history.evaluations
+        if self.keep_best and self.best is not None:
+            return evaluations[self.best[0]]
+        return evaluations[-1] if evaluations else None
 
     def _validate(self, callbacks) -> None:
         if self.validate is None:
             return
-        result = self.validate(self.current())
+        snapshot = self.current()
+        result = self.validate(snapshot)
         self.history.evaluations.append({"epoch": self.epoch, "iteration": self.iteration, **result.to_dict()})
+        # strictly higher: of equal scores the earlier snapshot stays
+        if self.keep_best and (self.best is None or result.mean > self.history.evaluations[self.best[0]]["mean"]):
+            self.best = (len(self.history.evaluations) - 1, snapshot)
         for cb in callbacks:
             cb.on_evaluation(self, result)

@@ -76,6 +76,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g.add_argument("--adam_beta1", type=float, help="Adam's first-moment decay of the outer optimiser (" +
                    preset_note("outer.adam_beta1") + "; 0.5 is the original code's)")
     g.add_argument("--eval_every", type=int, help="validate every N epochs (default 0: about five times a run)")
+    g.add_argument("--keep_best", action="store_true", help="write and score the snapshot that validated best, "
+                                                            "not the last (early stopping on the validation split)")
     g = add_run(p)
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")
     g.add_argument("--conv_backend", help=f"CPU convolutions of the unrolled steps: {', '.join(CONV_BACKENDS)} "

@@ -34,7 +34,7 @@ FIELDS = {
     "epochs": "outer.epochs", "lr_schedule": "outer.schedule", "decay_epochs": "outer.decay_epochs",
     "decay_factor": "outer.decay_factor", "lr": "outer.lr", "step_size_lr": "outer.step_size_lr",
     "batch_size": "outer.batch_size", "adam_beta1": "outer.adam_beta1",
-    "mode": "mode", "method": "method", "eval_every": "eval_every", "results_dir": "results_dir", "seed": "seed",
+    "mode": "mode", "method": "method", "eval_every": "eval_every", "keep_best": "keep_best", "results_dir": "results_dir", "seed": "seed",
     "phase": "phase", "attack_class": "attack_class", "target_class": "target_class",
     "attack_weight": "attack_weight", "zoo_dir": "zoo_dir", "conv_backend": "conv_backend",
     "width": "model.width", "ipc": "synthetic.ipc", "augment": "methods.augment", "outer_loop": "methods.outer_loop",

@@ -31,6 +31,7 @@ class RunConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     skip_test: bool = False  # report on the validation split only (tuning runs never read the test split)
     eval_every: int = 0  # validate every N outer epochs; 0: about five times per run
+    keep_best: bool = False  # give the snapshot that validated best, not the last (early stopping)
     results_dir: str = "./results"
     seed: int = 1
     device: str = "cpu"

@@ -13,6 +13,7 @@ from ..checkpoint import Checkpointer, load_state_dict, read_checkpoint
 from ..config import RunConfig
 from ..data import Dataset
 from ..distill import Callback, Distillation
+from ..errors import ConfigError
 from ..augment import augmenter
 from ..evaluate import EvalResult, score_set
 from ..methods import Setup, method_class
@@ -101,8 +102,11 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         validated = dataset.val is not None and (val_nets is not None or not loaded)
         validation_nets = None if not validated else (
             f"{len(next(iter(zoo_val.values())))} held-out train zoo networks" if loaded else "the scoring networks")
+        if config.keep_best and not validated:
+            raise ConfigError("--keep_best picks the snapshot that validates best, and this run has no validation "
+                              "(--val_size 0, or a zoo without held-out networks: see --val_n_nets)")
         run = Distillation(method, learned, source, config.outer, dataset.train, generator, config.eval_every,
-                           validate if validated else None, world)
+                           validate if validated else None, world, config.keep_best)
         if state is not None:
             runtime.backend = state["conv_backend"] or runtime.backend
             world.agree(lambda: load_state_dict(run, state, world.size))
@@ -124,7 +128,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     metrics = {
         "final_accuracy": None if final is None else final.to_dict(),
         "protocol": protocol,
-        "validation": run.history.evaluations[-1] if run.history.evaluations else None,
+        "validation": run.selected_evaluation(),  # of the set written (the best with --keep_best)
         "validation_nets": validation_nets,
         "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
         "distill_seconds": run.history.seconds,
