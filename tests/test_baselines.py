@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from datadistill.baselines import (average_train, fixed_lrs, kmeans_train, knn_accuracy, knn_predict,
-                                   random_train)
+from datadistill.baselines import (average_train, fixed_lrs, herding_train, kmeans_train, knn_accuracy,
+                                   knn_predict, random_train)
 from datadistill.errors import ConfigError
 
-SOURCES = [random_train, average_train, kmeans_train]
+SOURCES = [random_train, average_train, kmeans_train, herding_train]
 
 
 def _build(source, blobs, steps=2, per_class=3, epochs=2, seed=0):
@@ -135,3 +135,21 @@ def test_knn_bad_arguments(blobs, k, p, message):
     with pytest.raises(ConfigError, match=message) as e:
         knn_accuracy(blobs.train.x, blobs.train.y, blobs.test.x, blobs.test.y, k, p)
     assert "\n" not in str(e.value)
+
+
+def test_herding_picks_greedily_toward_the_class_mean(blobs):
+    s = _build(herding_train, blobs, steps=2, per_class=2)  # 4 picks per class, dealt over 2 steps
+    for c in range(3):
+        x = blobs.train.x[blobs.train.y == c].flatten(1).double()
+        mu = x.mean(0)
+        picks = torch.cat([s.images[step, 2 * c:2 * c + 2] for step in range(2)]).flatten(1).double()
+        # brute force: each pick minimises the distance of the running mean to the class mean
+        for i in range(4):
+            before = picks[:i].sum(0)
+            gaps = ((mu - (before + x) / (i + 1)) ** 2).sum(1)
+            used = torch.tensor([bool((x[j] == picks[:i]).all(1).any()) for j in range(len(x))])
+            assert torch.equal(picks[i], x[gaps.masked_fill(used, float("inf")).argmin()])
+        # and the picks' mean is nearer the class mean than most random draws of 4
+        g = torch.Generator().manual_seed(0)
+        draws = [((x[torch.randperm(len(x), generator=g)[:4]].mean(0) - mu) ** 2).sum() for _ in range(50)]
+        assert ((picks.mean(0) - mu) ** 2).sum() < torch.stack(draws).quantile(0.1)

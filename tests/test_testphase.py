@@ -46,7 +46,7 @@ def _loaded(blobs) -> SyntheticSet:
     return SyntheticSet(images, labels, torch.tensor([0.1, 0.2, 0.3, 0.4]), blobs.mean, blobs.std, 3)
 
 
-@pytest.mark.parametrize("source", ["random_train", "average_train", "kmeans_train", "loaded"])
+@pytest.mark.parametrize("source", ["random_train", "average_train", "kmeans_train", "herding_train", "loaded"])
 def test_every_image_source_has_the_shape_and_class_counts(blobs, source):
     lrs = torch.full((4,), 0.1)  # 2 steps x 2 epochs
     steps, per_class = 2, 2

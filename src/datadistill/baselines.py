@@ -3,7 +3,8 @@
 Each image source returns a ``SyntheticSet`` of the same shape as a distilled one (``steps``
 batches of ``per_class`` images per class, labels class-major within a step, the given step
 sizes), so it can be scored by exactly the same protocol: random real images, per-class means,
-and per-class k-means centres (Wang et al. 2018, sec. 4). ``knn_accuracy`` scores a set as the
+per-class k-means centres (Wang et al. 2018, sec. 4) and herding's picks (the coreset baseline of
+the later papers). ``knn_accuracy`` scores a set as the
 memory of a nearest-neighbour classifier instead of as training data. Pure: no file I/O.
 """
 from __future__ import annotations
@@ -91,6 +92,30 @@ def kmeans_train(train_split: Split, steps: int, per_class: int, num_classes: in
         fit = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(flat)
         centres.append(torch.as_tensor(fit.cluster_centers_, dtype=x.dtype).view(k, *x.shape[1:]))
     return _as_set(torch.stack(centres).to(train_split.x.device), steps, per_class, lrs, mean, std)
+
+
+def herding_train(train_split: Split, steps: int, per_class: int, num_classes: int,
+                  lrs: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> SyntheticSet:
+    """``steps * per_class`` training images of each class picked by herding (Welling 2009) in
+    pixel space: the i-th pick is the image that brings the mean of the first i closest to the
+    class mean, so the picks' running mean tracks it. Deterministic (``generator`` unused)."""
+    _check_shape(steps, per_class, num_classes, lrs)
+    k = steps * per_class
+    picks = []
+    for c in range(num_classes):
+        x = _class_images(train_split, c, k)
+        flat = x.detach().flatten(1).double()  # (n_c, D)
+        target, total = flat.mean(0), torch.zeros_like(flat[0])
+        taken = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
+        chosen = []
+        for i in range(1, k + 1):
+            gap = ((target - (total + flat) / i) ** 2).sum(1).masked_fill(taken, float("inf"))  # (n_c,)
+            j = int(gap.argmin())
+            chosen.append(j)
+            taken[j] = True
+            total += flat[j]
+        picks.append(x[chosen])
+    return _as_set(torch.stack(picks), steps, per_class, lrs, mean, std)
 
 
 def knn_predict(memory_x: torch.Tensor, memory_y: torch.Tensor, test_x: torch.Tensor, k: int = 1,

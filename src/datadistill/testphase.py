@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .augment import augmenter
-from .baselines import average_train, fixed_lrs, kmeans_train, knn_accuracy, random_train
+from .baselines import average_train, fixed_lrs, herding_train, kmeans_train, knn_accuracy, random_train
 from .config import EvalConfig, TestPhaseConfig
 from .data import Dataset, Split, shuffled_batches
 from .errors import ConfigError
@@ -28,7 +28,8 @@ from .evaluate import EvalResult, evaluate_synthetic, score_set
 from .models import Params
 from .synthetic import SyntheticSet
 
-SOURCES = {"random_train": random_train, "average_train": average_train, "kmeans_train": kmeans_train}
+SOURCES = {"random_train": random_train, "average_train": average_train, "kmeans_train": kmeans_train,
+           "herding_train": herding_train}
 CANDIDATE_SEED_OFFSET = 7_000_003  # candidate draws have seeds of their own, per run seed
 
 

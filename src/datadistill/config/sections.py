@@ -18,7 +18,7 @@ LR_SCHEDULES = ("cosine", "step")
 RANDOM_INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
 INITS = RANDOM_INITS + ("imagenet_pretrained",)  # the last: torchvision's ImageNet AlexNet
 PRETRAINED_ARCHS = ("AlexNet",)  # archs imagenet_pretrained applies to (models checks again)
-TEST_IMAGES = ("loaded", "random_train", "average_train", "kmeans_train")
+TEST_IMAGES = ("loaded", "random_train", "average_train", "kmeans_train", "herding_train")
 TEST_LRS = ("loaded", "fix", "nearest_neighbor")
 STOCHASTIC_IMAGES = ("random_train", "kmeans_train")  # a fresh draw gives another set
 
