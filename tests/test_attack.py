@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -237,3 +239,27 @@ def test_attack_flags_outside_an_attack_are_refused(tmp_path, capsys, flags):
     err = capsys.readouterr().err
     assert code == 2 and f"{flags[0]} applies to --mode distill_attack only, not distill_basic" in err, err
     assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_an_attack_is_validated_by_its_own_objective(monkeypatch, tmp_path):
+    # the distill job validates against what the outer loss asks for: attack_class images count as
+    # right when taken for target_class (the criterion its baseline's step size is chosen by)
+    from datadistill.evaluate import score_set
+    job = importlib.import_module("datadistill.jobs.distill")  # the module (the package exports the function)
+
+    seen = {}
+
+    def recording(model, synthetic, nets, split, *args):
+        seen.setdefault(mode, []).append(split)
+        return score_set(model, synthetic, nets, split, *args)
+    monkeypatch.setattr(job, "score_set", recording)
+    for mode, extra in (("distill_basic", {}), ("distill_attack", {"attack_class": 3, "target_class": 5})):
+        config = build_config({"mode": mode, **extra, "data.dataset": "digits", "outer.epochs": 1,
+                               "synthetic.steps": 2, "skip_test": True, "results_dir": str(tmp_path / mode)})
+        result = job.distill(config)
+        assert len(seen[mode]) == 2 and result.metrics["validation"]["n"] == config.nets.test_n_nets
+    val = seen["distill_basic"][0]  # the validation split itself, with its own labels
+    wanted = wanted_labels(val.y, 3, 5)
+    assert not torch.equal(wanted, val.y)
+    for split in seen["distill_attack"]:  # at the start and at the end
+        assert torch.equal(split.x, val.x) and torch.equal(split.y, wanted)

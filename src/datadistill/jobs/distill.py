@@ -96,8 +96,10 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         loaded = config.nets.train_nets_type == "loaded"
         val_nets = my_part(zoo_val, device, world) if zoo_val is not None else None
 
+        val_split = None if dataset.val is None else method.validation_split(dataset.val)
+
         def validate(synthetic: SyntheticSet) -> EvalResult:
-            return scored(synthetic, dataset.val, val_nets if loaded else score(False))
+            return scored(synthetic, val_split, val_nets if loaded else score(False))
 
         validated = dataset.val is not None and (val_nets is not None or not loaded)
         validation_nets = None if not validated else (

@@ -89,6 +89,11 @@ class Method:
         """Process-wide settings under which the outer loop differentiates ``loss``'s objective."""
         return contextlib.nullcontext()
 
+    def validation_split(self, val: Split) -> Split:
+        """What a snapshot is validated against: the validation split with the labels the
+        method asks the trained networks to predict (its own images, other labels for an attack)."""
+        return val
+
     def report(self, synthetic: SyntheticSet, setup: Setup, test: Split, train_nets: Params | None,
                test_nets: Params, progress: Callable[[str], None]) -> dict:
         """Figures beyond the test accuracy, computed once after distillation; ``progress(what)``

@@ -139,6 +139,11 @@ class Wang2018(Method):
         torch.autograd.grad(list(trained.values()), learned.tensors(),
                             [torch.ones_like(v) for v in trained.values()])
 
+    def validation_split(self, val: Split) -> Split:
+        """An attack is validated by its own objective, as its baseline's step size is chosen:
+        accuracy against y' (attack_class images count as right when taken for target_class)."""
+        return Split(val.x, self.relabel.labels(val.y))
+
     def report(self, synthetic: SyntheticSet, setup: Setup, test: Split, train_nets: Params | None,
                test_nets: Params, progress: Callable[[str], None]) -> dict:
         generator = torch.Generator().manual_seed(setup.seed)
