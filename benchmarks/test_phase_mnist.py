@@ -2,11 +2,16 @@
 
 Reads a distilled set (MNIST, LeNet, unknown_init, 10 images per class, e.g. the one
 benchmarks/unknown_init_mnist.py makes) and scores, over 20 fresh networks per run:
-the set with its learned step sizes; random_train, average_train and kmeans_train, each with the
-fixed step size of a grid that scores best on the *validation* split (``--score_on val``); and
-nearest_neighbor (k=1, L2). Only the kept rows are scored on the test split.
+the set with its learned step sizes; random_train, average_train, kmeans_train and herding_train,
+each with the fixed step size of a grid that scores best on the *validation* split
+(``--score_on val``); and nearest_neighbor (k=1, L2). Only the kept rows are scored on the test
+split.
 
-    python benchmarks/test_phase_mnist.py DISTILLED.pt [--runs 5]
+With ``--from_scratch`` (a set of dm, gm or mtt) every row is scored by the later methods'
+protocol instead: 10 fresh ConvNets of width 32 (PyTorch's default init) trained from scratch on
+the set, so no step size is chosen; nearest neighbour rows as above.
+
+    python benchmarks/test_phase_mnist.py DISTILLED.pt [--runs 5] [--from_scratch]
 """
 import argparse
 import json
@@ -22,10 +27,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("distilled")
     p.add_argument("--runs", default="5")
+    p.add_argument("--from_scratch", action="store_true", help="score every row from scratch on ConvNets")
     args = p.parse_args()
     root = require_mnist()
-    base = ["--mode", "distill_basic", "--dataset", "MNIST", "--arch", "LeNet", "--phase", "test",
-            "--train_nets_type", "unknown_init", "--test_nets_type", "unknown_init", "--test_n_nets", "20",
+    nets = (["--arch", "ConvNet", "--width", "32", "--init", "default", "--protocol", "from_scratch",
+             "--test_n_nets", "10"] if args.from_scratch else ["--arch", "LeNet", "--test_n_nets", "20"])
+    base = ["--mode", "distill_basic", "--dataset", "MNIST", *nets, "--phase", "test",
+            "--train_nets_type", "unknown_init", "--test_nets_type", "unknown_init",
             "--distilled", args.distilled, "--dataset_root", root]
     rows = {}
     total = 0.0
@@ -40,9 +48,13 @@ def main():
                   f"{100 * row['std']:5.2f} (runs x nets {row['runs']} x {row['nets']})", flush=True)
             return row
 
+        # from scratch, a set's step sizes play no part: "loaded" passes the set's own
         rows["distilled"] = score("loaded", ["loaded"])
-        for images in ("random_train", "average_train", "kmeans_train"):
-            runs = "1" if images == "average_train" else args.runs
+        for images in ("random_train", "average_train", "kmeans_train", "herding_train"):
+            runs = "1" if images in ("average_train", "herding_train") else args.runs  # deterministic
+            if args.from_scratch:
+                rows[images] = score(images, ["loaded"], runs)
+                continue
             on_val = {lr: score(images, ["fix", lr], runs, "val")["mean"] for lr in GRID}
             best = max(GRID, key=on_val.get)
             rows[images] = score(images, ["fix", best], runs)

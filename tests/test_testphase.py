@@ -229,6 +229,8 @@ def _run(argv):
     (["--distilled", "nowhere.pt"], "distilled file nowhere.pt does not exist"),
     (["--sample_n_nets", "2"], "--sample_n_nets does not apply to `datadistill test`"),
     (["--test_nets_type", "same_as_train", "--test_n_nets", "2"], "--test_n_nets does not apply with --test_nets_type same_as_train"),
+    (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix", "0.1", "--protocol", "from_scratch"],
+     "--protocol from_scratch uses none"),
 ])
 def test_bad_combinations_are_one_line_and_exit_2(tmp_path, capsys, flags, message):
     out = tmp_path / "r"

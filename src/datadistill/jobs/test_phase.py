@@ -45,6 +45,9 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
     test, nets_cfg, m = config.test, config.nets, config.model
     knn = test.lrs == "nearest_neighbor"
     from_scratch = config.evaluation.protocol == "from_scratch"
+    if from_scratch and test.lrs == "fix":
+        raise ConfigError("--test_distilled_lrs fix gives step sizes, and --protocol from_scratch uses none (it "
+                          "trains with SGD at --scratch_lr); leave it out, or use --protocol unrolled")
     needs_file = test.needs_distilled and not (from_scratch and test.images != "loaded" and test.distilled is None)
     loaded = _read_distilled(config) if needs_file else None
     selecting = test.optimize_n_runs is not None and not knn
