@@ -406,3 +406,18 @@ def test_metrics_record_peak_memory_in_bytes(tmp_path):
     peak = json.loads((tmp_path / "metrics.json").read_text())["peak_memory"]
     # torch alone keeps over 100 MiB resident; a KiB count read as bytes would be about 1000x smaller
     assert 100 * 2**20 < peak["host_rss"] < 64 * 2**30 and peak["device"] is None
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(tmp_path, capsys):
+    # fields added to the tool after a checkpoint was written count as their defaults (the
+    # behaviour the older code had built in); a saved value that differs is still refused
+    assert main([*FAST, "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
+    path = tmp_path / "checkpoint.pt"
+    saved = torch.load(path, weights_only=False)
+    del saved["config"]["outer"]["adam_beta1"], saved["config"]["keep_best"]
+    torch.save(saved, path)
+    resume = [*FAST, "--epochs", "2", "--results_dir", str(tmp_path), "--resume"]
+    assert main([*resume, "--adam_beta1", "0.9"]) == 2
+    assert "outer.adam_beta1=0.5, this run has 0.9" in capsys.readouterr().err
+    assert main(resume) == 0
+    assert torch.load(path, weights_only=False)["epoch"] == 2

@@ -176,3 +176,22 @@ def test_zoo_refusals_are_one_line_exit_2(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_zoo_is_matched_by_the_settings_that_train_it(tmp_path, blobs_zoo):
+    first, path = blobs_zoo(_zoo_config(tmp_path, 10))
+    # as written before the distillation's Adam beta1 existed, and with another step-size rate:
+    # neither changes how train_networks trains, so the zoo extends
+    old = artifacts.load_zoo(path)
+    del old.config["outer"]["adam_beta1"]
+    old.config["outer"]["step_size_lr"] = 0.123
+    artifacts.save_zoo(path, old)
+    bigger, _ = blobs_zoo(_zoo_config(tmp_path, 12))
+    assert len(bigger) == 12
+    torch.testing.assert_close(bigger.params["net.1.weight"][:10], first.params["net.1.weight"])
+    config = _zoo_config(tmp_path, 14)
+    changed = build_config({**{f"outer.{k}": v for k, v in config.to_dict()["outer"].items()}, "mode": "train",
+                            "data.dataset": "blobs", "model.arch": "MLP", "nets.n_nets": 14,
+                            "results_dir": str(tmp_path), "outer.lr": config.outer.lr * 2}, "train-zoo")
+    with pytest.raises(ArtifactError, match=r"other settings \(outer\)"):
+        blobs_zoo(changed)

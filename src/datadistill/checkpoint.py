@@ -83,14 +83,18 @@ def read_checkpoint(path: Path, config: RunConfig) -> dict:
     return state
 
 
-def check_resumable(saved: dict, current: dict, prefix: tuple = ()) -> None:
+def check_resumable(saved: dict, current: dict, prefix: tuple = (), defaults: dict | None = None) -> None:
+    """Refuse a resume whose config differs from the checkpoint's outside ``RESUMABLE_CHANGES``.
+    A field the saved config lacks (added to the tool after the checkpoint was written) counts as
+    its default, the value the older code had built in."""
+    defaults = RunConfig().to_dict() if defaults is None else defaults
     for key, value in current.items():
         path = prefix + (key,)
         if path in RESUMABLE_CHANGES:
             continue
-        old = saved.get(key)
+        old = saved.get(key, defaults.get(key))
         if isinstance(value, dict) and isinstance(old, dict):
-            check_resumable(old, value, path)
+            check_resumable(old, value, path, defaults.get(key) or {})
         elif old != value:
             raise ArtifactError(f"checkpoint was made with {'.'.join(path)}={old!r}, this run has "
                                 f"{value!r}; rerun with the same settings or without --resume")

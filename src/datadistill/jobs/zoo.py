@@ -104,9 +104,20 @@ def _part_path(folder: Path, start: int, n: int) -> Path:
     return folder / f"part-{start:06d}-{min(start + ZOO_CHUNK, n):06d}.pt"
 
 
+# the outer settings ``zoo.train_networks`` reads; others (the distillation's step-size rate, its
+# Adam's beta1) do not change a zoo, and zoos written before such a field existed lack it
+ZOO_OUTER = ("epochs", "schedule", "decay_epochs", "decay_factor", "lr", "batch_size")
+
+
+def _comparable(settings: dict) -> dict:
+    outer = settings.get("outer")
+    return {**settings, "outer": {k: outer.get(k) for k in ZOO_OUTER}} if isinstance(outer, dict) else settings
+
+
 def _matching(zoo: Zoo, wanted: dict, path: Path) -> Zoo:
-    if zoo.config != wanted:
-        diff = sorted(k for k in wanted if zoo.config.get(k) != wanted[k])
+    have, want = _comparable(zoo.config), _comparable(wanted)
+    if have != want:
+        diff = sorted(k for k in want if have.get(k) != want[k])
         raise ArtifactError(f"zoo {path} was trained with other settings ({', '.join(diff)}); "
                             f"use the same settings, another --zoo_dir, or delete it")
     return zoo
