@@ -196,7 +196,8 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
         per_run.append(score(model, candidate(index), test, nets, split, inputs.scratch, run_seed))
     accs = torch.stack(per_run)  # (runs, nets)
     result = EvalResult(tuple(accs.flatten().tolist()))
-    row = {"images": test.images, "lrs": "from scratch" if from_scratch else test.lrs_label,
+    knn = test.lrs == "nearest_neighbor"  # a memory, whatever the protocol: no training to name
+    row = {"images": test.images, "lrs": "from scratch" if from_scratch and not knn else test.lrs_label,
            "mean": result.mean, "std": result.std,
            "n": result.n, "runs": accs.shape[0], "nets": accs.shape[1], "accuracies": list(result.accuracies),
            "run_seeds": [candidate_seed(run_seed, i) for i in kept]}
