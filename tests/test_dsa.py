@@ -110,3 +110,19 @@ def test_generator_none_uses_the_global_stream():
     torch.manual_seed(3)
     assert torch.equal(a, dsa.dsa(_batch()))
     assert not math.isnan(float(a.sum()))
+
+
+def test_dsa_noflip_never_draws_a_flip_and_stays_siamese():
+    x = _batch(n=4, seed=5)
+    noflip = augmenter("dsa-noflip")
+    families = set()
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        families.add(dsa.sample_params(torch.Generator().manual_seed(seed), dsa.NO_FLIP).family)
+        one = noflip(x, g)
+        # the same generator state, the same transform: real and synthetic batches augmented alike
+        torch.testing.assert_close(noflip(x[:2], torch.Generator().manual_seed(seed)), one[:2])
+    assert families == set(dsa.NO_FLIP)
+    per_image = augmenter("dsa-noflip", siamese=False)(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(per_image, dsa.dsa(x, torch.Generator().manual_seed(1), siamese=False,
+                                                  families=dsa.NO_FLIP))

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 STRATEGY = "_".join(FAMILIES)  # the paper's 'color_crop_cutout_flip_scale_rotate'
+# the paper's strategy without left-right flips: a mirrored digit or letter is not the same class
+NO_FLIP = tuple(f for f in FAMILIES if f != "flip")
 
 BRIGHTNESS = 1.0  # ParamDiffAug of the paper's code
 SATURATION = 2.0
@@ -152,7 +154,8 @@ def apply(x: torch.Tensor, params: DsaParams) -> torch.Tensor:
     return _APPLY[params.family](x, u).contiguous()
 
 
-def dsa(x: torch.Tensor, generator: torch.Generator | None = None, siamese: bool = True) -> torch.Tensor:
-    """x (B, C, H, W) under one random DSA transform drawn from ``generator``; same shape.
-    ``siamese``: one parameter set for the batch; else one per image (see the module's doc)."""
-    return apply(x, sample_params(generator, n=1 if siamese else x.shape[0]))
+def dsa(x: torch.Tensor, generator: torch.Generator | None = None, siamese: bool = True,
+        families: tuple[str, ...] = FAMILIES) -> torch.Tensor:
+    """x (B, C, H, W) under one random DSA transform of ``families`` drawn from ``generator``; same
+    shape. ``siamese``: one parameter set for the batch; else one per image (see the module's doc)."""
+    return apply(x, sample_params(generator, families, n=1 if siamese else x.shape[0]))

@@ -39,8 +39,9 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g.add_argument("--ipc", type=int, help="images per class in the whole set (default: wang2018's steps x images "
                                            "per class per step; dm/gm/mtt: 10)")
     g = p.add_argument_group("later methods (--method dm, gm, mtt)")
-    g.add_argument("--augment", help=f"none or dsa: differentiable Siamese augmentation in distillation and "
-                                     f"evaluation (default {D.methods.augment})")
+    g.add_argument("--augment", help=f"none, dsa (differentiable Siamese augmentation in distillation and "
+                                     f"evaluation) or dsa-noflip (dsa without left-right flips) (default "
+                                     f"{D.methods.augment})")
     g.add_argument("--embed_batch", type=int, help=f"dm, gm: real images per class per iteration "
                                                    f"(default {D.methods.embed_batch})")
     g.add_argument("--outer_loop", type=int, help=f"gm: synthetic updates per network (default {D.methods.outer_loop})")
@@ -61,7 +62,7 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                                     f"{D.evaluation.scratch_lr})")
     g.add_argument("--scratch_batch_size", type=int, help=f"from_scratch: batch (default "
                                                           f"{D.evaluation.scratch_batch_size})")
-    g.add_argument("--eval_augment", help="none or dsa in from_scratch evaluation (default: --augment)")
+    g.add_argument("--eval_augment", help="none, dsa or dsa-noflip in from_scratch evaluation (default: --augment)")
     g.add_argument("--skip_test", action="store_true", help="report on the validation split only, never reading "
                                                             "the test split (tuning runs)")
     add_nets(p)

@@ -47,8 +47,8 @@ def build_parser(prog: str = "datadistill test") -> Parser:
     g.add_argument("--scratch_lr", type=float, help=f"from_scratch: SGD rate (default {D.evaluation.scratch_lr})")
     g.add_argument("--scratch_batch_size", type=int, help="from_scratch: batch (default "
                                                           f"{D.evaluation.scratch_batch_size})")
-    g.add_argument("--eval_augment", help="from_scratch: none or dsa, the same random transforms a dm / gm / mtt "
-                                          "run with --augment dsa is scored under (default none)")
+    g.add_argument("--eval_augment", help="from_scratch: none, dsa or dsa-noflip, the same random transforms a dm / "
+                                          "gm / mtt run with that --augment is scored under (default none)")
     g.add_argument("--score_on", help="test, or val: score on the validation split (to choose, e.g., a baseline's "
                                       "fixed step size without reading the test split) (default test)")
     g.add_argument("--distilled", metavar="PATH", help="the distilled set to test (default <results_dir>/distilled.pt)")

@@ -7,7 +7,7 @@ from ..errors import ConfigError
 from .sections import STOCHASTIC_IMAGES, TEST_IMAGES, TEST_LRS, _choice, _positive
 
 
-AUGMENTS = ("none", "dsa")
+AUGMENTS = ("none", "dsa", "dsa-noflip")
 PROTOCOLS = ("unrolled", "from_scratch")
 
 
@@ -15,7 +15,7 @@ PROTOCOLS = ("unrolled", "from_scratch")
 class MethodConfig:
     """Settings of the later methods (``--method dm|gm|mtt``); wang2018 reads none of them."""
 
-    augment: str = "none"  # dsa: differentiable Siamese augmentation (Zhao and Bilen 2021)
+    augment: str = "none"  # dsa: differentiable Siamese augmentation (Zhao and Bilen 2021); dsa-noflip: without flips
     outer_loop: int = 10  # gm: synthetic updates per network before a fresh one is drawn
     inner_steps: int = 50  # gm: SGD steps of that network on the synthetic set between updates
     inner_lr: float = 0.01  # gm: their learning rate
