@@ -325,3 +325,37 @@ def test_keep_best_survives_a_resume(blobs, runtime, tmp_path):
     resumed = _resumed(_scripted(blobs, runtime, scores[2:]), tmp_path / "ckpt.pt")
     out = resumed.run()
     assert torch.equal(out.images, straight.images) and resumed.selected_evaluation()["epoch"] == 1
+
+
+def test_ema_decay_gives_the_moving_average_of_every_iterations_tensors(blobs, runtime):
+    decay = 0.8
+    outer = OuterConfig(epochs=2, lr=0.05, step_size_lr=0.05, batch_size=32, ema_decay=decay)
+    run = _run(blobs, runtime, learn_labels=True, outer=outer)
+    expected = [t.detach().clone() for t in run.learned.tensors()]
+    assert len(expected) == 3  # images, raw step sizes, label logits
+
+    class Follow(Callback):  # the recurrence a_k = d a_(k-1) + (1 - d) x_k, by hand
+        def on_iteration(self, run, loss):
+            for i, now in enumerate(run.learned.tensors()):
+                expected[i] = decay * expected[i] + (1 - decay) * now.detach()
+
+    run.validate = ScriptedScores([0.5] * 3)
+    out = run.run([Follow()])
+    assert run.iteration > 5
+    torch.testing.assert_close(out.images, expected[0])
+    torch.testing.assert_close(out.lrs, expected[1].exp())
+    torch.testing.assert_close(out.labels, expected[2].softmax(-1))
+    # validated on the average too, and the average is not where the optimiser stands
+    torch.testing.assert_close(run.validate.seen[-1], expected[0])
+    assert not torch.allclose(out.images, run.learned.images.detach())
+    with pytest.raises(ConfigError, match="ema_decay"):
+        OuterConfig(ema_decay=1.0)
+
+
+def test_ema_survives_a_resume(blobs, runtime, tmp_path):
+    outer = OuterConfig(epochs=3, lr=0.05, step_size_lr=0.05, batch_size=32, ema_decay=0.9)
+    straight = _run(blobs, runtime, outer=outer).run()
+    with pytest.raises(KeyboardInterrupt):
+        _run(blobs, runtime, outer=outer).run([StopAfter(tmp_path / "ckpt.pt", epochs=2)])
+    resumed = _resumed(_run(blobs, runtime, outer=outer), tmp_path / "ckpt.pt").run()
+    assert torch.equal(resumed.images, straight.images) and torch.equal(resumed.lrs, straight.lrs)

@@ -26,6 +26,7 @@ def state_dict(run: Distillation, world_size: int, backend: str | None) -> dict:
     """Everything ``load_state_dict`` needs, as plain tensors and values on the CPU."""
     return {
         "learned": [t.detach().cpu() for t in run.learned.tensors()],
+        "averaged": None if run.averaged is None else [t.cpu() for t in run.averaged],
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "generator": run.generator.get_state(),
@@ -49,6 +50,9 @@ def load_state_dict(run: Distillation, state: dict, world_size: int) -> None:
     with torch.no_grad():
         for mine, saved in zip(run.learned.tensors(), state["learned"], strict=True):
             mine.copy_(saved)
+        if run.averaged is not None:  # a run with --ema_decay; the checkpoint matched it (its config)
+            for mine, saved in zip(run.averaged, state["averaged"], strict=True):
+                mine.copy_(saved)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.generator.set_state(state["generator"])

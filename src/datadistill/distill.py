@@ -69,13 +69,16 @@ class Distillation:
             self.optimizer, lambda it: outer.lr_factor(it, self.iterations_per_epoch))
         self.epoch = self.iteration = 0
         self.history = History()
+        # the moving average of the learned tensors (--ema_decay), or None
+        self.averaged = [t.detach().clone() for t in learned.tensors()] if outer.ema_decay else None
 
     @property
     def iterations_per_epoch(self) -> int:
         return batches_per_epoch(len(self.train), self.outer.batch_size)
 
     def current(self) -> SyntheticSet:
-        return self.learned.current()
+        """The set the run stands at: the learned tensors, or their moving average."""
+        return self.learned.current(self.averaged)
 
     def step(self, real_x: torch.Tensor, real_y: torch.Tensor) -> torch.Tensor:
         """One outer iteration on a real batch; returns the loss as a device tensor (no sync)."""
@@ -89,6 +92,10 @@ class Distillation:
         self.world.all_reduce_sum([p.grad for p in learned] + [loss])
         self.optimizer.step()
         self.scheduler.step()
+        if self.averaged is not None:
+            with torch.no_grad():
+                for average, now in zip(self.averaged, learned):
+                    average.lerp_(now, 1 - self.outer.ema_decay)
         self.iteration += 1
         if self.iteration % CHECK_EVERY == 0:
             self.check_replicas()

@@ -159,8 +159,14 @@ class LearnableSet:
         self.labels = self.labels.to(device)
         return self
 
-    def current(self) -> SyntheticSet:
-        """A detached snapshot; sets without learned step sizes store an empty ``lrs``."""
-        lrs = torch.empty(0) if self.raw_lrs is None else self.lrs().detach().clone()
-        return SyntheticSet(self.images.detach().clone(), self.targets().detach().clone(), lrs,
+    def current(self, tensors: list[torch.Tensor] | None = None) -> SyntheticSet:
+        """A detached snapshot; sets without learned step sizes store an empty ``lrs``.
+        ``tensors``: values to take in place of ``tensors()`` (same order), e.g. their average."""
+        images, raw_lrs, logits = self.images, self.raw_lrs, self.label_logits
+        if tensors is not None:
+            it = iter(tensors)
+            images, raw_lrs, logits = (None if t is None else next(it) for t in (images, raw_lrs, logits))
+        lrs = torch.empty(0) if raw_lrs is None else step_sizes_from_raw(raw_lrs, self.step_size_param)
+        targets = self.labels if logits is None else logits.softmax(-1)
+        return SyntheticSet(images.detach().clone(), targets.detach().clone(), lrs.detach().clone(),
                             self.mean, self.std, self.num_classes, dict(self.meta))

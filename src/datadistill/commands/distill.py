@@ -76,6 +76,9 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                                       "(" + preset_note("outer.step_size_lr") + ")")
     g.add_argument("--adam_beta1", type=float, help="Adam's first-moment decay of the outer optimiser (" +
                    preset_note("outer.adam_beta1") + "; 0.5 is the original code's)")
+    g.add_argument("--ema_decay", type=float, help="give and validate the exponential moving average of the "
+                   "learned tensors, each iteration weighted 1 - D (" + preset_note("outer.ema_decay") +
+                   ": the last tensors as they are)")
     g.add_argument("--eval_every", type=int, help="validate every N epochs (default 0: about five times a run)")
     g.add_argument("--keep_best", action="store_true", help="write and score the snapshot that validated best, "
                                                             "not the last (early stopping on the validation split)")

@@ -34,6 +34,7 @@ FIELDS = {
     "epochs": "outer.epochs", "lr_schedule": "outer.schedule", "decay_epochs": "outer.decay_epochs",
     "decay_factor": "outer.decay_factor", "lr": "outer.lr", "step_size_lr": "outer.step_size_lr",
     "batch_size": "outer.batch_size", "adam_beta1": "outer.adam_beta1",
+    "ema_decay": "outer.ema_decay",
     "mode": "mode", "method": "method", "eval_every": "eval_every", "keep_best": "keep_best",
     "results_dir": "results_dir", "seed": "seed",
     "phase": "phase", "attack_class": "attack_class", "target_class": "target_class",

@@ -126,11 +126,17 @@ class OuterConfig:
     # gradient far larger than the recent ones moves a tensor by up to (1 - b1) / sqrt(1 - 0.999),
     # about 16 times the rate, against about 3 times at 0.9
     adam_beta1: float = 0.5
+    # 0: the run gives its learned tensors as they are; d in (0, 1): it gives and validates their
+    # exponential moving average, each iteration's tensors weighted 1 - d (a horizon of about
+    # 1 / (1 - d) iterations), which smooths the outer gradient's noise out of the final set
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         _choice("--lr_schedule", self.schedule, LR_SCHEDULES)
         if not 0 <= self.adam_beta1 < 1:
             raise ConfigError(f"--adam_beta1 must be in [0, 1), got {self.adam_beta1}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema_decay must be in [0, 1) (0: no average), got {self.ema_decay}")
         _positive("--epochs", self.epochs)
         _positive("--decay_epochs", self.decay_epochs)
         _positive("--decay_factor", self.decay_factor)
