@@ -4,6 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import datadistill.allocator
+import datadistill.runtime
+
 from datadistill.data import Dataset, Split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +54,14 @@ def blobs() -> Dataset:
         return Split(centres[y] + 0.5 * torch.randn(len(y), 1, 8, 8, generator=g), y)
 
     return Dataset("blobs", split(40), split(20), 3, (0.0,), (1.0,))
+
+
+@pytest.fixture
+def switches(monkeypatch) -> list[str]:
+    """Calls of the process-wide switches (the allocator), recorded instead of made: the test
+    process keeps its own allocator either way."""
+    calls = []
+    monkeypatch.setattr(datadistill.runtime, "apply_process_switches", lambda: calls.append("apply") or True)
+    monkeypatch.setattr(datadistill.runtime, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(datadistill.allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
+    return calls

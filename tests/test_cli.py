@@ -8,8 +8,6 @@ import time
 import pytest
 import torch
 
-import datadistill.allocator
-import datadistill.runtime
 from datadistill import PRESETS, RunConfig, evaluate, load_dataset, load_distilled
 from datadistill.commands import main, route
 from datadistill.data import Dataset
@@ -37,17 +35,6 @@ def distill_config(*flags: str) -> RunConfig:
     from datadistill.commands.distill import build_parser, config_from_args
 
     return config_from_args(build_parser().parse_args(list(flags)))
-
-
-@pytest.fixture
-def switches(monkeypatch) -> list[str]:
-    """Calls of the process-wide switches (the allocator), recorded instead of made: the test
-    process keeps its own allocator either way."""
-    calls = []
-    monkeypatch.setattr(datadistill.runtime, "apply_process_switches", lambda: calls.append("apply") or True)
-    monkeypatch.setattr(datadistill.runtime, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(datadistill.allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
-    return calls
 
 
 def test_digits_run_writes_every_artifact(tmp_path, capsys, switches):

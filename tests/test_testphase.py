@@ -277,7 +277,7 @@ def test_test_phase_scores_from_scratch_with_dsa_when_asked(tmp_path):
     assert rows["none"]["accuracies"] != rows["dsa"]["accuracies"]
 
 
-def test_test_phase_scores_a_set_without_step_sizes_from_scratch_only(tmp_path, capsys):
+def test_test_phase_scores_a_set_without_step_sizes_from_scratch_only(tmp_path, capsys, switches):
     # a dm / gm set (no step sizes): scored from scratch like `evaluate` scores it; the unrolled
     # protocol has no steps to replay, and says so
     g = torch.Generator().manual_seed(0)
@@ -292,6 +292,7 @@ def test_test_phase_scores_a_set_without_step_sizes_from_scratch_only(tmp_path, 
     assert main(["evaluate", str(path), *common, *scratch, "--results_dir", str(tmp_path / "e")]) == 0
     evaluated = json.loads((tmp_path / "e" / "results.json").read_text())["result"]
     assert row["accuracies"] == evaluated["accuracies"] and row["n"] == 2
+    assert switches == ["apply", "apply"]  # each command that trains networks sets the allocator
     capsys.readouterr()
     assert main(["test", "--distilled", str(path), *common, "--results_dir", str(tmp_path / "u")]) == 2
     err = capsys.readouterr().err.strip()

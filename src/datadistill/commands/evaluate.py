@@ -53,10 +53,12 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
 def run(args, argv: list[str], session) -> int:
     from ..jobs.evaluate import EvaluateConfig, evaluate_command
     from ..progress import evaluation_progress
+    from ..runtime import apply_process_switches
 
     settings = vars(args)
     quiet = settings.pop("no_progress", False)
     cfg = EvaluateConfig(**settings)
+    apply_process_switches()  # training networks from scratch allocates large blocks every step
     with evaluation_progress(disable=quiet) as progress:
         result, what = evaluate_command(cfg, shlex.join(["datadistill", *argv]), progress)
     print(f"test accuracy ({what['settings']['protocol']}, {what['arch']} on {what['dataset']}, {what['nets']} nets): {result}")

@@ -58,6 +58,7 @@ def build_parser(prog: str = "datadistill test") -> Parser:
 
 def run(args, argv: list[str], session) -> int:
     from ..jobs import test_phase
+    from ..runtime import apply_process_switches
     from ..testphase import format_table
 
     mode = getattr(args, "mode", D.mode)
@@ -73,6 +74,7 @@ def run(args, argv: list[str], session) -> int:
     given = given_fields(args)
     config = build_config(given, default_preset(mode, given.get("nets.train_nets_type", "unknown_init")))
     config = dataclasses.replace(config, test=test_phase_config(args))
+    apply_process_switches()  # training networks from scratch allocates large blocks every step
     quiet = getattr(args, "no_progress", False)
     results = test_phase(config, command=shlex.join(["datadistill", *argv]),
                          progress=(lambda what: None) if quiet else (lambda what: print(what + " ...", file=sys.stderr)))
