@@ -4,13 +4,14 @@ from scratch), wall time and peak memory, with random real images of the same IP
 Each cell is one `datadistill distill --method M --ipc N ...` run (its own process, so peak RSS is
 its own) with the flags of ``SETTINGS`` (sized to about 20 minutes of distillation on 2 CPU
 cores), then one `datadistill test --test_distilled_images random_train` run under the same
-from-scratch protocol (DSA in evaluation where the method distils with it). mtt first trains its
+from-scratch protocol (the run's init, augmentation and epochs, read from its metrics.json). mtt first trains its
 experts (`train-zoo --trajectories`), timed apart.
 
     python benchmarks/methods.py [--cells dm:10,gm:10,gm:1,mtt:10] [--width 32] [--test_n_nets 10]
-        [--threads 2] [--extra "--epochs 2"]
+        [--threads 2] [--extra "--epochs 2"] [--keep DIR]
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -46,12 +47,14 @@ def main():
     p.add_argument("--test_n_nets", default="10")
     p.add_argument("--threads", help="OMP_NUM_THREADS of every run (default: torch's)")
     p.add_argument("--extra", default="", help="more flags for every distill run")
+    p.add_argument("--keep", help="write the runs (and the experts) under this folder and keep them (default: a "
+                                   "temporary folder)")
     args = p.parse_args()
     root = require_mnist()
     env = {**os.environ, **({"OMP_NUM_THREADS": args.threads} if args.threads else {})}
     arch = ["--dataset", "MNIST", "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
     rows = []
-    with tempfile.TemporaryDirectory() as d:
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as d:
         zoo = str(Path(d) / "zoo")
         for cell in args.cells.split(","):
             method, ipc = cell.split(":")
@@ -67,12 +70,14 @@ def main():
             seconds, _ = timed(cmd, env=env)
             peak = peak_rss_mib()
             m = json.loads((Path(out) / "metrics.json").read_text())
-            # random real images on the networks the run scored with: its init, its DSA
-            augment = ["--eval_augment", "dsa"] if "dsa" in flags else []
-            init = ["--init", m["config"]["model"]["init"]]
+            # random real images on the networks the run scored with: its init, augmentation and epochs
+            scoring = m["config"]["evaluation"]
+            protocol = ["--init", m["config"]["model"]["init"],
+                        "--eval_augment", scoring["augment"] or m["config"]["methods"]["augment"],
+                        "--scratch_epochs", str(scoring["scratch_epochs"])]
             timed(datadistill("test", *arch, "--test_distilled_images", "random_train", "--distill_steps", "1",
                               "--distilled_images_per_class_per_step", ipc, "--test_n_nets", args.test_n_nets,
-                              "--protocol", "from_scratch", *init, *augment, "--results_dir", out), env=env)
+                              "--protocol", "from_scratch", *protocol, "--results_dir", out), env=env)
             real = json.loads((Path(out) / "results.json").read_text())["rows"][0]
             acc, val = m["final_accuracy"], m["validation"]
             rows.append((method, ipc, acc, val, real, seconds, m["distill_seconds"], peak))

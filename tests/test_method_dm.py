@@ -158,6 +158,7 @@ def test_tiny_digits_run_beats_random_real_images_and_its_file_round_trips(tmp_p
     epochs, lr, batch = 30, 0.01, 256  # the from-scratch protocol, small
     config = build_config({"method": "dm", "data.dataset": "digits", "model.arch": "ConvNet", "model.width": 8,
                            "synthetic.ipc": 1, "outer.epochs": 10, "outer.lr": 0.1, "nets.test_n_nets": 3,
+                           "methods.augment": "none",  # random real images below are scored without
                            "data.val_size": 0, "evaluation.scratch_epochs": epochs, "evaluation.scratch_lr": lr,
                            "evaluation.scratch_batch_size": batch, "results_dir": str(tmp_path), "seed": 0})
     assert config.preset == "dm" and config.synthetic.image_init == "real"

@@ -38,7 +38,8 @@ class Callback:
 class History:
     """What happened so far; goes into checkpoints and metrics.json."""
 
-    evaluations: list[dict] = field(default_factory=list)  # {"epoch", "iteration", "mean", "std", "n", ...}
+    # {"epoch", "iteration", "mean", "std", "n", ..., "seconds": its wall time}
+    evaluations: list[dict] = field(default_factory=list)
     losses: list[dict] = field(default_factory=list)  # {"epoch", "loss"}: mean outer loss per epoch
     seconds: float = 0.0  # wall time of the loop, validation included, across resumes
 
@@ -152,8 +153,10 @@ class Distillation:
         if self.validate is None:
             return
         snapshot = self.current()
+        t0 = time.perf_counter()
         result = self.validate(snapshot)
-        self.history.evaluations.append({"epoch": self.epoch, "iteration": self.iteration, **result.to_dict()})
+        self.history.evaluations.append({"epoch": self.epoch, "iteration": self.iteration, **result.to_dict(),
+                                         "seconds": time.perf_counter() - t0})
         # strictly higher: of equal scores the earlier snapshot stays
         if self.keep_best and (self.best is None or result.mean > self.history.evaluations[self.best[0]]["mean"]):
             self.best = (len(self.history.evaluations) - 1, snapshot)

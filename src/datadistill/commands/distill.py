@@ -40,8 +40,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                            "per class per step; dm/gm/mtt: 10)")
     g = p.add_argument_group("later methods (--method dm, gm, mtt)")
     g.add_argument("--augment", help=f"none, dsa (differentiable Siamese augmentation in distillation and "
-                                     f"evaluation) or dsa-noflip (dsa without left-right flips) (default "
-                                     f"{D.methods.augment})")
+                                     f"evaluation) or dsa-noflip (dsa without left-right flips) ("
+                                     + preset_note("methods.augment") + ")")
     g.add_argument("--embed_batch", type=int, help=f"dm, gm: real images per class per iteration "
                                                    f"(default {D.methods.embed_batch})")
     g.add_argument("--outer_loop", type=int, help=f"gm: synthetic updates per network (default {D.methods.outer_loop})")
@@ -57,7 +57,7 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--protocol", help="unrolled (the set's steps and step sizes) or from_scratch (SGD on all images "
                                       "pooled); default: wang2018 unrolled, the others from_scratch")
-    g.add_argument("--scratch_epochs", type=int, help=f"from_scratch: epochs (default {D.evaluation.scratch_epochs})")
+    g.add_argument("--scratch_epochs", type=int, help="from_scratch: epochs (" + preset_note("evaluation.scratch_epochs") + ")")
     g.add_argument("--scratch_lr", type=float, help=f"from_scratch: SGD rate, a tenth after half the epochs (default "
                                                     f"{D.evaluation.scratch_lr})")
     g.add_argument("--scratch_batch_size", type=int, help=f"from_scratch: batch (default "

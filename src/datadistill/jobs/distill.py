@@ -134,6 +134,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         "validation_nets": validation_nets,
         "history": {"evaluations": run.history.evaluations, "losses": run.history.losses},
         "distill_seconds": run.history.seconds,
+        "validation_seconds": sum(e.get("seconds", 0.0) for e in run.history.evaluations),
         "wall_seconds": time.perf_counter() - start,
         "iterations": run.iteration,
         "conv_backend": backend,
