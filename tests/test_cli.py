@@ -55,6 +55,9 @@ def test_digits_run_writes_every_artifact(tmp_path, capsys, switches):
     # the history is on the validation split and ends with the run's last evaluation (end of epoch 2)
     evaluations = metrics["history"]["evaluations"]
     assert [e["epoch"] for e in evaluations] == [0, 1, 2]  # 2 epochs: every epoch, then the end
+    # the validations' own wall times, a part of the loop's
+    assert metrics["validation_seconds"] == pytest.approx(sum(e["seconds"] for e in evaluations))
+    assert 0 < metrics["validation_seconds"] < metrics["distill_seconds"]
     assert validation == evaluations[-1] and (validation["epoch"], validation["iteration"]) == (2, 8)
     assert (f"test accuracy: {100 * final['mean']:.2f}% +- {100 * final['std']:.2f} over 3 nets; "
             f"validation {100 * validation['mean']:.2f}%") in printed
