@@ -4,8 +4,8 @@ from scratch), wall time and peak memory, with random real images of the same IP
 Each cell is one `datadistill distill --method M --ipc N ...` run (its own process, so peak RSS is
 its own) with the flags of ``SETTINGS`` (sized to about 20 minutes of distillation on 2 CPU
 cores), then one `datadistill test --test_distilled_images random_train` run under the same
-from-scratch protocol (the run's init, augmentation and epochs, read from its metrics.json). mtt first trains its
-experts (`train-zoo --trajectories`), timed apart.
+from-scratch protocol (the run's init, augmentation and epochs, read from its metrics.json). mtt
+first trains its experts (`train-zoo --trajectories`), timed apart.
 
     python benchmarks/methods.py [--cells dm:10,gm:10,gm:1,mtt:10] [--width 32] [--test_n_nets 10]
         [--threads 2] [--extra "--epochs 2"] [--keep DIR]

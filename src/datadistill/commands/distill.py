@@ -57,7 +57,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--protocol", help="unrolled (the set's steps and step sizes) or from_scratch (SGD on all images "
                                       "pooled); default: wang2018 unrolled, the others from_scratch")
-    g.add_argument("--scratch_epochs", type=int, help="from_scratch: epochs (" + preset_note("evaluation.scratch_epochs") + ")")
+    g.add_argument("--scratch_epochs", type=int,
+                   help="from_scratch: epochs (" + preset_note("evaluation.scratch_epochs") + ")")
     g.add_argument("--scratch_lr", type=float, help=f"from_scratch: SGD rate, a tenth after half the epochs (default "
                                                     f"{D.evaluation.scratch_lr})")
     g.add_argument("--scratch_batch_size", type=int, help=f"from_scratch: batch (default "
