@@ -207,3 +207,81 @@ def test_dsa_loss_equals_a_class_by_class_computation_in_float64():
         assert torch.allclose(out.value, total / 4, rtol=1e-10)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def _soft(images, ipc, k, seed=0):
+    learned = LearnableSet(images.unsqueeze(0), class_major_labels(1, ipc, k), None, k, (0.0,), (1.0,),
+                           learn_labels=True)
+    with torch.no_grad():  # labels away from one-hot, so that every image weighs in every class
+        learned.label_logits.copy_(torch.randn(learned.label_logits.shape, generator=torch.Generator().manual_seed(seed),
+                                               dtype=learned.label_logits.dtype))
+    return learned
+
+
+@pytest.mark.parametrize("augment", ["none", "dsa"])
+def test_soft_label_loss_weighs_every_image_into_every_class_mean(augment):
+    if augment == "dsa" and not DSA_IMPORTABLE:
+        pytest.skip("datadistill.dsa (DSA) is not there yet")
+    torch.set_default_dtype(torch.float64)
+    try:
+        k, ipc = 3, 2
+        model = models.build_model("ConvNet", 1, 28, k, width=4)
+        stacked = nets.fresh_nets(model, "xavier", 1.0, [0, 1], "cpu")
+        g = torch.Generator().manual_seed(6)
+        real_x, syn = torch.randn(8, 1, 28, 28, generator=g), torch.randn(ipc * k, 1, 28, 28, generator=g)
+        real_y = torch.tensor([2, 0, 2, 2, 0, 0, 2, 0])  # class 1 absent
+        learned = _soft(syn, ipc, k)
+        out = Dm(model, ipc=ipc, augment=augment, seed=4).loss(learned, stacked, real_x, real_y, 2)
+
+        w = learned.label_logits[0].detach().softmax(-1)  # (6, 3)
+        seeds = torch.Generator().manual_seed(4)
+        embed, total = Embedder(model), 0.0
+        for i in range(2):
+            params = {name: v[i] for name, v in stacked.items()}
+            for c in (0, 2):
+                real, mine = real_x[real_y == c], syn
+                if augment == "dsa":
+                    from datadistill.dsa import dsa
+
+                    seed = int(torch.randint(0, 2**31 - 1, (), generator=seeds))
+                    real = dsa(real, torch.Generator().manual_seed(seed))
+                    mine = dsa(syn, torch.Generator().manual_seed(seed))
+                weighted = (w[:, c:c + 1] * embed(params, mine)).sum(0) / w[:, c].sum()
+                total += ((embed(params, real).mean(0) - weighted) ** 2).sum()
+        torch.testing.assert_close(out.value, total / 2, rtol=1e-10, atol=0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_soft_label_gradient_matches_finite_differences():
+    k, ipc = 3, 2
+    model = models.build_model("MLP", 1, 8, k, width=5).double()
+    stacked = _double(nets.fresh_nets(model, "xavier", 1.0, [1, 2], "cpu"))
+    g = torch.Generator().manual_seed(2)
+    real_x = torch.randn(9, 1, 8, 8, generator=g, dtype=torch.float64)
+    real_y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])
+    learned = _soft(torch.randn(ipc * k, 1, 8, 8, generator=g, dtype=torch.float64), ipc, k)
+    method = Dm(model, ipc=ipc)
+
+    def loss(images, logits):
+        learned.images, learned.label_logits = images, logits
+        return method.loss(learned, stacked, real_x, real_y, 2).objective
+
+    inputs = (learned.images.detach().clone().requires_grad_(), learned.label_logits.detach().clone().requires_grad_())
+    assert torch.autograd.gradcheck(loss, inputs)
+
+
+def test_soft_labels_are_learned_and_round_trip_through_the_file(tmp_path):
+    from datadistill.jobs import distill
+
+    config = build_config({"method": "dm", "data.dataset": "digits", "model.arch": "ConvNet", "model.width": 4,
+                           "synthetic.ipc": 1, "synthetic.learn_labels": True, "outer.epochs": 2, "outer.lr": 0.1,
+                           "methods.augment": "none", "nets.test_n_nets": 1, "data.val_size": 0,
+                           "evaluation.scratch_epochs": 2, "results_dir": str(tmp_path), "seed": 0})
+    result = distill(config)
+    saved = artifacts.load_distilled(tmp_path / artifacts.DISTILLED)
+    assert saved.labels.shape == (1, 10, 10)
+    torch.testing.assert_close(saved.labels.sum(-1), torch.ones(1, 10))
+    torch.testing.assert_close(saved.labels, result.synthetic.labels)
+    assert (saved.labels[0].argmax(-1) == torch.arange(10)).all()
+    assert not torch.allclose(saved.labels[0].diagonal(), torch.full((10,), 0.99)), "the labels never moved"

@@ -9,7 +9,14 @@ network's embedding (its output before the last linear layer, ``Embedder``), the
 over the classes c present in the real batch (at most ``embed_batch`` real images of each), where
 x_c are its real images of class c, s_c the synthetic ones and A_c one random DSA transform
 applied alike to both (``--augment dsa``; the identity otherwise). The networks' weights are
-constants: only the synthetic images get a gradient. Sets are scored from scratch.
+constants. Sets are scored from scratch.
+
+With learned soft labels (``--label_mode soft``) each synthetic image belongs to every class in
+proportion to its label, softmax(logits) = w_i (K,), and a class's synthetic mean is the weighted
+one, mean_c = sum_i w_ic e_w(A_c(s_i)) / sum_i w_ic over all the synthetic images: the labels get
+the gradient of the same loss (an image moves its weight towards the classes whose mean it helps
+match) and are the targets a network later trains on, so both read w_ic as "how much of class c
+this image is". With one-hot labels this is the plain per-class mean above.
 """
 from __future__ import annotations
 
@@ -73,15 +80,16 @@ def first_per_class(y: torch.Tensor, num_classes: int, cap: int) -> torch.Tensor
 
 @register("dm")
 class Dm(Method):
-    """``ipc`` images per class matched in embedding space; ``augment``: none or dsa;
+    """``ipc`` images per class matched in embedding space; ``augment``: none, dsa or dsa-noflip;
+    ``learn_labels``: soft labels learned through the weighted class means (module docstring);
     ``embed_batch``: at most this many real images per class of each batch are embedded;
     ``seed``: the stream of DSA transforms (checkpointed with ``state_dict``)."""
 
     protocol = "from_scratch"
 
     def __init__(self, model: nn.Module, ipc: int = DEFAULT_IPC, image_init: str = "real", augment: str = "none",
-                 embed_batch: int = 256, seed: int = 0):
-        self.model, self.ipc, self.image_init = model, ipc, image_init
+                 embed_batch: int = 256, seed: int = 0, learn_labels: bool = False):
+        self.model, self.ipc, self.image_init, self.learn_labels = model, ipc, image_init, learn_labels
         self.embed_batch = embed_batch
         self.dsa = augmenter(augment)
         self.embed = Embedder(model)
@@ -89,13 +97,10 @@ class Dm(Method):
 
     @classmethod
     def from_config(cls, config: RunConfig, model: nn.Module, runtime: Runtime) -> "Dm":
-        if config.synthetic.learn_labels:
-            raise ConfigError("--method dm matches images class by class; its labels are fixed "
-                              "(--learn_labels / --label_mode soft apply to wang2018)")
         # each process draws other DSA transforms for its networks
         seed = config.seed * 1_000 + runtime.world.rank
         return cls(model, config.synthetic.ipc or DEFAULT_IPC, config.synthetic.image_init, config.methods.augment,
-                   config.methods.embed_batch, seed)
+                   config.methods.embed_batch, seed, config.synthetic.learn_labels)
 
     def initial(self, setup: Setup) -> LearnableSet:
         k, ipc = setup.num_classes, self.ipc
@@ -104,7 +109,8 @@ class Dm(Method):
         else:
             images = noise_images(1, ipc * k, tuple(setup.train.x.shape[1:]), setup.generator)
         labels = class_major_labels(1, ipc, k)
-        return LearnableSet(images, labels, None, k, setup.mean, setup.std).to(setup.device)
+        return LearnableSet(images, labels, None, k, setup.mean, setup.std,
+                            learn_labels=self.learn_labels).to(setup.device)
 
     def loss(self, learned: LearnableSet, nets: Params, real_x: torch.Tensor, real_y: torch.Tensor,
              total_nets: int) -> MethodLoss:
@@ -113,38 +119,50 @@ class Dm(Method):
         keep = first_per_class(real_y, k, self.embed_batch)
         if not bool(keep.all()):
             real_x, real_y = real_x[keep], real_y[keep]
+        # (N, K) class weights of the synthetic images with soft labels; None: class-major one-hot
+        weights = None if learned.label_logits is None else learned.targets()[0]
         n = next(iter(nets.values())).shape[0]
         total = syn.new_zeros(())
         for i in range(n):
             params = {name: v[i].detach() for name, v in nets.items()}
-            total = total + (self._matched(params, syn, real_x, real_y, k) if self.dsa is None
-                             else self._matched_augmented(params, syn, real_x, real_y, k))
+            total = total + (self._matched(params, syn, weights, real_x, real_y, k) if self.dsa is None
+                             else self._matched_augmented(params, syn, weights, real_x, real_y, k))
         objective = total / total_nets
         return MethodLoss(objective, objective.detach())
 
-    def _matched(self, params: Params, syn: torch.Tensor, real_x: torch.Tensor, real_y: torch.Tensor,
-                 k: int) -> torch.Tensor:
+    def _matched(self, params: Params, syn: torch.Tensor, weights: torch.Tensor | None, real_x: torch.Tensor,
+                 real_y: torch.Tensor, k: int) -> torch.Tensor:
         """sum over the batch's classes of ||mean real embedding - mean synthetic embedding||^2, all
-        classes in one pass of each batch through the network."""
+        classes in one pass of each batch through the network; ``weights`` (N, K), if given, weigh
+        the synthetic images into each class's mean."""
         with torch.no_grad():
             real_mean, counts = class_means(self.embed(params, real_x), real_y, k)
         e_syn = self.embed(params, syn)
-        syn_mean = e_syn.view(k, self.ipc, -1).mean(1)
+        syn_mean = (e_syn.view(k, self.ipc, -1).mean(1) if weights is None
+                    else weights.t() @ e_syn / weights.sum(0).unsqueeze(1))  # (K, D)
         present = counts > 0
         return ((real_mean[present] - syn_mean[present]) ** 2).sum()
 
-    def _matched_augmented(self, params: Params, syn: torch.Tensor, real_x: torch.Tensor,
-                           real_y: torch.Tensor, k: int) -> torch.Tensor:
+    def _matched_augmented(self, params: Params, syn: torch.Tensor, weights: torch.Tensor | None,
+                           real_x: torch.Tensor, real_y: torch.Tensor, k: int) -> torch.Tensor:
         """As ``_matched``, class by class, each class's real and synthetic images through the same
-        DSA transform: two generators seeded alike, the seed drawn once per class."""
+        DSA transform: two generators seeded alike, the seed drawn once per class. With soft
+        labels every synthetic image enters every class's mean, so all of them pass each class's
+        transform."""
         total = syn.new_zeros(())
         for c in torch.unique(real_y).tolist():
             seed = int(torch.randint(0, 2**31 - 1, (), generator=self.generator))
             with torch.no_grad():
                 real = self.dsa(real_x[real_y == c], torch.Generator().manual_seed(seed))
                 real_mean = self.embed(params, real).mean(0)
-            mine = self.dsa(syn[c * self.ipc:(c + 1) * self.ipc], torch.Generator().manual_seed(seed))
-            total = total + ((real_mean - self.embed(params, mine).mean(0)) ** 2).sum()
+            if weights is not None:
+                w = weights[:, c]
+                mine = self.dsa(syn, torch.Generator().manual_seed(seed))
+                syn_mean = w @ self.embed(params, mine) / w.sum()
+            else:
+                mine = self.dsa(syn[c * self.ipc:(c + 1) * self.ipc], torch.Generator().manual_seed(seed))
+                syn_mean = self.embed(params, mine).mean(0)
+            total = total + ((real_mean - syn_mean) ** 2).sum()
         return total
 
     def state_dict(self) -> dict:
