@@ -359,3 +359,40 @@ def test_from_scratch_flags_on_an_unrolled_score_are_refused(tmp_path, capsys, s
     assert main(["evaluate", str(saved), "--scratch_epochs", "5", "--no_progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--scratch_epochs applies to --protocol from_scratch" in err and len(err.splitlines()) == 1
+
+
+def test_padding_keeps_the_images_and_borders_them_with_raw_zero():
+    from datadistill.jobs.evaluate import pad_images, padding_for
+    from datadistill.models import arch_class
+
+    assert (padding_for(28, arch_class("AlexCifarNet")), padding_for(28, arch_class("LeNet"))) == (2, 0)
+    x = torch.randn(2, 3, 2, 28, 28, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.1, 0.5), (0.3, 2.0)
+    padded = pad_images(x, 2, mean, std)
+    assert padded.shape == (2, 3, 2, 32, 32)
+    assert torch.equal(padded[..., 2:30, 2:30], x)
+    raw = padded * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[2:30, 2:30] = False
+    torch.testing.assert_close(raw[..., border], torch.zeros_like(raw[..., border]), atol=1e-6, rtol=0)
+
+
+def test_cross_architecture_scores_each_arch_as_it_would_alone(tmp_path, capsys, saved):
+    common = ["--dataset", "digits", "--test_n_nets", "2", "--protocol", "from_scratch", "--scratch_epochs", "3",
+              "--scratch_batch_size", "10", "--seed", "1", "--no_progress"]
+    assert main(["evaluate", saved, *common, "--arch", "MLP,AlexCifarNet", "--width", "16",
+                 "--results_dir", str(tmp_path / "both")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and "MLP on digits" in printed[0] and "AlexCifarNet on digits" in printed[1]
+    both = json.loads((tmp_path / "both" / "results.json").read_text())["by_arch"]
+    assert [r["arch"] for r in both] == ["MLP", "AlexCifarNet"]
+    # --width reaches the arch that has one; the 28-pixel set is padded for AlexCifarNet (32 only)
+    assert (both[0]["settings"]["width"], both[1]["settings"]["width"]) == (16, None)
+    for i, flags in enumerate([["--arch", "MLP", "--width", "16"], ["--arch", "AlexCifarNet"]]):
+        assert main(["evaluate", saved, *common, *flags, "--results_dir", str(tmp_path / flags[1])]) == 0
+        alone = json.loads((tmp_path / flags[1] / "results.json").read_text())
+        assert alone["result"]["accuracies"] == both[i]["result"]["accuracies"]
+    assert main(["evaluate", saved, "--arch", "MLP,ResNet"]) == 2
+    assert main(["evaluate", saved, "--arch", "MLP,,LeNet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "unknown arch 'ResNet'" in err[-2] and "comma-separated list" in err[-1]

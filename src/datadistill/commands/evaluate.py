@@ -22,14 +22,16 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
     p.add_argument("--dataset_root", help="folder holding the dataset files (default: the folder the run read, "
                                           "for the file's own dataset; else ./data)")
     p.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
-    p.add_argument("--arch", help="architecture of the networks (default: the file's)")
+    p.add_argument("--arch", help="architecture of the networks, or a comma-separated list scored one after "
+                                  "another (cross-architecture; e.g. ConvNet,LeNet,MLP,AlexCifarNet; 28-pixel "
+                                  "sets are padded to 32 for an arch that takes only 32) (default: the file's)")
     p.add_argument("--init", help=f"one of: {', '.join(INITS)} (default: the file's, else xavier)")
     p.add_argument("--init_param", type=float, help="gain or negative slope of --init (default: the file's, else 1)")
     p.add_argument("--pretrained_weights", metavar="PATH", help="--init imagenet_pretrained: the AlexNet weights file")
     p.add_argument("--nets", help=f"{' or '.join(NETS)}: the file's fixed networks (known_init) or new ones "
                                   "(default: fixed when the file holds them and arch and init match)")
-    p.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units (default: the file's, when "
-                                             "--arch is the file's; else the class's)")
+    p.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units, for each listed arch that has "
+                                             "them (default: the file's, when --arch is the file's; else the class's)")
     p.add_argument("--test_n_nets", type=int, help="fresh networks to train and score (default 10)")
     p.add_argument("--protocol", help=f"{' or '.join(PROTOCOLS)}: the set's batches and learned step sizes, as "
                                       "distilled; or SGD (momentum 0.9, weight decay 5e-4) on all images pooled "
@@ -60,6 +62,8 @@ def run(args, argv: list[str], session) -> int:
     cfg = EvaluateConfig(**settings)
     apply_process_switches()  # training networks from scratch allocates large blocks every step
     with evaluation_progress(disable=quiet) as progress:
-        result, what = evaluate_command(cfg, shlex.join(["datadistill", *argv]), progress)
-    print(f"test accuracy ({what['settings']['protocol']}, {what['arch']} on {what['dataset']}, {what['nets']} nets): {result}")
+        scored = evaluate_command(cfg, shlex.join(["datadistill", *argv]), progress)
+    for result, what in scored:
+        print(f"test accuracy ({what['settings']['protocol']}, {what['arch']} on {what['dataset']}, "
+              f"{what['nets']} nets): {result}")
     return 0

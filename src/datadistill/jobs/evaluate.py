@@ -2,6 +2,7 @@
 networks it was distilled for; unrolled as distilled, or trained from scratch."""
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from .. import artifacts
 from ..augment import augmenter
 from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive
-from ..data import Dataset, canonical_name, load_dataset
+from ..data import Dataset, Split, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import CHUNK_NETS, EvalResult, evaluate_from_scratch, evaluate_synthetic
 from ..models import arch_class, build_model
@@ -123,16 +124,21 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         raise ConfigError(f"the file's fixed networks are {meta.get('arch')} with {meta.get('init')} init; "
                           f"--arch/--init ask for {arch_cls.__name__} with {init}; use --nets fresh")
     size = synthetic.images.shape[-1]
+    pad = padding_for(size, arch_cls)
     name = canonical_name(cfg.dataset or meta["dataset"])
     # the run's own validation hold-out, so the test split is normalised as the set was distilled
     val_size = meta.get("config", {}).get("data", {}).get("val_size") if name == meta.get("dataset") else None
     # only the bundled digits and JPEG folders are resized; load them at the set's size when the arch takes it
     run_root = meta.get("config", {}).get("data", {}).get("root") if name == meta.get("dataset") else None
     dataset = load_dataset(name, cfg.dataset_root or run_root or "./data", cfg.download,
-                           image_size=size if size in arch_cls.supported_sizes else arch_cls.default_size,
+                           image_size=size if pad or size in arch_cls.supported_sizes else arch_cls.default_size,
                            device=device, val_size=val_size)
     check_fits(synthetic, dataset)
-    model = build_model(arch_cls.__name__, dataset.in_channels, dataset.image_size, dataset.num_classes,
+    if pad:  # the set and the test images alike, with the background of the raw images (0)
+        synthetic = replace(synthetic, images=pad_images(synthetic.images, pad, dataset.mean, dataset.std))
+        dataset = replace(dataset, test=Split(pad_images(dataset.test.x, pad, dataset.mean, dataset.std),
+                                              dataset.test.y))
+    model = build_model(arch_cls.__name__, dataset.in_channels, size + 2 * pad, dataset.num_classes,
                         pretrained_weights=cfg.pretrained_weights, width=cfg.width)
     if nets_kind == "fixed":
         nets = {k: v.to(device) for k, v in fixed.items()}
@@ -158,6 +164,27 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
                     "settings": asdict(cfg)}
 
 
+MAX_PAD = 2  # pixels a side: 28-pixel MNIST padded to 32, as LeNet-5 read it
+
+
+def padding_for(size: int, arch_cls) -> int:
+    """Pixels of border on each side that make ``size``-pixel images fit ``arch_cls``: 0 when it
+    takes them; else the least padding, up to ``MAX_PAD``, to a size it takes; 0 again when none
+    does (``build_model`` then says which sizes it takes)."""
+    return next((p for p in range(MAX_PAD + 1) if size + 2 * p in arch_cls.supported_sizes), 0)
+
+
+def pad_images(x: torch.Tensor, pad: int, mean, std) -> torch.Tensor:
+    """Normalised images (..., C, H, W) with ``pad`` pixels on each side holding the normalised
+    raw 0, (0 - mean) / std of each channel."""
+    if pad == 0:
+        return x
+    fill = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    padded = fill.expand(*x.shape[:-2], x.shape[-2] + 2 * pad, x.shape[-1] + 2 * pad).clone()
+    padded[..., pad:-pad, pad:-pad] = x
+    return padded
+
+
 def check_fits(synthetic: SyntheticSet, dataset: Dataset) -> None:
     got = tuple(synthetic.images.shape[2:])
     want = (dataset.in_channels, dataset.image_size, dataset.image_size)
@@ -167,15 +194,35 @@ def check_fits(synthetic: SyntheticSet, dataset: Dataset) -> None:
         raise ConfigError(f"distilled set has {synthetic.num_classes} classes, {dataset.name} has {dataset.num_classes}")
 
 
-def evaluate_command(cfg: EvaluateConfig, command: str, progress: Progress = None) -> tuple[EvalResult, dict]:
-    """``evaluate_file``, and with ``results_dir`` its results.json."""
+def archs_of(cfg: EvaluateConfig) -> list[str | None]:
+    """The architectures ``cfg.arch`` names, one or a comma-separated list (the cross-architecture
+    table); [None] (the file's) when it names none."""
+    if cfg.arch is None:
+        return [None]
+    archs = [a.strip() for a in cfg.arch.split(",")]
+    if "" in archs or len(set(archs)) < len(archs):
+        raise ConfigError(f"--arch {cfg.arch!r}: give one architecture or a comma-separated list of different ones")
+    for a in archs:
+        arch_class(a)  # an unknown name is refused before any network trains
+    return archs
+
+
+def evaluate_command(cfg: EvaluateConfig, command: str, progress: Progress = None) -> list[tuple[EvalResult, dict]]:
+    """``evaluate_file`` for each architecture ``cfg.arch`` names, in order; with ``results_dir``
+    their results.json: one architecture's fields at the top level, several under ``by_arch``.
+    ``--width`` goes to the architectures that have one."""
     start = time.perf_counter()
-    result, what = evaluate_file(cfg, progress)
+    archs = archs_of(cfg)
+    scored = []
+    for arch in archs:
+        takes_width = arch is None or "width" in inspect.signature(arch_class(arch)).parameters
+        scored.append(evaluate_file(replace(cfg, arch=arch, width=cfg.width if takes_width else None), progress))
     if cfg.results_dir is not None:
+        runs = [{**what, "result": result.to_dict()} for result, what in scored]
         artifacts.write_json(Path(cfg.results_dir) / RESULTS, {
-            "command": command, **what, "result": result.to_dict(),
+            "command": command, **(runs[0] if len(runs) == 1 else {"by_arch": runs}),
             "wall_seconds": time.perf_counter() - start})
-    return result, what
+    return scored
 
 
 def evaluate(synthetic: SyntheticSet, dataset: Dataset, arch: str | None = None, n_nets: int = 10,
