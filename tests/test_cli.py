@@ -411,3 +411,23 @@ def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(tmp_path, ca
     assert "outer.adam_beta1=0.5, this run has 0.9" in capsys.readouterr().err
     assert main(resume) == 0
     assert torch.load(path, weights_only=False)["epoch"] == 2
+
+
+def test_the_fixed_preset_validates_every_epoch_and_keeps_the_best_snapshot(tmp_path, capsys):
+    known = [*FAST, "--train_nets_type", "known_init", "--n_nets", "1", "--test_nets_type", "same_as_train",
+             "--epochs", "3"]
+    assert main([*known, "--val_size", "300", "--results_dir", str(tmp_path / "a")]) == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["preset"] == "fixed" and metrics["config"]["keep_best"] and metrics["config"]["eval_every"] == 1
+    scores = [e["mean"] for e in metrics["history"]["evaluations"]]
+    assert len(scores) == 4  # the start, after epochs 1 and 2, and the end
+    assert metrics["validation"]["mean"] == max(scores)  # (that the best wins: test_distill's keep_best tests)
+    # without a validation split the preset's early stopping lapses: the last snapshot, no error
+    assert main([*known, "--val_size", "0", "--results_dir", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["validation"] is None
+    # asked for by name where the preset does not stop early, it is refused with one line
+    capsys.readouterr()
+    assert main([*FAST, "--epochs", "1", "--val_size", "0", "--keep_best", "--results_dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "--keep_best picks the snapshot that validates best" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c" / "metrics.json").exists()

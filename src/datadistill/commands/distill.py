@@ -80,9 +80,11 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g.add_argument("--ema_decay", type=float, help="give and validate the exponential moving average of the "
                    "learned tensors, each iteration weighted 1 - D (" + preset_note("outer.ema_decay") +
                    ": the last tensors as they are)")
-    g.add_argument("--eval_every", type=int, help="validate every N epochs (default 0: about five times a run)")
-    g.add_argument("--keep_best", action="store_true", help="write and score the snapshot that validated best, "
-                                                            "not the last (early stopping on the validation split)")
+    g.add_argument("--eval_every", type=int, help="validate every N epochs, and at the start and the end ("
+                   + preset_note("eval_every") + ": about five times a run)")
+    g.add_argument("--keep_best", action=argparse.BooleanOptionalAction,
+                   help="write and score the snapshot that validated best, not the last (early stopping on the "
+                        "validation split; " + preset_note("keep_best") + "; a preset's lapses with --val_size 0)")
     g = add_run(p)
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")
     g.add_argument("--conv_backend", help=f"CPU convolutions of the unrolled steps: {', '.join(CONV_BACKENDS)} "

@@ -10,7 +10,7 @@ import torch
 
 from .. import artifacts
 from ..checkpoint import Checkpointer, load_state_dict, read_checkpoint
-from ..config import RunConfig
+from ..config import PRESETS, RunConfig
 from ..data import Dataset
 from ..distill import Callback, Distillation
 from ..errors import ConfigError
@@ -104,11 +104,12 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         validated = dataset.val is not None and (val_nets is not None or not loaded)
         validation_nets = None if not validated else (
             f"{len(next(iter(zoo_val.values())))} held-out train zoo networks" if loaded else "the scoring networks")
-        if config.keep_best and not validated:
+        # a preset's early stopping lapses where nothing validates; one asked for by name is refused
+        if config.keep_best and not validated and not PRESETS[config.preset].get("keep_best"):
             raise ConfigError("--keep_best picks the snapshot that validates best, and this run has no validation "
                               "(--val_size 0, or a zoo without held-out networks: see --val_n_nets)")
         run = Distillation(method, learned, source, config.outer, dataset.train, generator, config.eval_every,
-                           validate if validated else None, world, config.keep_best)
+                           validate if validated else None, world, config.keep_best and validated)
         if state is not None:
             runtime.backend = state["conv_backend"] or runtime.backend
             world.agree(lambda: load_state_dict(run, state, world.size))
