@@ -25,6 +25,16 @@ def _learned(images, ipc, k):
     return LearnableSet(images.unsqueeze(0), class_major_labels(1, ipc, k), None, k, (0.0,), (1.0,))
 
 
+def _mlp_problem(k, ipc, seed):
+    """A float64 MLP with two stacked networks, a real batch of 9 and ``ipc * k`` synthetic images."""
+    model = models.build_model("MLP", 1, 8, k, width=5).double()
+    stacked = _double(nets.fresh_nets(model, "xavier", 1.0, [1, 2], "cpu"))
+    g = torch.Generator().manual_seed(seed)
+    real_x = torch.randn(9, 1, 8, 8, generator=g, dtype=torch.float64)
+    real_y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])
+    return model, stacked, real_x, real_y, torch.randn(ipc * k, 1, 8, 8, generator=g, dtype=torch.float64)
+
+
 def test_registered_with_its_protocol():
     assert METHODS["dm"] is Dm and Dm.protocol == "from_scratch"
 
@@ -76,12 +86,7 @@ def test_loss_equals_a_direct_computation_in_float64():
 
 def test_gradient_matches_finite_differences():
     k, ipc = 3, 2
-    model = models.build_model("MLP", 1, 8, k, width=5).double()
-    stacked = _double(nets.fresh_nets(model, "xavier", 1.0, [1, 2], "cpu"))
-    g = torch.Generator().manual_seed(1)
-    real_x = torch.randn(9, 1, 8, 8, generator=g, dtype=torch.float64)
-    real_y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])
-    syn = torch.randn(ipc * k, 1, 8, 8, generator=g, dtype=torch.float64)
+    model, stacked, real_x, real_y, syn = _mlp_problem(k, ipc, seed=1)
     learned = _learned(syn, ipc, k)
     method = Dm(model, ipc=ipc)
 
@@ -255,12 +260,8 @@ def test_soft_label_loss_weighs_every_image_into_every_class_mean(augment):
 
 def test_soft_label_gradient_matches_finite_differences():
     k, ipc = 3, 2
-    model = models.build_model("MLP", 1, 8, k, width=5).double()
-    stacked = _double(nets.fresh_nets(model, "xavier", 1.0, [1, 2], "cpu"))
-    g = torch.Generator().manual_seed(2)
-    real_x = torch.randn(9, 1, 8, 8, generator=g, dtype=torch.float64)
-    real_y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])
-    learned = _soft(torch.randn(ipc * k, 1, 8, 8, generator=g, dtype=torch.float64), ipc, k)
+    model, stacked, real_x, real_y, syn = _mlp_problem(k, ipc, seed=2)
+    learned = _soft(syn, ipc, k)
     method = Dm(model, ipc=ipc)
 
     def loss(images, logits):

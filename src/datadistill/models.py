@@ -37,6 +37,11 @@ def arch_class(name: str) -> type[nn.Module]:
     return by_lower[name.lower()]
 
 
+def has_width(cls: type) -> bool:
+    """Whether an architecture class takes ``width`` (ConvNet channels, MLP hidden units)."""
+    return "width" in inspect.signature(cls).parameters
+
+
 def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
                 pretrained_weights: str | None = None, width: int | None = None) -> nn.Module:
     """An instance of ``arch`` for inputs of shape (in_channels, image_size, image_size).
@@ -47,8 +52,8 @@ def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
     None keeps the class's default.
     """
     cls = arch_class(arch)
-    if width is not None and "width" not in inspect.signature(cls).parameters:
-        widths = ", ".join(n for n, c in sorted(ARCHS.items()) if "width" in inspect.signature(c).parameters)
+    if width is not None and not has_width(cls):
+        widths = ", ".join(n for n, c in sorted(ARCHS.items()) if has_width(c))
         raise ConfigError(f"--width applies to {widths}, not {cls.__name__}")
     if width is not None and width < 1:
         raise ConfigError(f"--width must be positive, got {width}")

@@ -2,7 +2,6 @@
 networks it was distilled for; unrolled as distilled, or trained from scratch."""
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive
 from ..data import Dataset, Split, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import CHUNK_NETS, EvalResult, evaluate_from_scratch, evaluate_synthetic
-from ..models import arch_class, build_model
+from ..models import arch_class, build_model, has_width
 from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
@@ -215,7 +214,7 @@ def evaluate_command(cfg: EvaluateConfig, command: str, progress: Progress = Non
     archs = archs_of(cfg)
     scored = []
     for arch in archs:
-        takes_width = arch is None or "width" in inspect.signature(arch_class(arch)).parameters
+        takes_width = arch is None or has_width(arch_class(arch))
         scored.append(evaluate_file(replace(cfg, arch=arch, width=cfg.width if takes_width else None), progress))
     if cfg.results_dir is not None:
         runs = [{**what, "result": result.to_dict()} for result, what in scored]
