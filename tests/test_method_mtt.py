@@ -1,13 +1,16 @@
 """Matching training trajectories (``--method mtt``): the loss and its gradients, the expert zoo,
 and a tiny end-to-end run on the bundled digits."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from datadistill import artifacts, models, weights
+from datadistill.augment import augmenter
 from datadistill.commands import main
 from datadistill.config import build_config
-from datadistill.data import class_balanced_sample
+from datadistill.data import class_balanced_sample, shuffled_batches
 from datadistill.errors import ArtifactError, ConfigError
 from datadistill.evaluate import evaluate_from_scratch
 from datadistill.jobs import distill
@@ -93,10 +96,14 @@ def test_the_gradient_wrt_images_and_log_step_size_matches_finite_differences(ti
 
 # -- the experts ----------------------------------------------------------------------------------
 
-def _zoo_config(tmp_path, n, epochs=3, batch_size=200, lr=EXPERT_LR):
-    return build_config({"mode": "train", "data.dataset": "blobs", "model.arch": "MLP", "model.width": 16,
-                         "outer.epochs": epochs, "outer.batch_size": batch_size, "outer.lr": lr,
-                         "nets.n_nets": n, "results_dir": str(tmp_path)}, "train-zoo")
+def _given(tmp_path, n, epochs=3, batch_size=200, lr=EXPERT_LR) -> dict:
+    return {"mode": "train", "data.dataset": "blobs", "model.arch": "MLP", "model.width": 16,
+            "outer.epochs": epochs, "outer.batch_size": batch_size, "outer.lr": lr,
+            "nets.n_nets": n, "results_dir": str(tmp_path)}
+
+
+def _zoo_config(tmp_path, n, **kw):
+    return build_config(_given(tmp_path, n, **kw), "train-zoo")
 
 
 @pytest.fixture
@@ -132,6 +139,55 @@ def test_an_expert_zoo_keeps_every_epochs_weights_and_round_trips(tmp_path, blob
     for k in init:
         torch.testing.assert_close(traj[k], loaded.trajectories[k], rtol=0, atol=0)
         torch.testing.assert_close(again[k], loaded.params[k], rtol=0, atol=0)
+
+
+def test_experts_on_augmented_batches_live_apart_and_only_an_mtt_run_augmenting_alike_reads_them(
+        tmp_path, blobs, blobs_zoo):
+    plain_config = _zoo_config(tmp_path, 2)
+    config = build_config({**_given(tmp_path, 2), "methods.augment": "dsa-noflip"}, "train-zoo")
+    plain, plain_path = blobs_zoo(plain_config, trajectories=True)
+    experts, path = blobs_zoo(config, trajectories=True)
+    assert path.parent.name == "blobs-MLP-xavier-train-experts-dsa-noflip" and plain_path.parent != path.parent
+    assert torch.load(path, weights_only=True)["config"]["augment"] == "dsa-noflip"
+    # the same networks to start from; the first epoch (one batch, in the chunk's batch order) is
+    # one SGD step on the batch transformed per image by a stream of its own, seeded alike
+    seed = zoo_seeds("train", 0, 2)[0]
+    x, y = next(iter(shuffled_batches(blobs.train, 200, torch.Generator().manual_seed(seed))))
+    augmented = augmenter("dsa-noflip", siamese=False)(x, torch.Generator().manual_seed(seed))
+    assert not torch.allclose(augmented, x)
+    model = models.build_model("MLP", 1, 8, 3, width=16)
+    for k, v in experts.trajectories.items():
+        torch.testing.assert_close(v[:, 0], plain.trajectories[k][:, 0], rtol=0, atol=0)
+    w0 = {k: v[0, 0].clone().requires_grad_() for k, v in experts.trajectories.items()}
+    loss = F.cross_entropy(torch.func.functional_call(model, w0, (augmented,)), y)
+    for (k, v), gk in zip(w0.items(), torch.autograd.grad(loss, list(w0.values()))):
+        torch.testing.assert_close(experts.trajectories[k][0, 1], v.detach() - EXPERT_LR * gk)
+        assert not torch.allclose(experts.trajectories[k][0, 1], plain.trajectories[k][0, 1])
+
+    def mtt_config(augment):
+        return build_config({"method": "mtt", "data.dataset": "blobs", "model.arch": "MLP", "model.width": 16,
+                             "methods.augment": augment, "results_dir": str(tmp_path)})
+    read, _ = load_experts(mtt_config("dsa-noflip"), model)
+    torch.testing.assert_close(read["net.1.weight"], experts.trajectories["net.1.weight"], rtol=0, atol=0)
+    read, _ = load_experts(mtt_config("none"), model)
+    torch.testing.assert_close(read["net.1.weight"], plain.trajectories["net.1.weight"], rtol=0, atol=0)
+    with pytest.raises(ArtifactError, match="train-zoo --trajectories .*--augment dsa "):
+        load_experts(mtt_config("dsa"), model)
+
+
+def test_experts_written_before_augmentation_was_recorded_still_match(tmp_path, blobs_zoo):
+    config = _zoo_config(tmp_path, 2)
+    experts, path = blobs_zoo(config, trajectories=True)
+    older = dataclasses.replace(experts, config={k: v for k, v in experts.config.items() if k != "augment"})
+    artifacts.save_zoo(path, older)
+    assert len(blobs_zoo(_zoo_config(tmp_path, 2), trajectories=True)[0]) == 2  # found, not refused
+
+
+def test_train_zoo_refuses_augment_without_trajectories(tmp_path, capsys):
+    assert main(["train-zoo", "--dataset", "digits", "--augment", "dsa", "--results_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--augment applies to train-zoo --trajectories only" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_expert_and_ordinary_zoos_never_mix(tmp_path, blobs_zoo):

@@ -8,8 +8,9 @@ is never one that scores them.
 
 An *expert* zoo (``train-zoo --trajectories``, for ``--method mtt``) also keeps each network's
 weights at the start and after every epoch of plain SGD, its training trajectory (Cazenavette et
-al. 2022); it lives in a folder of its own (``-experts``), so it never stands in for an ordinary
-zoo, nor one for it.
+al. 2022); it lives in a folder of its own (``-experts``, or ``-experts-dsa`` for experts trained
+on augmented batches, ``train-zoo --trajectories --augment dsa``), so it never stands in for an
+ordinary zoo, nor one for it, nor experts trained on other batches for each other.
 
 Training is pure here (weights in, weights out); ``jobs.zoo`` stores the result through
 ``artifacts``, one part per chunk of networks so that an interrupted run resumes.
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .augment import Augment
 from .config import OuterConfig
 from .data import Split, batches_per_epoch, shuffled_batches
 from .errors import ArtifactError
@@ -35,10 +37,14 @@ EXPERT_LR = 0.01  # MTT's experts: SGD at this rate, no momentum, no decay
 
 
 def zoo_dir_for(root: str | Path, dataset: str, arch: str, init: str, phase: str,
-                experts: bool = False) -> Path:
+                experts: bool = False, augment: str = "none") -> Path:
     """Where the zoo of (dataset, arch, init, phase) lives under ``root``; ``experts``: the zoo
-    of expert trajectories of the same, in a folder of its own."""
-    return Path(root) / f"{dataset}-{arch}-{init}-{phase}{EXPERTS_SUFFIX if experts else ''}"
+    of expert trajectories of the same, in a folder of its own (``...-experts``), and experts
+    trained on augmented batches (``augment``) in another (``...-experts-dsa``)."""
+    name = f"{dataset}-{arch}-{init}-{phase}"
+    if experts:
+        name += EXPERTS_SUFFIX + ("" if augment == "none" else f"-{augment}")
+    return Path(root) / name
 
 
 @dataclass
@@ -133,10 +139,13 @@ def train_networks(model: nn.Module, stacked: Params, train: Split, outer: Outer
 
 
 def train_trajectories(model: nn.Module, stacked: Params, train: Split, epochs: int, batch_size: int,
-                       generator: torch.Generator, lr: float = EXPERT_LR, momentum: float = 0.0
+                       generator: torch.Generator, lr: float = EXPERT_LR, momentum: float = 0.0,
+                       augment: Augment | None = None, augment_generator: torch.Generator | None = None
                        ) -> tuple[Params, Params]:
     """Train the stacked networks as MTT's experts: plain SGD at a constant ``lr`` (no momentum by
     default, no weight decay) for ``epochs`` passes over ``train`` in batches of ``batch_size``.
+    ``augment``: each batch is transformed first (one draw per image from ``augment_generator``),
+    as MTT trains its experts with the DSA its synthetic steps see.
 
     Returns (trained weights (n, ...), trajectories (n, epochs + 1, ...)): entry 0 of a trajectory
     is the network's initial weights, entry e its weights after epoch e, so the last is the
@@ -147,6 +156,8 @@ def train_trajectories(model: nn.Module, stacked: Params, train: Split, epochs: 
     snapshots = [{k: v.detach().cpu().clone() for k, v in leaves.items()}]
     for _ in range(epochs):
         for x, y in shuffled_batches(train, batch_size, generator):
+            if augment is not None:
+                x = augment(x, augment_generator)
             optimizer.zero_grad(set_to_none=True)
             mean_loss_per_net_summed(model, leaves, x, y).backward()
             optimizer.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import PHASES, build_config
+from ..errors import ConfigError
 from ..world import DEFAULT_TIMEOUT, start
 from ..zoo import EXPERT_LR
 from .flags import D, Parser, add_data, add_model, add_outer, add_run, add_world, given_fields
@@ -25,6 +26,9 @@ def build_parser(prog: str = "datadistill train-zoo") -> Parser:
                    help="expert trajectories for --method mtt: train with SGD (--lr, default "
                         f"{EXPERT_LR:g}, constant, no momentum) and keep every network's weights at the start "
                         "and after each epoch, in a zoo of its own (<dataset>-<arch>-<init>-<phase>-experts)")
+    p.add_argument("--augment", help="with --trajectories: none, dsa or dsa-noflip: train the experts on "
+                                     "batches augmented per image, as MTT's experts are; an mtt run with the "
+                                     "same --augment reads them (folder ...-experts-<augment>) (default none)")
     add_outer(p, zoo=True)
     add_run(p, seed=False)
     add_world(p)
@@ -38,6 +42,8 @@ def run(args, argv: list[str], session) -> int:
 
     trajectories = getattr(args, "trajectories", False)
     given = given_fields(args)
+    if "methods.augment" in given and not trajectories:
+        raise ConfigError("--augment applies to train-zoo --trajectories only (expert trajectories for mtt)")
     if trajectories:
         # MTT's experts: SGD at 0.01 unless --lr says otherwise (the preset's rate is Adam's)
         given.setdefault("outer.lr", EXPERT_LR)

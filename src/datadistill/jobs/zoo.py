@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .. import artifacts
+from ..augment import augmenter
 from ..config import RunConfig
 from ..data import Dataset
 from ..errors import ArtifactError
@@ -23,9 +24,10 @@ EXPERT_TRAINING = {"trajectories": True, "optimizer": "sgd", "momentum": 0.0, "s
 
 
 def expert_zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:
-    """The file of the expert zoo (trajectories) of (dataset, arch, init, phase)."""
+    """The file of the expert zoo (trajectories) of (dataset, arch, init, phase), trained on
+    batches augmented as ``config.methods.augment`` says."""
     return zoo_dir_for(config.zoo_root, dataset or config.data.dataset, config.model.arch,
-                       config.model.init, phase, experts=True) / ZOO_FILE
+                       config.model.init, phase, experts=True, augment=config.methods.augment) / ZOO_FILE
 
 
 def _zoo_training(config: RunConfig, trajectories: bool = False) -> dict:
@@ -33,7 +35,7 @@ def _zoo_training(config: RunConfig, trajectories: bool = False) -> dict:
     d = config.to_dict()
     wanted = {"dataset": config.data.dataset, "arch": config.model.arch, "model": d["model"],
               "outer": d["outer"], "phase": config.phase}
-    return {**wanted, **EXPERT_TRAINING} if trajectories else wanted
+    return {**wanted, **EXPERT_TRAINING, "augment": config.methods.augment} if trajectories else wanted
 
 
 def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = None,
@@ -43,8 +45,9 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     (dataset, arch, init, phase); returns the zoo and its file.
 
     ``trajectories``: an expert zoo for ``--method mtt`` instead (``zoo.train_trajectories``: SGD
-    at ``config.outer.lr``, constant, no momentum, ``outer.epochs`` epochs), in its own folder
-    (``expert_zoo_file``), holding every network's weights at the start and after each epoch.
+    at ``config.outer.lr``, constant, no momentum, ``outer.epochs`` epochs, on batches augmented
+    per image as ``config.methods.augment`` says), in its own folder (``expert_zoo_file``),
+    holding every network's weights at the start and after each epoch.
 
     Networks are trained ``ZOO_CHUNK`` at a time and each chunk is stored as a part, so a killed
     run resumes from the last finished part; an existing zoo of the same settings is extended,
@@ -78,8 +81,11 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
             generator = torch.Generator().manual_seed(seeds[0])  # batch order of this chunk
             trajectory = None
             if trajectories:
-                trained, trajectory = train_trajectories(model, init, dataset.train, config.outer.epochs,
-                                                         config.outer.batch_size, generator, config.outer.lr)
+                # the augmentations' own stream, so that the batch order is the same with and without
+                augment = augmenter(config.methods.augment, siamese=False)
+                trained, trajectory = train_trajectories(
+                    model, init, dataset.train, config.outer.epochs, config.outer.batch_size, generator,
+                    config.outer.lr, augment=augment, augment_generator=torch.Generator().manual_seed(seeds[0]))
             else:
                 trained = train_networks(model, init, dataset.train, config.outer, generator)
             part = Zoo({k: v.cpu() for k, v in trained.items()}, accuracy(model, trained, dataset.test).cpu(),
@@ -110,6 +116,8 @@ ZOO_OUTER = ("epochs", "schedule", "decay_epochs", "decay_factor", "lr", "batch_
 
 
 def _comparable(settings: dict) -> dict:
+    if settings.get("trajectories"):  # experts written before --augment trained on plain batches
+        settings = {"augment": "none", **settings}
     outer = settings.get("outer")
     return {**settings, "outer": {k: outer.get(k) for k in ZOO_OUTER}} if isinstance(outer, dict) else settings
 

@@ -13,7 +13,10 @@ far the expert moved:
 (sums over every parameter). X (``ipc`` images per class, one batch) and log alpha are learned.
 
 The synthetic set is used as one batch at every step (the paper's minibatches of it matter only
-for sets too big for one batch); with ``--augment dsa`` each step sees its own augmentation of it.
+for sets too big for one batch); with ``--augment dsa`` each step sees its own augmentation of it,
+and the experts are the ones trained on batches augmented alike (``train-zoo --trajectories
+--augment dsa``), as the paper trains them: steps on augmented images are matched to a trajectory
+of steps on augmented images.
 """
 from __future__ import annotations
 
@@ -94,9 +97,10 @@ def load_experts(config: RunConfig, model: nn.Module) -> tuple[Params, "Zoo"]:
 
     path = expert_zoo_file(config, "train")
     if not path.is_file():
-        width = "" if config.model.width is None else f" --width {config.model.width}"
+        flags = "" if config.model.width is None else f" --width {config.model.width}"
+        flags += "" if config.methods.augment == "none" else f" --augment {config.methods.augment}"
         raise ArtifactError(f"no expert trajectories at {path}; train them first: datadistill train-zoo "
-                            f"--trajectories --dataset {config.data.dataset} --arch {config.model.arch}{width} "
+                            f"--trajectories --dataset {config.data.dataset} --arch {config.model.arch}{flags} "
                             f"--init {config.model.init} --results_dir {config.results_dir} "
                             f"(or --zoo_dir {config.zoo_root})")
     zoo = artifacts.load_zoo(path)
