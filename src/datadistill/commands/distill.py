@@ -40,7 +40,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                            "per class per step; dm/gm/mtt: 10)")
     g = p.add_argument_group("later methods (--method dm, gm, mtt)")
     g.add_argument("--augment", help=f"none, dsa (differentiable Siamese augmentation in distillation and "
-                                     f"evaluation) or dsa-noflip (dsa without left-right flips) ("
+                                     f"evaluation) or dsa-noflip (dsa without left-right flips); mtt reads "
+                                     f"experts trained alike (train-zoo --trajectories --augment) ("
                                      + preset_note("methods.augment") + ")")
     g.add_argument("--embed_batch", type=int, help=f"dm, gm: real images per class per iteration "
                                                    f"(default {D.methods.embed_batch})")
