@@ -72,6 +72,7 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     # the loop below would pair up differently on processes with different numbers of chunks
     world.agree(lambda: [_matching(artifacts.load_zoo(p), wanted, p)
                          for p in (_part_path(folder, s, n) for s in starts) if p.exists()])
+    augment = augmenter(config.methods.augment, siamese=False) if trajectories else None  # experts only
     for start in starts[world.rank::world.size]:
         stop = min(start + ZOO_CHUNK, n)
         part_path = _part_path(folder, start, n)
@@ -81,8 +82,8 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
             generator = torch.Generator().manual_seed(seeds[0])  # batch order of this chunk
             trajectory = None
             if trajectories:
-                # the augmentations' own stream, so that the batch order is the same with and without
-                augment = augmenter(config.methods.augment, siamese=False)
+                # the augmentations draw from a stream of their own, so the batch order is the same
+                # with and without them
                 trained, trajectory = train_trajectories(
                     model, init, dataset.train, config.outer.epochs, config.outer.batch_size, generator,
                     config.outer.lr, augment=augment, augment_generator=torch.Generator().manual_seed(seeds[0]))
