@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ArtifactError
+from .factorize import decode, decode_labels
 
 FORMAT = "datadistill.distilled/1"
 
@@ -114,11 +115,16 @@ class LearnableSet:
     ``softmax(label_logits)``: probability vectors, so that cross-entropy stays a proper one,
     bounded below by 0 (free target vectors with a negative entry would make it unbounded below).
     They start at ``LABEL_START`` on the image's class and the rest spread evenly.
+
+    ``factor`` > 1 stores the images in multi-formation (``factorize``): ``images`` and ``labels``
+    (and ``label_logits``) are the stored ones, and ``decoded()`` and ``targets()`` the
+    ``factor ** 2`` times as many training images and their labels that a network reads.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor | None,
                  num_classes: int, mean, std, learn_labels: bool = False, meta: dict | None = None,
-                 step_size_param: str = "exp"):
+                 step_size_param: str = "exp", factor: int = 1):
+        self.factor = factor
         self.images = images.detach().clone().requires_grad_()
         self.labels = labels
         self.step_size_param = step_size_param
@@ -132,9 +138,19 @@ class LearnableSet:
         self.num_classes, self.mean, self.std = num_classes, tuple(mean), tuple(std)
         self.meta = dict(meta or {})
 
+    def decoded(self) -> torch.Tensor:
+        """The training images (S, N * factor ** 2, C, H, W), differentiable w.r.t. ``images``."""
+        return decode(self.images, self.factor)
+
     def targets(self) -> torch.Tensor:
-        """The inner loss's labels: (S, N) classes, or (S, N, classes) learned distributions."""
-        return self.labels if self.label_logits is None else self.label_logits.softmax(-1)
+        """The inner loss's labels of the training images: (S, N * factor ** 2) classes, or
+        (S, N * factor ** 2, classes) learned distributions."""
+        return decode_labels(self.labels if self.label_logits is None else self.label_logits.softmax(-1),
+                             self.factor)
+
+    def decoded_labels(self) -> torch.Tensor:
+        """(S, N * factor ** 2) int64: the fixed class of each training image."""
+        return decode_labels(self.labels, self.factor)
 
     def lrs(self) -> torch.Tensor:
         return step_sizes_from_raw(self.raw_lrs, self.step_size_param)
@@ -160,13 +176,15 @@ class LearnableSet:
         return self
 
     def current(self, tensors: list[torch.Tensor] | None = None) -> SyntheticSet:
-        """A detached snapshot; sets without learned step sizes store an empty ``lrs``.
+        """A detached snapshot of the training set (decoded, with ``factor`` > 1, so that it
+        replays with no datadistill code); sets without learned step sizes store an empty ``lrs``.
         ``tensors``: values to take in place of ``tensors()`` (same order), e.g. their average."""
         images, raw_lrs, logits = self.images, self.raw_lrs, self.label_logits
         if tensors is not None:
             it = iter(tensors)
             images, raw_lrs, logits = (None if t is None else next(it) for t in (images, raw_lrs, logits))
         lrs = torch.empty(0) if raw_lrs is None else step_sizes_from_raw(raw_lrs, self.step_size_param)
-        targets = self.labels if logits is None else logits.softmax(-1)
-        return SyntheticSet(images.detach().clone(), targets.detach().clone(), lrs.detach().clone(),
-                            self.mean, self.std, self.num_classes, dict(self.meta))
+        targets = decode_labels(self.labels if logits is None else logits.softmax(-1), self.factor)
+        meta = dict(self.meta) if self.factor == 1 else {**self.meta, "factor": self.factor}
+        return SyntheticSet(decode(images.detach(), self.factor).clone(), targets.detach().clone(),
+                            lrs.detach().clone(), self.mean, self.std, self.num_classes, meta)

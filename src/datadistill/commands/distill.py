@@ -43,6 +43,11 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                      f"evaluation) or dsa-noflip (dsa without left-right flips); mtt reads "
                                      f"experts trained alike (train-zoo --trajectories --augment) ("
                                      + preset_note("methods.augment") + ")")
+    g.add_argument("--factor", type=int, help="multi-formation (IDC, Kim et al. 2022): each stored image holds "
+                                              "factor x factor tiles, each upsampled into one training image, so "
+                                              "the stored pixels stay --ipc images' and networks train on "
+                                              "ipc x factor^2 images per class; distilled.pt holds the training "
+                                              f"images (default {D.synthetic.factor}: plain images)")
     g.add_argument("--embed_batch", type=int, help=f"dm, gm: real images per class per iteration "
                                                    f"(default {D.methods.embed_batch})")
     g.add_argument("--outer_loop", type=int, help=f"gm: synthetic updates per network (default {D.methods.outer_loop})")

@@ -93,6 +93,9 @@ class SyntheticConfig:
     # learned step sizes are exp(raw) or softplus(raw) (the paper's code); see synthetic.LearnableSet.
     # exp chosen on MNIST's validation split with the fixed preset (benchmarks/RESULTS.md)
     step_size_param: str = "exp"
+    # multi-formation (factorize.py, IDC): each stored image holds factor x factor tiles, each a
+    # training image at 1/factor of the resolution; 1: plain images. dm, gm and mtt read it
+    factor: int = 1
 
     def __post_init__(self):
         _choice("--image_init", self.image_init, IMAGE_INITS)
@@ -103,6 +106,7 @@ class SyntheticConfig:
         _positive("--distill_lr", self.init_lr)
         if self.ipc is not None:
             _positive("--ipc", self.ipc)
+        _positive("--factor", self.factor)
 
     @property
     def images_per_class(self) -> int:

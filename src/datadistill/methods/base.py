@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
 import torch
 import torch.nn as nn
 
-from ..data import Split
+from ..data import Split, class_balanced_sample
+from ..factorize import check_factor, encode
 from ..models import Params
-from ..synthetic import LearnableSet, SyntheticSet
+from ..synthetic import LearnableSet, SyntheticSet, class_major_labels, noise_images
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -50,6 +51,21 @@ class Setup:
     device: torch.device
     generator: torch.Generator  # the run's stream
     seed: int  # the run's seed, for reports that draw their own baselines
+
+
+def one_batch_start(setup: Setup, ipc: int, image_init: str, factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start of a set held as one batch (dm, gm, mtt): stored images (1, ipc * K, C, H, W) on
+    the CPU and their labels (1, ipc * K), class-major. ``image_init`` "real": random training
+    images of each class, ``factor ** 2`` of them encoded into each stored image when ``factor`` >
+    1 (IDC's start); "noise": N(0, 1) in normalised space."""
+    k, shape = setup.num_classes, tuple(setup.train.x.shape[1:])
+    check_factor(factor, *shape[1:])
+    if image_init == "real":
+        real = class_balanced_sample(setup.train, ipc * factor * factor, k, setup.generator)[0].cpu()
+        images = encode(real, factor).unsqueeze(0)
+    else:
+        images = noise_images(1, ipc * k, shape, setup.generator)
+    return images, class_major_labels(1, ipc, k)
 
 
 class Method:

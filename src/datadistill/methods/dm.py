@@ -28,13 +28,12 @@ from torch.func import functional_call
 
 from ..augment import augmenter
 from ..config import RunConfig
-from ..data import class_balanced_sample
 from ..errors import ConfigError
 from ..models import Params
 from ..runtime import Runtime
-from ..synthetic import LearnableSet, class_major_labels, noise_images
+from ..synthetic import LearnableSet
 from . import register
-from .base import Method, MethodLoss, Setup
+from .base import Method, MethodLoss, Setup, one_batch_start
 
 DEFAULT_IPC = 10
 
@@ -83,13 +82,15 @@ class Dm(Method):
     """``ipc`` images per class matched in embedding space; ``augment``: none, dsa or dsa-noflip;
     ``learn_labels``: soft labels learned through the weighted class means (module docstring);
     ``embed_batch``: at most this many real images per class of each batch are embedded;
-    ``seed``: the stream of DSA transforms (checkpointed with ``state_dict``)."""
+    ``seed``: the stream of DSA transforms (checkpointed with ``state_dict``); ``factor``: stored
+    images in multi-formation (``factorize``), matched through their decoded training images."""
 
     protocol = "from_scratch"
 
     def __init__(self, model: nn.Module, ipc: int = DEFAULT_IPC, image_init: str = "real", augment: str = "none",
-                 embed_batch: int = 256, seed: int = 0, learn_labels: bool = False):
+                 embed_batch: int = 256, seed: int = 0, learn_labels: bool = False, factor: int = 1):
         self.model, self.ipc, self.image_init, self.learn_labels = model, ipc, image_init, learn_labels
+        self.factor = factor
         self.embed_batch = embed_batch
         self.dsa = augmenter(augment)
         self.embed = Embedder(model)
@@ -100,21 +101,16 @@ class Dm(Method):
         # each process draws other DSA transforms for its networks
         seed = config.seed * 1_000 + runtime.world.rank
         return cls(model, config.synthetic.ipc or DEFAULT_IPC, config.synthetic.image_init, config.methods.augment,
-                   config.methods.embed_batch, seed, config.synthetic.learn_labels)
+                   config.methods.embed_batch, seed, config.synthetic.learn_labels, config.synthetic.factor)
 
     def initial(self, setup: Setup) -> LearnableSet:
-        k, ipc = setup.num_classes, self.ipc
-        if self.image_init == "real":
-            images = class_balanced_sample(setup.train, ipc, k, setup.generator)[0].cpu().unsqueeze(0)
-        else:
-            images = noise_images(1, ipc * k, tuple(setup.train.x.shape[1:]), setup.generator)
-        labels = class_major_labels(1, ipc, k)
-        return LearnableSet(images, labels, None, k, setup.mean, setup.std,
-                            learn_labels=self.learn_labels).to(setup.device)
+        images, labels = one_batch_start(setup, self.ipc, self.image_init, self.factor)
+        return LearnableSet(images, labels, None, setup.num_classes, setup.mean, setup.std,
+                            learn_labels=self.learn_labels, factor=self.factor).to(setup.device)
 
     def loss(self, learned: LearnableSet, nets: Params, real_x: torch.Tensor, real_y: torch.Tensor,
              total_nets: int) -> MethodLoss:
-        syn = learned.images[0]  # (ipc * K, C, H, W), class-major
+        syn = learned.decoded()[0]  # (ipc * factor ** 2 * K, C, H, W), class-major
         k = learned.num_classes
         keep = first_per_class(real_y, k, self.embed_batch)
         if not bool(keep.all()):
@@ -138,7 +134,7 @@ class Dm(Method):
         with torch.no_grad():
             real_mean, counts = class_means(self.embed(params, real_x), real_y, k)
         e_syn = self.embed(params, syn)
-        syn_mean = (e_syn.view(k, self.ipc, -1).mean(1) if weights is None
+        syn_mean = (e_syn.view(k, -1, e_syn.shape[1]).mean(1) if weights is None
                     else weights.t() @ e_syn / weights.sum(0).unsqueeze(1))  # (K, D)
         present = counts > 0
         return ((real_mean[present] - syn_mean[present]) ** 2).sum()
@@ -160,7 +156,8 @@ class Dm(Method):
                 mine = self.dsa(syn, torch.Generator().manual_seed(seed))
                 syn_mean = w @ self.embed(params, mine) / w.sum()
             else:
-                mine = self.dsa(syn[c * self.ipc:(c + 1) * self.ipc], torch.Generator().manual_seed(seed))
+                per_class = syn.shape[0] // k
+                mine = self.dsa(syn[c * per_class:(c + 1) * per_class], torch.Generator().manual_seed(seed))
                 syn_mean = self.embed(params, mine).mean(0)
             total = total + ((real_mean - syn_mean) ** 2).sum()
         return total

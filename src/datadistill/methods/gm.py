@@ -31,13 +31,12 @@ from torch.func import functional_call
 
 from ..augment import augmenter
 from ..config import MethodConfig, RunConfig, SyntheticConfig
-from ..data import class_balanced_sample
 from ..inner import summed_loss
 from ..models import Params
 from ..runtime import Runtime
-from ..synthetic import LearnableSet, class_major_labels, noise_images
+from ..synthetic import LearnableSet
 from . import register
-from .base import Method, MethodLoss, Setup
+from .base import Method, MethodLoss, Setup, one_batch_start
 
 DEFAULT_IPC = 10
 INNER_MOMENTUM = 0.5  # DC's network optimiser
@@ -81,16 +80,12 @@ class Gm(Method):
         return cls(model, config.synthetic, config.methods, config.seed)
 
     def initial(self, setup: Setup) -> LearnableSet:
-        k, shape = setup.num_classes, tuple(setup.train.x.shape[1:])
-        if self.synthetic.image_init == "real":
-            images = class_balanced_sample(setup.train, self.ipc, k, setup.generator)[0].cpu().unsqueeze(0)
-        else:
-            images = noise_images(1, self.ipc * k, shape, setup.generator)
+        images, labels = one_batch_start(setup, self.ipc, self.synthetic.image_init, self.synthetic.factor)
         # the method's own stream (inner batches, DSA draws), from the run's
         self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=setup.generator)))
         self.device = torch.device(setup.device)
-        return LearnableSet(images, class_major_labels(1, self.ipc, k), None, k, setup.mean, setup.std,
-                            learn_labels=self.synthetic.learn_labels).to(setup.device)
+        return LearnableSet(images, labels, None, setup.num_classes, setup.mean, setup.std,
+                            learn_labels=self.synthetic.learn_labels, factor=self.synthetic.factor).to(setup.device)
 
     # -- the interface ---------------------------------------------------------------------------
 
@@ -112,7 +107,7 @@ class Gm(Method):
 
     def train_kept(self, learned: LearnableSet) -> None:
         """``inner_steps`` SGD steps with momentum of every kept network on the detached set."""
-        x = learned.images.detach()[0]
+        x = learned.decoded().detach()[0]
         y = learned.targets().detach()[0]
         n = x.shape[0]
         weights = {k: v.detach() for k, v in self.kept.items()}
@@ -138,7 +133,7 @@ class Gm(Method):
     def matching(self, learned: LearnableSet, real_x: torch.Tensor, real_y: torch.Tensor) -> torch.Tensor:
         """Sum over the kept networks and the classes of the gradient-matching distance; its graph
         reaches the synthetic images (and learned labels) through the synthetic gradients."""
-        images, targets, labels = learned.images[0], learned.targets()[0], learned.labels[0]
+        images, targets, labels = learned.decoded()[0], learned.targets()[0], learned.decoded_labels()[0]
         n_nets = next(iter(self.kept.values())).shape[0]
         per_class = []
         for c in range(learned.num_classes):

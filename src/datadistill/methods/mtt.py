@@ -28,16 +28,16 @@ import torch.nn as nn
 from .. import artifacts
 from ..augment import augmenter
 from ..config import RunConfig
-from ..data import Split, class_balanced_sample
+from ..data import Split
 from ..errors import ArtifactError, ConfigError
 from ..inner import batched_unroll
 from ..models import Params
 from ..nets import NetSource, fresh_nets
 from ..runtime import Runtime
-from ..synthetic import LearnableSet, SyntheticSet, class_major_labels, noise_images
+from ..synthetic import LearnableSet, SyntheticSet
 from ..world import World
 from . import register
-from .base import Method, MethodLoss, Setup
+from .base import Method, MethodLoss, Setup, one_batch_start
 
 if TYPE_CHECKING:
     from ..zoo import Zoo
@@ -126,8 +126,9 @@ class Mtt(Method):
     def __init__(self, model: nn.Module, runtime: Runtime, ipc: int = DEFAULT_IPC, init_lr: float = 0.01,
                  image_init: str = "real", syn_steps: int = 20, expert_epochs: int = 2, max_start_epoch: int = 10,
                  augment: str = "none", learn_labels: bool = False, init: tuple[str, float] = ("xavier", 1.0),
-                 seed: int = 0, step_size_param: str = "exp"):
+                 seed: int = 0, step_size_param: str = "exp", factor: int = 1):
         self.model, self.runtime, self.ipc, self.init_lr, self.image_init = model, runtime, ipc, init_lr, image_init
+        self.factor = factor
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
         self.learn_labels, self.init, self.step_size_param = learn_labels, init, step_size_param
         # each step trains the network on an augmented set: a draw per image (the papers' code)
@@ -142,7 +143,7 @@ class Mtt(Method):
         seed = config.seed * 1_000 + runtime.world.rank  # each process augments for its own segments
         return cls(model, runtime, s.ipc or DEFAULT_IPC, s.init_lr, s.image_init, m.syn_steps, m.expert_epochs,
                    m.max_start_epoch, m.augment, s.learn_labels, (config.model.init, config.model.init_param),
-                   seed, s.step_size_param)
+                   seed, s.step_size_param, s.factor)
 
     def net_source(self, config: RunConfig, model: nn.Module, device, generator: torch.Generator,
                    world) -> ExpertSegments:
@@ -154,20 +155,16 @@ class Mtt(Method):
         return source
 
     def initial(self, setup: Setup) -> LearnableSet:
-        k = setup.num_classes
-        if self.image_init == "real":
-            images = class_balanced_sample(setup.train, self.ipc, k, setup.generator)[0].cpu().unsqueeze(0)
-        else:
-            images = noise_images(1, self.ipc * k, tuple(setup.train.x.shape[1:]), setup.generator)
-        labels = class_major_labels(1, self.ipc, k)
+        images, labels = one_batch_start(setup, self.ipc, self.image_init, self.factor)
         lrs = torch.tensor([float(self.init_lr)], dtype=images.dtype)
-        return LearnableSet(images, labels, lrs, k, setup.mean, setup.std,
-                            learn_labels=self.learn_labels, step_size_param=self.step_size_param).to(setup.device)
+        return LearnableSet(images, labels, lrs, setup.num_classes, setup.mean, setup.std,
+                            learn_labels=self.learn_labels, step_size_param=self.step_size_param,
+                            factor=self.factor).to(setup.device)
 
     def step_batches(self, learned: LearnableSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, labels, step sizes) of the ``syn_steps`` steps for ``inner.unroll``: the set as
         one batch (augmented afresh for each step with --augment), the one step size repeated."""
-        images, labels = learned.images, learned.targets()
+        images, labels = learned.decoded(), learned.targets()
         if self._augment is not None:
             images = torch.stack([self._augment(images[0], self.generator) for _ in range(self.syn_steps)])
             labels = labels.expand(self.syn_steps, *labels.shape[1:])
