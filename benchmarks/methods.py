@@ -7,7 +7,11 @@ cores), then one `datadistill test --test_distilled_images random_train` run und
 from-scratch protocol (the run's init, augmentation and epochs, read from its metrics.json). mtt
 first trains its experts (`train-zoo --trajectories`), timed apart.
 
-    python benchmarks/methods.py [--cells dm:10,gm:10,gm:1,mtt:10] [--width 32] [--test_n_nets 10]
+A cell ``method:ipc:fK`` runs the same flags with ``--factor K`` (multi-formation: ipc stored
+images per class, ipc x K^2 training images); its random real images are ``ipc`` per class, the
+same stored pixels.
+
+    python benchmarks/methods.py [--cells dm:10,gm:10,gm:1,mtt:10,gm:1:f2] [--width 32] [--test_n_nets 10]
         [--threads 2] [--extra "--epochs 2"] [--keep DIR]
 """
 import argparse
@@ -42,7 +46,8 @@ def peak_rss_mib() -> float:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cells", default="dm:10,gm:10,gm:1,mtt:10", help="method:ipc pairs of SETTINGS")
+    p.add_argument("--cells", default="dm:10,gm:10,gm:1,mtt:10",
+                   help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K")
     p.add_argument("--width", default="32")
     p.add_argument("--test_n_nets", default="10")
     p.add_argument("--threads", help="OMP_NUM_THREADS of every run (default: torch's)")
@@ -57,13 +62,13 @@ def main():
     with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as d:
         zoo = str(Path(d) / "zoo")
         for cell in args.cells.split(","):
-            method, ipc = cell.split(":")
-            flags = SETTINGS[(method, int(ipc))]
+            method, ipc, *factor = cell.split(":")
+            flags = SETTINGS[(method, int(ipc))] + (["--factor", factor[0].lstrip("f")] if factor else [])
             if method == "mtt" and not Path(zoo).exists():
                 seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *EXPERTS, "--zoo_dir", zoo,
                                                "--results_dir", d), env=env)
                 print(f"mtt experts: {seconds:.0f} s wall", flush=True)
-            out = str(Path(d) / f"{method}-{ipc}")
+            out = str(Path(d) / cell.replace(":", "-"))
             extra = ["--zoo_dir", zoo] if method == "mtt" else []
             cmd = datadistill("distill", "--method", method, "--ipc", ipc, *arch, "--test_n_nets", args.test_n_nets,
                               "--results_dir", out, *flags, *extra, *shlex.split(args.extra))
@@ -80,7 +85,7 @@ def main():
                               "--protocol", "from_scratch", *protocol, "--results_dir", out), env=env)
             real = json.loads((Path(out) / "results.json").read_text())["rows"][0]
             acc, val = m["final_accuracy"], m["validation"]
-            rows.append((method, ipc, acc, val, real, seconds, m["distill_seconds"], peak))
+            rows.append((method, ":".join([ipc, *factor]), acc, val, real, seconds, m["distill_seconds"], peak))
             print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
                   f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}); "
                   f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)

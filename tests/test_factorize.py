@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datadistill import artifacts, models, nets
+from datadistill import artifacts, models, nets, weights
 from datadistill.commands import main
 from datadistill.config import build_config
 from datadistill.data import Split
@@ -14,6 +14,8 @@ from datadistill.factorize import check_factor, decode, decode_labels, encode
 from datadistill.methods import Setup
 from datadistill.methods.dm import Dm
 from datadistill.methods.gm import Gm
+from datadistill.methods.mtt import Mtt
+from datadistill.runtime import Runtime
 from datadistill.synthetic import LearnableSet, class_major_labels
 
 
@@ -117,6 +119,24 @@ def test_loss_and_gradient_on_a_factored_set_equal_those_through_its_decoded_ima
     plain_grad, = torch.autograd.grad(expected, plain.images)
     _, vjp = torch.func.vjp(lambda t: decode(t, 2), stored)
     torch.testing.assert_close(grad, vjp(plain_grad)[0])
+
+
+def test_mtt_unrolls_a_factored_set_as_the_plain_set_of_its_decoded_images():
+    model = models.build_model("MLP", 1, 8, 3, width=4).double()
+    g = torch.Generator().manual_seed(0)
+    start = {k: v.double().unsqueeze(0) for k, v in weights.init_params(model, "xavier", 1.0, 1).items()}
+    target = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in start.items()}
+    stored = torch.randn(1, 3, 1, 8, 8, generator=g, dtype=torch.float64)
+    labels, lr = class_major_labels(1, 1, 3), torch.tensor([0.05], dtype=torch.float64)
+    factored = LearnableSet(stored, labels, lr, 3, (0.0,), (1.0,), factor=2)
+    plain = LearnableSet(decode(stored, 2), decode_labels(labels, 2), lr, 3, (0.0,), (1.0,))
+    segment = {"start": start, "target": target}
+    value = Mtt(model, Runtime("cpu"), ipc=1, syn_steps=3, factor=2).loss(factored, segment, None, None, 1).objective
+    expected = Mtt(model, Runtime("cpu"), ipc=4, syn_steps=3).loss(plain, segment, None, None, 1).objective
+    torch.testing.assert_close(value, expected)
+    grad, = torch.autograd.grad(value, factored.images)
+    plain_grad, = torch.autograd.grad(expected, plain.images)
+    torch.testing.assert_close(grad, torch.func.vjp(lambda t: decode(t, 2), stored)[1](plain_grad)[0])
 
 
 def test_factored_run_writes_its_training_images_and_replays_with_plain_pytorch(tmp_path):
