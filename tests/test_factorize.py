@@ -152,6 +152,9 @@ def test_factored_run_writes_its_training_images_and_replays_with_plain_pytorch(
     raw = torch.load(tmp_path / artifacts.DISTILLED)  # no datadistill code from here on
     assert raw["images"].shape == (1, 40, 1, 32, 32) and raw["factor"] == 2
     assert raw["labels"].tolist() == [[c for c in range(10) for _ in range(4)]]
+    assert raw["stored_images"].shape == (1, 10, 1, 32, 32)  # the budget: one image per class
+    torch.testing.assert_close(decode(raw["stored_images"], 2), raw["images"])
+    assert (tmp_path / "images" / "stored.png").exists() and (tmp_path / "images" / "step000.png").exists()
     torch.testing.assert_close(raw["images"], result.synthetic.images)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 10))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)

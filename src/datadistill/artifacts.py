@@ -131,21 +131,30 @@ def _png_bytes(save: Callable[[io.BytesIO], None]) -> bytes:
 
 
 def save_image_grids(folder, synthetic: SyntheticSet, class_names: list[str] | None = None) -> list[Path]:
-    """One PNG per step: that step's images in pixel space, a row per class."""
+    """One PNG per step: that step's images in pixel space, a row per class; for a set in
+    multi-formation (``meta["stored_images"]``), also ``stored.png``: the stored images whose tiles
+    the steps' images are."""
+    images = synthetic.denormalised()  # (S, N, C, H, W)
+    paths = [atomic_write(Path(folder) / f"step{s:03d}.png", _grid_writer(images[s], synthetic.num_classes))
+             for s in range(synthetic.steps)]
+    stored = synthetic.meta.get("stored_images")
+    if stored is not None:
+        pixels = synthetic.pixels(stored)
+        paths.append(atomic_write(Path(folder) / "stored.png", _grid_writer(pixels[0], synthetic.num_classes)))
+    return paths
+
+
+def _grid_writer(images: torch.Tensor, num_classes: int) -> Callable[[io.BufferedWriter], None]:
+    """Writes images (N, C, H, W) in [0, 1], class-major, as a PNG grid with a row per class."""
     from torchvision.utils import make_grid, save_image
 
-    images = synthetic.denormalised()  # (S, N, C, H, W)
-    per_class = images.shape[1] // synthetic.num_classes
-    paths = []
-    for s in range(synthetic.steps):
-        grid = make_grid(images[s], nrow=per_class if per_class > 1 else synthetic.num_classes,
-                         padding=2, pad_value=1.0)
-        if grid.shape[-1] < 256:  # small digits are unreadable at native size
-            scale = max(1, 256 // grid.shape[-1])
-            grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
-        data = _png_bytes(lambda b: save_image(grid, b, format="png"))
-        paths.append(atomic_write(Path(folder) / f"step{s:03d}.png", lambda f: f.write(data)))
-    return paths
+    per_class = images.shape[0] // num_classes
+    grid = make_grid(images, nrow=per_class if per_class > 1 else num_classes, padding=2, pad_value=1.0)
+    if grid.shape[-1] < 256:  # small digits are unreadable at native size
+        scale = max(1, 256 // grid.shape[-1])
+        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+    data = _png_bytes(lambda b: save_image(grid, b, format="png"))
+    return lambda f: f.write(data)
 
 
 def _figure_png(draw: Callable) -> bytes:

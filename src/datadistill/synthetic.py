@@ -51,9 +51,13 @@ class SyntheticSet:
 
     def denormalised(self) -> torch.Tensor:
         """Images in [0, 1] pixel space, (S, N, C, H, W)."""
-        mean = torch.tensor(self.mean).view(1, 1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, 1, -1, 1, 1)
-        return (self.images.detach().cpu() * std + mean).clamp(0, 1)
+        return self.pixels(self.images)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` (..., C, H, W), normalised like this set's, in [0, 1] pixel space."""
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (images.detach().cpu() * std + mean).clamp(0, 1)
 
     def to_dict(self) -> dict:
         """A dict of tensors and plain values that ``torch.load`` reads with no datadistill import."""
@@ -185,6 +189,7 @@ class LearnableSet:
             images, raw_lrs, logits = (None if t is None else next(it) for t in (images, raw_lrs, logits))
         lrs = torch.empty(0) if raw_lrs is None else step_sizes_from_raw(raw_lrs, self.step_size_param)
         targets = decode_labels(self.labels if logits is None else logits.softmax(-1), self.factor)
-        meta = dict(self.meta) if self.factor == 1 else {**self.meta, "factor": self.factor}
+        meta = dict(self.meta) if self.factor == 1 else {
+            **self.meta, "factor": self.factor, "stored_images": images.detach().cpu().clone()}
         return SyntheticSet(decode(images.detach(), self.factor).clone(), targets.detach().clone(),
                             lrs.detach().clone(), self.mean, self.std, self.num_classes, meta)
