@@ -47,7 +47,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                               "factor x factor tiles, each upsampled into one training image, so "
                                               "the stored pixels stay --ipc images' and networks train on "
                                               "ipc x factor^2 images per class; distilled.pt holds the training "
-                                              f"images (default {D.synthetic.factor}: plain images)")
+                                              f"images and the stored ones (default {D.synthetic.factor}: plain "
+                                              "images)")
     g.add_argument("--embed_batch", type=int, help=f"dm, gm: real images per class per iteration "
                                                    f"(default {D.methods.embed_batch})")
     g.add_argument("--outer_loop", type=int, help=f"gm: synthetic updates per network (default {D.methods.outer_loop})")
