@@ -13,25 +13,7 @@ from datadistill.nets import ZooNets
 from datadistill.runtime import Runtime
 from datadistill.zoo import train_networks
 
-
-class GuardedSplit:
-    """A split whose tensors raise while ``locked`` and count reads otherwise: a test split that
-    must not be read while a choice is being made."""
-
-    def __init__(self, split: Split):
-        self._split, self.locked, self.reads = split, False, 0
-
-    def _get(self, name):
-        if self.locked:
-            raise AssertionError(f"the test split's {name} was read while choosing a step size")
-        self.reads += 1
-        return getattr(self._split, name)
-
-    x = property(lambda self: self._get("x"))
-    y = property(lambda self: self._get("y"))
-
-    def __len__(self):
-        return len(self._split)
+from guards import GuardedSplit
 
 
 def _domains():

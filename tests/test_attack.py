@@ -18,6 +18,8 @@ from datadistill.runtime import Runtime
 from datadistill.synthetic import LearnableSet
 from datadistill.zoo import train_networks
 
+from guards import GuardedSplit
+
 
 def test_attack_objective_gradient_matches_finite_differences():
     torch.manual_seed(0)
@@ -94,26 +96,6 @@ def test_relabel_gives_the_wanted_labels_and_weights():
     assert attack.weights(y).tolist() == [3.0, 1.0, 1.0, 3.0, 1.0]
     assert Relabel(0, 2).weights(y) is None  # the paper's objective: every image weighs 1
     assert Relabel().labels(y) is y and Relabel().weights(y) is None  # basic and adapt
-
-
-class GuardedSplit:
-    """A split whose tensors raise while ``locked`` and count reads otherwise: a test split that
-    must not be read while a choice is being made."""
-
-    def __init__(self, split: Split):
-        self._split, self.locked, self.reads = split, False, 0
-
-    def _get(self, name):
-        if self.locked:
-            raise AssertionError(f"the test split's {name} was read while choosing a step size")
-        self.reads += 1
-        return getattr(self._split, name)
-
-    x = property(lambda self: self._get("x"))
-    y = property(lambda self: self._get("y"))
-
-    def __len__(self):
-        return len(self._split)
 
 
 def _overlapping_blobs():

@@ -14,6 +14,8 @@ from datadistill.jobs.test_phase import RESULTS_JSON, RESULTS_MD, test_phase
 from datadistill.synthetic import SyntheticSet
 from datadistill.testphase import TestPhaseInputs
 
+from guards import GuardedSplit
+
 
 def _config(tmp_path, **test) -> RunConfig:
     # "digits" only passes the name check: every test hands in the blobs dataset itself
@@ -88,27 +90,8 @@ def test_knn_with_the_training_set_as_memory_matches_a_direct_computation(blobs,
     assert row["mean"] == pytest.approx(float((pred == blobs.test.y).double().mean()))
 
 
-class _GuardedSplit:
-    """A split whose tensors raise while ``locked``, and count reads otherwise."""
-
-    def __init__(self, split: Split):
-        self._split, self.locked, self.reads = split, False, 0
-
-    def _get(self, name):
-        if self.locked:
-            raise AssertionError(f"the test split's {name} was read during test_optimize")
-        self.reads += 1
-        return getattr(self._split, name)
-
-    x = property(lambda self: self._get("x"))
-    y = property(lambda self: self._get("y"))
-
-    def __len__(self):
-        return len(self._split)
-
-
 def test_optimize_never_reads_the_test_split(blobs, tmp_path, monkeypatch):
-    guard = _GuardedSplit(blobs.test)
+    guard = GuardedSplit(blobs.test)
     dataset = _with_val(blobs, test=guard)
     real = testphase.test_optimize
     calls = []
