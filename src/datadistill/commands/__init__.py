@@ -5,11 +5,12 @@ flat form (``datadistill --mode distill_basic ...``, ``--mode train --phase test
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from .. import __version__
 from ..errors import DatadistillError
-from ..world import DistributedError, World, stop
+from ..world import DEFAULT_TIMEOUT, DistributedError, World, start, stop
 from . import distill, evaluate, test, train_zoo
 from .flags import EXIT_USAGE
 
@@ -20,6 +21,18 @@ class Session:
     """What a command leaves for ``main`` to clean up: its group of processes."""
 
     world: World = World()
+
+    def join(self, args, config):
+        """Join the group of processes the command was launched into (``--world_size``), set the
+        process-wide switches; returns ``config`` on this process's device, and whether this
+        process draws no progress bars (``--no_progress``, or not the main process)."""
+        from ..runtime import apply_process_switches
+
+        self.world, device = start(getattr(args, "world_size", None), config.device,
+                                   getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
+        apply_process_switches()
+        quiet = getattr(args, "no_progress", False) or not self.world.is_main
+        return dataclasses.replace(config, device=device), quiet
 
 
 def top_parser() -> argparse.ArgumentParser:

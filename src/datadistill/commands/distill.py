@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..config import CONV_BACKENDS, IMAGE_INITS, PRESETS, RunConfig, build_config
 from ..errors import ConfigError
-from ..world import DEFAULT_TIMEOUT, start
 from .flags import (D, Parser, add_data, add_model, add_mode, add_nets, add_outer, add_run, add_shape, add_world,
                     given_fields, preset_note, refuse)
 from .flags import METHOD_FLAGS
@@ -135,15 +133,9 @@ def config_from_args(args) -> RunConfig:
 def run(args, argv: list[str], session) -> int:
     from ..jobs import distill
     from ..progress import ProgressBar
-    from ..runtime import apply_process_switches
 
-    config = config_from_args(args)
-    session.world, device = start(getattr(args, "world_size", None), config.device,
-                                  getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
+    config, quiet = session.join(args, config_from_args(args))
     world = session.world
-    config = dataclasses.replace(config, device=device)
-    apply_process_switches()
-    quiet = getattr(args, "no_progress", False) or not world.is_main
     result = distill(config, callbacks=[] if quiet else [ProgressBar()], resume=getattr(args, "resume", False),
                      world=world)
     if world.is_main:

@@ -1,11 +1,8 @@
 """``datadistill train-zoo``: many networks trained from independent initialisations."""
 from __future__ import annotations
 
-import dataclasses
-
 from ..config import PHASES, build_config
 from ..errors import ConfigError
-from ..world import DEFAULT_TIMEOUT, start
 from ..zoo import EXPERT_LR
 from .flags import D, Parser, add_data, add_model, add_outer, add_run, add_world, given_fields
 
@@ -38,7 +35,6 @@ def build_parser(prog: str = "datadistill train-zoo") -> Parser:
 def run(args, argv: list[str], session) -> int:
     from ..jobs import train_zoo
     from ..progress import zoo_progress
-    from ..runtime import apply_process_switches
 
     trajectories = getattr(args, "trajectories", False)
     given = given_fields(args)
@@ -48,12 +44,8 @@ def run(args, argv: list[str], session) -> int:
         # MTT's experts: SGD at 0.01 unless --lr says otherwise (the preset's rate is Adam's)
         given.setdefault("outer.lr", EXPERT_LR)
     config = build_config({**given, "mode": "train"}, "train-zoo")
-    session.world, device = start(getattr(args, "world_size", None), config.device,
-                                  getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
+    config, quiet = session.join(args, config)
     world = session.world
-    config = dataclasses.replace(config, device=device)
-    apply_process_switches()
-    quiet = getattr(args, "no_progress", False) or not world.is_main
     with zoo_progress(config.nets.n_nets, disable=quiet) as progress:
         zoo, path = train_zoo(config, progress, world=world, trajectories=trajectories)
     if world.is_main:
