@@ -1,5 +1,7 @@
 """Shared bits of the benchmark scripts: where real MNIST and the reference code live."""
+import contextlib
 import os
+import tempfile
 import subprocess
 import sys
 import time
@@ -29,3 +31,17 @@ def timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
 
 def datadistill(*args: str) -> list[str]:
     return [sys.executable, "-m", "datadistill", *args]
+
+
+@contextlib.contextmanager
+def results_dir(argv: list[str]):
+    """``--keep DIR`` taken out of ``argv``: yields (DIR, the other arguments); without it a
+    temporary folder, removed afterwards."""
+    if "--keep" not in argv:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield tmp, argv
+        return
+    i = argv.index("--keep")
+    if i + 1 == len(argv):
+        sys.exit("--keep needs a folder: --keep DIR")
+    yield argv[i + 1], argv[:i] + argv[i + 2:]

@@ -7,23 +7,17 @@ Extra flags pass through, e.g. the improved preset:
 """
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import datadistill, require_mnist, timed
+from _common import datadistill, require_mnist, results_dir, timed
 
 COMMAND = ["--mode", "distill_basic", "--dataset", "MNIST", "--arch", "LeNet"]
 
 
 def main():
     root = require_mnist()
-    extra = sys.argv[1:]
-    keep = None
-    if "--keep" in extra:  # --keep DIR: write the results there instead of a temporary folder
-        i = extra.index("--keep")
-        keep, extra = extra[i + 1], extra[:i] + extra[i + 2:]
-    with tempfile.TemporaryDirectory() as tmp:
-        d = keep or tmp
+    # --keep DIR: write the results there instead of a temporary folder
+    with results_dir(sys.argv[1:]) as (d, extra):
         cmd = datadistill(*COMMAND, "--dataset_root", root, "--test_n_nets", "20", "--results_dir", d,
                           "--no_progress", *extra)
         print("command: datadistill " + " ".join(cmd[3:]), flush=True)
