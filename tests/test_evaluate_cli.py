@@ -10,7 +10,8 @@ from datadistill import artifacts
 from datadistill.baselines import fixed_lrs, random_train
 from datadistill.commands import main
 from datadistill.data import load_dataset
-from datadistill.evaluate import EvalResult, evaluate_from_scratch, train_from_scratch
+from datadistill.evaluate import (CHUNK_NETS, EvalResult, accuracy, evaluate_from_scratch, scratch_chunk,
+                                 train_from_scratch)
 from datadistill.nets import eval_seeds, fresh_nets
 from datadistill.models import build_model
 from datadistill.weights import unstack_params
@@ -62,6 +63,26 @@ def test_from_scratch_on_a_separable_set_beats_chance(blobs):
     assert all(torch.equal(before[k], v) for k, v in nets.items()), "the initial weights are left alone"
 
 
+
+def test_from_scratch_on_a_cpu_trains_one_network_after_another(blobs):
+    """On a CPU each network is its own chunk: network i trains on the batches that follow network
+    i - 1's draws from the one generator, exactly as separate ``train_from_scratch`` calls would."""
+    assert scratch_chunk("cpu") == 1 and scratch_chunk("cuda") == CHUNK_NETS > 1
+    model = build_model("MLP", 1, 8, 3)
+    nets = fresh_nets(model, "xavier", 1.0, [0, 1, 2], "cpu")
+    synthetic = _blobs_set(blobs)
+    got = evaluate_from_scratch(model, synthetic, nets, blobs.test, epochs=3, lr=0.05, batch_size=5,
+                                generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    want = [float(accuracy(model, train_from_scratch(model, {k: v[i:i + 1] for k, v in nets.items()}, synthetic,
+                                                     3, 0.05, 5, generator=g), blobs.test))
+            for i in range(3)]
+    assert list(got.accuracies) == want
+    together = evaluate_from_scratch(model, synthetic, nets, blobs.test, epochs=3, lr=0.05, batch_size=5,
+                                     generator=torch.Generator().manual_seed(7), chunk_nets=3)
+    assert together.accuracies[0] == want[0]  # the first network draws the same batches either way
+
+
 @pytest.fixture(scope="module")
 def digits_set():
     """A random-real-image set of the bundled digits at 28 px, 2 steps x 1 per class."""
@@ -85,6 +106,7 @@ def _plain_torch_accuracies(path, protocol, seed, n_nets):
     test = load_dataset("digits", image_size=28).test
     model = build_model("MLP", 1, 28, 10)
     accs = []
+    g = torch.Generator().manual_seed(seed)  # from scratch on a CPU: each network continues its draws
     for init in unstack_params(fresh_nets(model, "xavier", 1.0, eval_seeds(seed, n_nets), "cpu")):
         model.load_state_dict(init)
         if protocol == "unrolled":  # step t: GD on batch t % steps with the saved step size t
@@ -98,7 +120,6 @@ def _plain_torch_accuracies(path, protocol, seed, n_nets):
             # from epoch 5 // 2 on a new optimiser at a tenth of the rate
             flat_x, flat_y = x.flatten(0, 1), y.flatten(0, 1)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-            g = torch.Generator().manual_seed(seed)
             for epoch in range(5):
                 if epoch == 2:
                     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)

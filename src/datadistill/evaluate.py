@@ -68,6 +68,13 @@ def evaluate_synthetic(model: nn.Module, synthetic: SyntheticSet, stacked_init: 
     return EvalResult(tuple(torch.cat(accs).tolist()))
 
 
+def scratch_chunk(device: torch.device | str) -> int:
+    """Networks ``evaluate_from_scratch`` trains together on ``device``. A GPU trains many stacked
+    networks (vmap) at once; on a CPU the stacked form turns each convolution into a grouped one,
+    slower than plain convolutions one network after another (``benchmarks/scoring_speed.py``)."""
+    return 1 if torch.device(device).type == "cpu" else CHUNK_NETS
+
+
 def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: SyntheticSet, epochs: int,
                        lr: float, batch_size: int | None = 256, momentum: float = 0.9,
                        weight_decay: float = 5e-4, generator: torch.Generator | None = None,
@@ -112,13 +119,16 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
 
 def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params,
                           test: Split, epochs: int, lr: float, batch_size: int | None = 256,
-                          generator: torch.Generator | None = None, chunk_nets: int = CHUNK_NETS,
+                          generator: torch.Generator | None = None, chunk_nets: int | None = None,
                           augment: Augment | None = None, on_epoch: Callable[[], None] | None = None,
                           **sgd) -> EvalResult:
     """``train_from_scratch`` each network in ``stacked_init`` on ``synthetic``, score it on
-    ``test``; ``chunk_nets`` networks at a time (``on_epoch`` is told ceil(n / chunk_nets) * epochs
-    times). ``sgd`` passes momentum / weight_decay on."""
+    ``test``; ``chunk_nets`` networks at a time (None: ``scratch_chunk`` of the images' device;
+    ``on_epoch`` is told ceil(n / chunk_nets) * epochs times). The networks of a chunk see the
+    same batches; each chunk draws its own from ``generator``. ``sgd`` passes momentum /
+    weight_decay on."""
     n = next(iter(stacked_init.values())).shape[0]
+    chunk_nets = chunk_nets or scratch_chunk(synthetic.images.device)
     accs = []
     for i in range(0, n, chunk_nets):
         part = {k: v[i:i + chunk_nets] for k, v in stacked_init.items()}

@@ -14,7 +14,7 @@ from ..augment import augmenter
 from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive
 from ..data import Dataset, Split, canonical_name, load_dataset
 from ..errors import ConfigError
-from ..evaluate import CHUNK_NETS, EvalResult, evaluate_from_scratch, evaluate_synthetic
+from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic, scratch_chunk
 from ..models import arch_class, build_model, has_width
 from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
@@ -145,7 +145,8 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         nets = fresh_nets(model, init, init_param, eval_seeds(cfg.seed, cfg.test_n_nets), device)
     synthetic = synthetic.to(device)
     n_nets = next(iter(nets.values())).shape[0]
-    chunks = -(-n_nets // CHUNK_NETS)
+    chunk_nets = scratch_chunk(device)
+    chunks = -(-n_nets // chunk_nets)
     what = f"training {n_nets} {nets_kind} {arch_cls.__name__}s ({cfg.protocol.replace('_', ' ')})"
     if cfg.protocol == "unrolled":
         if not synthetic.lrs.numel():
@@ -158,7 +159,8 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         on_epoch = None if progress is None else progress(what, chunks * cfg.scratch_epochs)
         result = evaluate_from_scratch(model, synthetic, nets, dataset.test, cfg.scratch_epochs, cfg.scratch_lr,
                                        cfg.scratch_batch_size, generator=torch.Generator().manual_seed(cfg.seed),
-                                       chunk_nets=CHUNK_NETS, augment=augmenter(cfg.eval_augment, siamese=False), on_epoch=on_epoch)
+                                       chunk_nets=chunk_nets, augment=augmenter(cfg.eval_augment, siamese=False),
+                                       on_epoch=on_epoch)
     return result, {"dataset": dataset.name, "arch": arch_cls.__name__, "init": init, "nets": nets_kind,
                     "settings": asdict(cfg)}
 
