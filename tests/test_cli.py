@@ -156,7 +156,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
     (["--init", "zeros"], "unknown init 'zeros'; accepted: xavier"),
     (["--train_nets_type", "bogus"], "unknown --train_nets_type 'bogus'; accepted: known_init"),
     (["--test_nets_type", "bogus"], "accepted: same_as_train, unknown_init"),
-    (["--image_init", "zeros"], "accepted: noise, real"),
+    (["--image_init", "zeros"], "accepted: noise, real, herding"),
     (["--preset", "bogus"], "unknown preset 'bogus'; accepted: fresh, fixed, zoo, attack"),
     (["--n_nets", "0"], "--n_nets must be positive"),
     (["--lr", "-1"], "--lr must be positive"),

@@ -161,3 +161,50 @@ def test_an_unknown_method_is_refused_naming_the_accepted_ones():
     assert "\n" not in str(e.value)
     accepted = str(e.value).split("accepted: ")[1].split(", ")
     assert accepted == sorted(METHODS)
+
+
+# -- starting sets ---------------------------------------------------------------------------------
+def _starting_set(name: str, model, setup, image_init: str, relabel=Relabel()):
+    """The learned set ``name`` starts from: 2 images per class (wang2018: 2 steps of 1)."""
+    from datadistill.config import MethodConfig
+    from datadistill.methods.dm import Dm
+    from datadistill.methods.gm import Gm
+    from datadistill.methods.mtt import Mtt
+
+    with Runtime("cpu") as runtime:
+        method = {
+            "wang2018": lambda: Wang2018(model, SyntheticConfig(steps=2, image_init=image_init), relabel,
+                                         "basic" if relabel.attack_class is None else "attack", runtime),
+            "dm": lambda: Dm(model, ipc=2, image_init=image_init),
+            "gm": lambda: Gm(model, SyntheticConfig(ipc=2, image_init=image_init), MethodConfig()),
+            "mtt": lambda: Mtt(model, runtime, ipc=2, image_init=image_init),
+        }[name]()
+        return method.initial(setup)
+
+
+@pytest.mark.parametrize("name", ["wang2018", "dm", "gm", "mtt"])
+def test_a_herding_start_holds_herdings_picks_of_each_class(blobs, name):
+    from datadistill.baselines import herding_sample
+
+    model = models.build_model("MLP", 1, 8, blobs.num_classes, width=4)
+    learned = _starting_set(name, model, _setup(model, blobs), "herding")
+    picks, _ = herding_sample(blobs.train, 2, blobs.num_classes)  # (classes * 2, C, H, W), class by class
+    # one batch (dm, gm, mtt) holds them class by class; wang2018 deals pick i of each class to step i
+    want = picks.view(1, 6, 1, 8, 8) if name != "wang2018" else picks.view(3, 2, 1, 8, 8).transpose(0, 1)
+    assert torch.equal(learned.images.detach(), want.reshape(learned.images.shape))
+    assert learned.labels.flatten().tolist() == ([0, 0, 1, 1, 2, 2] if name != "wang2018" else [0, 1, 2] * 2)
+    # the picks are no random draw: another run stream starts from the same set, where "real" does not
+    again = _starting_set(name, model, _setup(model, blobs, seed=1), "herding")
+    assert torch.equal(again.images, learned.images)
+    reals = [_starting_set(name, model, _setup(model, blobs, seed=s), "real").images for s in (0, 1)]
+    assert not torch.equal(*reals)
+
+
+def test_a_herding_attack_starts_target_slots_from_the_attacked_class(blobs):
+    from datadistill.baselines import herding_sample
+
+    model = models.build_model("MLP", 1, 8, blobs.num_classes, width=4)
+    learned = _starting_set("wang2018", model, _setup(model, blobs), "herding", Relabel(attack_class=0, target_class=1))
+    class_0 = herding_sample(blobs.train, 2, blobs.num_classes)[0][:2]  # herding's two picks of class 0
+    assert torch.equal(learned.images[:, 1].detach(), class_0)  # each step's slot of class 1
+    assert torch.equal(learned.images[:, 0].detach(), class_0)  # and of class 0 itself

@@ -94,28 +94,38 @@ def kmeans_train(train_split: Split, steps: int, per_class: int, num_classes: in
     return _as_set(torch.stack(centres).to(train_split.x.device), steps, per_class, lrs, mean, std)
 
 
-def herding_train(train_split: Split, steps: int, per_class: int, num_classes: int,
-                  lrs: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> SyntheticSet:
-    """``steps * per_class`` training images of each class picked by herding (Welling 2009) in
-    pixel space: the i-th pick is the image that brings the mean of the first i closest to the
-    class mean, so the picks' running mean tracks it. Deterministic (``generator`` unused)."""
-    _check_shape(steps, per_class, num_classes, lrs)
-    k = steps * per_class
+def herding_sample(split: Split, per_class: int, num_classes: int, source: dict[int, int] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` training images of each class picked by herding (Welling 2009) in pixel space,
+    ordered class by class, as ``data.class_balanced_sample`` orders its random ones: the i-th pick
+    of class c is the image that brings the mean of the first i closest to the class mean, so the
+    picks' running mean tracks it. The slots of a class c in ``source`` hold picks of class
+    ``source[c]`` (labels stay c). Deterministic: no random stream."""
     picks = []
     for c in range(num_classes):
-        x = _class_images(train_split, c, k)
+        x = _class_images(split, (source or {}).get(c, c), per_class)
         flat = x.detach().flatten(1).double()  # (n_c, D)
         target, total = flat.mean(0), torch.zeros_like(flat[0])
         taken = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
         chosen = []
-        for i in range(1, k + 1):
+        for i in range(1, per_class + 1):
             gap = ((target - (total + flat) / i) ** 2).sum(1).masked_fill(taken, float("inf"))  # (n_c,)
             j = int(gap.argmin())
             chosen.append(j)
             taken[j] = True
             total += flat[j]
         picks.append(x[chosen])
-    return _as_set(torch.stack(picks), steps, per_class, lrs, mean, std)
+    labels = torch.arange(num_classes, device=split.y.device).repeat_interleave(per_class)
+    return torch.cat(picks), labels
+
+
+def herding_train(train_split: Split, steps: int, per_class: int, num_classes: int,
+                  lrs: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> SyntheticSet:
+    """``steps * per_class`` training images of each class picked by herding (``herding_sample``),
+    dealt out over the steps (``generator`` unused)."""
+    _check_shape(steps, per_class, num_classes, lrs)
+    x, _ = herding_sample(train_split, steps * per_class, num_classes)
+    return _as_set(x.reshape(num_classes, steps * per_class, *x.shape[1:]), steps, per_class, lrs, mean, std)
 
 
 def knn_predict(memory_x: torch.Tensor, memory_y: torch.Tensor, test_x: torch.Tensor, k: int = 1,

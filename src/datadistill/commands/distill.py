@@ -25,7 +25,9 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     add_model(p)
     g = add_shape(p)
     g.add_argument("--distill_lr", type=float, help=f"initial step size of every step (default {D.synthetic.init_lr:g})")
-    g.add_argument("--image_init", help=f"{' or '.join(IMAGE_INITS)}: Gaussian noise or random training images; in an "
+    g.add_argument("--image_init", help=f"{', '.join(IMAGE_INITS)}: Gaussian noise, random training images, or "
+                                        "herding's picks of each class (images whose running mean tracks the class "
+                                        "mean); in an "
                                         "attack, target_class slots start as attack_class images "
                                         "(" + preset_note("synthetic.image_init") + ")")
     g.add_argument("--learn_labels", action=argparse.BooleanOptionalAction,

@@ -11,7 +11,7 @@ MODES = ("distill_basic", "distill_adapt", "distill_attack", "train")
 TRAIN_NETS_TYPES = ("known_init", "unknown_init", "loaded")
 TEST_NETS_TYPES = ("same_as_train", "unknown_init", "loaded")
 PHASES = ("train", "test")
-IMAGE_INITS = ("noise", "real")
+IMAGE_INITS = ("noise", "real", "herding")
 STEP_SIZE_PARAMS = ("exp", "softplus")  # how learned step sizes stay positive (synthetic.LearnableSet)
 CONV_BACKENDS = ("native", "mkldnn", "auto")  # CPU convolutions of the unrolled steps (see runtime)
 LR_SCHEDULES = ("cosine", "step")
@@ -83,7 +83,9 @@ class SyntheticConfig:
     epochs: int = 3  # passes over the steps (the paper's 3)
     images_per_class_per_step: int = 1
     init_lr: float = 0.02
-    image_init: str = "noise"  # "noise": N(0, 1) in normalised space; "real": random training images
+    # "noise": N(0, 1) in normalised space; "real": random training images; "herding": herding's
+    # picks of each class (baselines.herding_sample), whose running mean tracks the class mean
+    image_init: str = "noise"
     # learn each image's label as a distribution over the classes (the target of the inner
     # cross-entropy; --label_mode soft) instead of the paper's fixed one-per-class labels
     learn_labels: bool = False

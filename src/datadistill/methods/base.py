@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
 import torch
 import torch.nn as nn
 
+from ..baselines import herding_sample
 from ..data import Split, class_balanced_sample
 from ..factorize import check_factor, encode
 from ..models import Params
@@ -53,18 +54,28 @@ class Setup:
     seed: int  # the run's seed, for reports that draw their own baselines
 
 
+def real_start(setup: Setup, per_class: int, image_init: str, source: dict[int, int] | None = None
+               ) -> torch.Tensor:
+    """``per_class`` training images of each class, class by class, on the CPU: random ones
+    (``image_init`` "real", from the run's stream) or herding's picks ("herding": the images whose
+    running mean tracks the class mean, a start that already covers the class; no random draw).
+    ``source`` as in ``data.class_balanced_sample``."""
+    if image_init == "herding":
+        return herding_sample(setup.train, per_class, setup.num_classes, source)[0].cpu()
+    return class_balanced_sample(setup.train, per_class, setup.num_classes, setup.generator, source)[0].cpu()
+
+
 def one_batch_start(setup: Setup, ipc: int, image_init: str, factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The start of a set held as one batch (dm, gm, mtt): stored images (1, ipc * K, C, H, W) on
-    the CPU and their labels (1, ipc * K), class-major. ``image_init`` "real": random training
-    images of each class, ``factor ** 2`` of them encoded into each stored image when ``factor`` >
-    1 (IDC's start); "noise": N(0, 1) in normalised space."""
+    the CPU and their labels (1, ipc * K), class-major. ``image_init`` "real" or "herding":
+    training images of each class (``real_start``), ``factor ** 2`` of them encoded into each
+    stored image when ``factor`` > 1 (IDC's start); "noise": N(0, 1) in normalised space."""
     k, shape = setup.num_classes, tuple(setup.train.x.shape[1:])
     check_factor(factor, *shape[1:])
-    if image_init == "real":
-        real = class_balanced_sample(setup.train, ipc * factor * factor, k, setup.generator)[0].cpu()
-        images = encode(real, factor).unsqueeze(0)
-    else:
+    if image_init == "noise":
         images = noise_images(1, ipc * k, shape, setup.generator)
+    else:
+        images = encode(real_start(setup, ipc * factor * factor, image_init), factor).unsqueeze(0)
     return images, class_major_labels(1, ipc, k)
 
 

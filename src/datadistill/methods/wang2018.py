@@ -34,7 +34,7 @@ from ..parallel import ChunkPool
 from ..runtime import Runtime
 from ..synthetic import LearnableSet, SyntheticSet, class_major_labels, noise_images
 from . import register
-from .base import Method, MethodLoss, Setup
+from .base import Method, MethodLoss, Setup, real_start
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,18 @@ class Wang2018(Method):
     def initial(self, setup: Setup) -> LearnableSet:
         c = self.config
         shape = tuple(setup.train.x.shape[1:])
-        if c.image_init == "real":
-            # an attack starts from its baseline: the images labelled target_class are real images
-            # of attack_class, the others real images of their own class
-            source = None if self.relabel.attack_class is None else {
-                self.relabel.target_class: self.relabel.attack_class}
+        # an attack starts from its baseline: the images labelled target_class are real images of
+        # attack_class, the others real images of their own class
+        source = None if self.relabel.attack_class is None else {self.relabel.target_class: self.relabel.attack_class}
+        if c.image_init == "real":  # each step its own draw
             images = torch.stack([class_balanced_sample(setup.train, c.images_per_class_per_step,
                                                         setup.num_classes, setup.generator, source)[0].cpu()
                                   for _ in range(c.steps)])
+        elif c.image_init == "herding":  # distinct picks, dealt out over the steps in the order herding made them
+            per_class = c.images_per_class_per_step
+            picks = real_start(setup, c.steps * per_class, c.image_init, source)  # (K * steps * per_class, ...)
+            images = (picks.view(setup.num_classes, c.steps, per_class, *shape).transpose(0, 1)
+                      .reshape(c.steps, setup.num_classes * per_class, *shape))
         else:
             images = noise_images(c.steps, c.images_per_class_per_step * setup.num_classes, shape,
                                   setup.generator)
