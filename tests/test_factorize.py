@@ -85,6 +85,17 @@ def test_real_start_encodes_factor_squared_real_images_of_its_class_into_each_st
         assert len({f[0] for f in found}) == 4  # four distinct images
 
 
+def test_herding_start_encodes_herdings_picks_of_its_class_in_the_order_herding_made_them():
+    from datadistill.baselines import herding_sample
+
+    setup, x, y = _setup()
+    learned = Dm(setup.model, ipc=2, image_init="herding", factor=2).initial(setup)
+    picks, _ = herding_sample(setup.train, 8, 3)  # 2 stored images x 4 tiles per class, class by class
+    small = F.interpolate(picks, size=(4, 4), mode="area")
+    tiles = learned.images[0].detach().view(6, 1, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(24, 1, 4, 4)
+    assert torch.allclose(tiles, small, atol=1e-6)
+
+
 def _problem(method: str, factor: int, stored: torch.Tensor, labels: torch.Tensor, learn_labels=False):
     setup, x, y = _setup()
     model = setup.model.double()
