@@ -205,6 +205,7 @@ def test_a_herding_attack_starts_target_slots_from_the_attacked_class(blobs):
 
     model = models.build_model("MLP", 1, 8, blobs.num_classes, width=4)
     learned = _starting_set("wang2018", model, _setup(model, blobs), "herding", Relabel(attack_class=0, target_class=1))
-    class_0 = herding_sample(blobs.train, 2, blobs.num_classes)[0][:2]  # herding's two picks of class 0
-    assert torch.equal(learned.images[:, 1].detach(), class_0)  # each step's slot of class 1
-    assert torch.equal(learned.images[:, 0].detach(), class_0)  # and of class 0 itself
+    class_0 = herding_sample(blobs.train, 4, blobs.num_classes)[0][:4]  # herding's first four picks of class 0
+    assert torch.equal(learned.images[:, 0].detach(), class_0[:2])  # each step's slot of class 0: picks 1, 2
+    assert torch.equal(learned.images[:, 1].detach(), class_0[2:])  # and of class 1, attacked: picks 3, 4
+    assert torch.equal(learned.images[:, 2].detach(), herding_sample(blobs.train, 2, blobs.num_classes)[0][4:])

@@ -94,29 +94,39 @@ def kmeans_train(train_split: Split, steps: int, per_class: int, num_classes: in
     return _as_set(torch.stack(centres).to(train_split.x.device), steps, per_class, lrs, mean, std)
 
 
+def _herd(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` herding picks of images ``x`` (n, ...), in the order herding makes them."""
+    flat = x.detach().flatten(1).double()  # (n, D)
+    target, total = flat.mean(0), torch.zeros_like(flat[0])
+    taken = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
+    chosen = []
+    for i in range(1, k + 1):
+        gap = ((target - (total + flat) / i) ** 2).sum(1).masked_fill(taken, float("inf"))  # (n,)
+        j = int(gap.argmin())
+        chosen.append(j)
+        taken[j] = True
+        total += flat[j]
+    return x[chosen]
+
+
 def herding_sample(split: Split, per_class: int, num_classes: int, source: dict[int, int] | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` training images of each class picked by herding (Welling 2009) in pixel space,
     ordered class by class, as ``data.class_balanced_sample`` orders its random ones: the i-th pick
     of class c is the image that brings the mean of the first i closest to the class mean, so the
     picks' running mean tracks it. The slots of a class c in ``source`` hold picks of class
-    ``source[c]`` (labels stay c). Deterministic: no random stream."""
-    picks = []
-    for c in range(num_classes):
-        x = _class_images(split, (source or {}).get(c, c), per_class)
-        flat = x.detach().flatten(1).double()  # (n_c, D)
-        target, total = flat.mean(0), torch.zeros_like(flat[0])
-        taken = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
-        chosen = []
-        for i in range(1, per_class + 1):
-            gap = ((target - (total + flat) / i) ** 2).sum(1).masked_fill(taken, float("inf"))  # (n_c,)
-            j = int(gap.argmin())
-            chosen.append(j)
-            taken[j] = True
-            total += flat[j]
-        picks.append(x[chosen])
+    ``source[c]`` (labels stay c); classes drawn from the same class take its successive picks, so
+    no image is taken twice. Deterministic: no random stream."""
+    drawn = [(source or {}).get(c, c) for c in range(num_classes)]
+    picks = {d: _herd(_class_images(split, d, per_class * drawn.count(d)), per_class * drawn.count(d))
+             for d in set(drawn)}
+    used = dict.fromkeys(picks, 0)
+    out = []
+    for d in drawn:
+        out.append(picks[d][used[d]:used[d] + per_class])
+        used[d] += per_class
     labels = torch.arange(num_classes, device=split.y.device).repeat_interleave(per_class)
-    return torch.cat(picks), labels
+    return torch.cat(out), labels
 
 
 def herding_train(train_split: Split, steps: int, per_class: int, num_classes: int,
