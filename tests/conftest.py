@@ -65,3 +65,12 @@ def switches(monkeypatch) -> list[str]:
     monkeypatch.setattr(datadistill.runtime, "keep_freed_memory", lambda: calls.append("keep") or True)
     monkeypatch.setattr(datadistill.allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
     return calls
+
+
+@pytest.fixture
+def f64():
+    """float64 as the default dtype for one test (finite-difference checks), restored after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -24,14 +24,6 @@ def runtime():
         yield rt
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _run(dataset, runtime, seed=1, epochs=2, nets="known_init", n_nets=2, lr=0.05, learn_labels=False,
          relabel=Relabel(), outer=None, steps=2, synthetic_epochs=2) -> Distillation:
     """Wang2018 on an MLP, 3-class blobs; known_init: scored by its fixed networks (same_as_train),

@@ -6,14 +6,6 @@ import torch
 from datadistill import inner, models, weights
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _problem(steps=2, per_step=3, epochs=2, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     model = models.build_model("MLP", 1, 8, 3)

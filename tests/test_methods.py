@@ -14,14 +14,6 @@ from datadistill.runtime import Runtime
 from datadistill.synthetic import LearnableSet, class_major_labels, noise_images
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _setup(model, dataset, seed=0):
     return Setup(model, dataset.train, dataset.val, dataset.num_classes, dataset.mean, dataset.std,
                  torch.device("cpu"), torch.Generator().manual_seed(seed), seed)
