@@ -204,6 +204,9 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     (["distill", "--method", "dm", "--dataset", "digits", "--step_size_param", "softplus"],
      "--step_size_param applies to --method wang2018 or mtt, not dm"),
     (["distill", *FAST, "--step_size_param", "cubic"], "unknown --step_size_param 'cubic'; accepted: exp, softplus"),
+    (["distill", *FAST, "--init_from", "d.pt"], "--init_from applies to --method dm or gm or mtt, not wang2018"),
+    (["distill", "--method", "gm", "--dataset", "digits", "--init_from", "d.pt", "--image_init", "real"],
+     "--image_init does not apply with --init_from: the set starts from that file's images"),
 ])
 def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
     out = tmp_path / "r"
@@ -211,6 +214,16 @@ def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, mess
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("datadistill: error: ")
     assert not out.exists() and switches == []
+
+
+def test_a_missing_init_from_file_is_one_line_and_no_results(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["distill", "--method", "dm", "--dataset", "digits", "--init_from", str(tmp_path / "none.pt"),
+            "--results_dir", str(out), "--no_progress"]
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert f"distilled file {tmp_path / 'none.pt'} does not exist" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("argv,expected", [

@@ -192,6 +192,60 @@ def test_a_herding_start_holds_herdings_picks_of_each_class(blobs, name):
     assert not torch.equal(*reals)
 
 
+def _started_from(name: str, model, setup, path, ipc: int = 2, factor: int = 1):
+    """The learned set ``name`` starts from with ``--init_from path``."""
+    from datadistill.config import MethodConfig
+    from datadistill.methods.dm import Dm
+    from datadistill.methods.gm import Gm
+    from datadistill.methods.mtt import Mtt
+
+    with Runtime("cpu") as runtime:
+        method = {
+            "dm": lambda: Dm(model, ipc=ipc, factor=factor, init_from=str(path)),
+            "gm": lambda: Gm(model, SyntheticConfig(ipc=ipc, factor=factor, init_from=str(path)), MethodConfig()),
+            "mtt": lambda: Mtt(model, runtime, ipc=ipc, factor=factor, init_from=str(path)),
+        }[name]()
+        return method.initial(setup)
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+@pytest.mark.parametrize("name", ["dm", "gm", "mtt"])
+def test_an_init_from_start_holds_the_files_stored_images(tmp_path, blobs, name, factor):
+    model = models.build_model("MLP", 1, 8, blobs.num_classes, width=4)
+    # a set another run wrote: its own images, learned labels, in multi-formation with factor 2
+    # (distilled.pt then holds the decoded training images and the stored ones)
+    made = LearnableSet(noise_images(1, 6, (1, 8, 8), torch.Generator().manual_seed(5)), class_major_labels(1, 2, 3),
+                        None, blobs.num_classes, blobs.mean, blobs.std, learn_labels=True, factor=factor)
+    path = artifacts.save_distilled(tmp_path / "distilled.pt", made.current())
+    learned = _started_from(name, model, _setup(model, blobs), path, factor=factor)
+    assert torch.equal(learned.images.detach(), made.images.detach())
+    assert learned.labels.flatten().tolist() == [0, 0, 1, 1, 2, 2]  # the method's own labels, not the file's
+    # nothing is drawn: another run stream starts from the same images
+    again = _started_from(name, model, _setup(model, blobs, seed=1), path, factor=factor)
+    assert torch.equal(again.images, learned.images)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"ipc": 3}, "holds (1, 6) (steps, images) stored images; this run needs one batch of --ipc 3 x 3 classes = (1, 9)"),
+    ({"factor": 2}, "holds a set of --factor 1, this run has --factor 2; give the same --factor"),
+    ({"size": 4}, "holds images of (1, 4, 4) in 3 classes; this dataset has (1, 8, 8) in 3"),
+    ({"reorder": True}, "is not ordered class by class with 2 stored images each"),
+    ({"mean": (0.5,)}, "was normalised with mean [0.5], std [1.0]; this dataset's are [0.0], [1.0]"),
+])
+def test_an_init_from_file_that_does_not_fit_is_refused_in_one_line(tmp_path, blobs, change, message):
+    from datadistill.synthetic import SyntheticSet
+
+    size = change.get("size", 8)
+    labels = class_major_labels(1, 2, 3)
+    found = SyntheticSet(torch.randn(1, 6, 1, size, size), labels.flip(-1) if "reorder" in change else labels,
+                         torch.empty(0), change.get("mean", blobs.mean), blobs.std, blobs.num_classes)
+    path = artifacts.save_distilled(tmp_path / "distilled.pt", found)
+    model = models.build_model("MLP", 1, 8, blobs.num_classes, width=4)
+    with pytest.raises(ConfigError) as e:
+        _started_from("dm", model, _setup(model, blobs), path, ipc=change.get("ipc", 2), factor=change.get("factor", 1))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_herding_attack_starts_target_slots_from_the_attacked_class(blobs):
     from datadistill.baselines import herding_sample
 

@@ -49,6 +49,10 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                               "ipc x factor^2 images per class; distilled.pt holds the training "
                                               f"images and the stored ones (default {D.synthetic.factor}: plain "
                                               "images)")
+    g.add_argument("--init_from", metavar="DISTILLED_PT",
+                   help="start from the stored images of another run's distilled.pt instead of --image_init "
+                        "(one method continuing another's set, e.g. gm from a dm set): the same dataset, --ipc "
+                        "and --factor; its labels are not carried over")
     g.add_argument("--embed_batch", type=int, help=f"dm, gm: real images per class per iteration "
                                                    f"(default {D.methods.embed_batch})")
     g.add_argument("--outer_loop", type=int, help=f"gm: synthetic updates per network (default {D.methods.outer_loop})")
@@ -107,6 +111,8 @@ def check_applies(args) -> None:
     for flag, methods in METHOD_FLAGS.items():
         if method not in methods:
             refuse(args, flag, f"applies to --method {' or '.join(methods)}, not {method}")
+    if "init_from" in vars(args):
+        refuse(args, "image_init", "does not apply with --init_from: the set starts from that file's images")
     if method != "wang2018" and mode != "distill_basic":
         raise ConfigError(f"--mode {mode} is a setting of --method wang2018, not {method}")
     nets = getattr(args, "train_nets_type", D.nets.train_nets_type)

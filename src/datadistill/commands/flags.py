@@ -39,7 +39,8 @@ FIELDS = {
     "results_dir": "results_dir", "seed": "seed",
     "phase": "phase", "attack_class": "attack_class", "target_class": "target_class",
     "attack_weight": "attack_weight", "zoo_dir": "zoo_dir", "conv_backend": "conv_backend",
-    "width": "model.width", "ipc": "synthetic.ipc", "factor": "synthetic.factor", "augment": "methods.augment",
+    "width": "model.width", "ipc": "synthetic.ipc", "factor": "synthetic.factor", "init_from": "synthetic.init_from",
+    "augment": "methods.augment",
     "outer_loop": "methods.outer_loop",
     "inner_steps": "methods.inner_steps", "inner_lr": "methods.inner_lr", "syn_steps": "methods.syn_steps",
     "expert_epochs": "methods.expert_epochs", "max_start_epoch": "methods.max_start_epoch",
@@ -52,7 +53,7 @@ FIELDS = {
 # flags only some methods read: flag -> those methods
 METHOD_FLAGS = {"outer_loop": ("gm",), "inner_steps": ("gm",), "inner_lr": ("gm",), "syn_steps": ("mtt",),
                 "expert_epochs": ("mtt",), "max_start_epoch": ("mtt",), "embed_batch": ("dm", "gm"),
-                "augment": ("dm", "gm", "mtt"), "factor": ("dm", "gm", "mtt"), "attack_class": ("wang2018",),
+                "augment": ("dm", "gm", "mtt"), "factor": ("dm", "gm", "mtt"), "init_from": ("dm", "gm", "mtt"), "attack_class": ("wang2018",),
                 "target_class": ("wang2018",),
                 "attack_weight": ("wang2018",), "distill_epochs": ("wang2018",),
                 "distilled_images_per_class_per_step": ("wang2018",), "sample_n_nets": ("wang2018", "mtt"),

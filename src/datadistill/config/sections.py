@@ -98,6 +98,9 @@ class SyntheticConfig:
     # multi-formation (factorize.py, IDC): each stored image holds factor x factor tiles, each a
     # training image at 1/factor of the resolution; 1: plain images. dm, gm and mtt read it
     factor: int = 1
+    # a distilled.pt whose stored images start the set instead of image_init (dm, gm, mtt): one
+    # method continuing another's set; None: image_init
+    init_from: str | None = None
 
     def __post_init__(self):
         _choice("--image_init", self.image_init, IMAGE_INITS)

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
 import torch
 import torch.nn as nn
 
+from .. import artifacts
 from ..baselines import herding_sample
 from ..data import Split, class_balanced_sample
+from ..errors import ConfigError
 from ..factorize import check_factor, encode
 from ..models import Params
 from ..synthetic import LearnableSet, SyntheticSet, class_major_labels, noise_images
@@ -65,18 +67,52 @@ def real_start(setup: Setup, per_class: int, image_init: str, source: dict[int, 
     return class_balanced_sample(setup.train, per_class, setup.num_classes, setup.generator, source)[0].cpu()
 
 
-def one_batch_start(setup: Setup, ipc: int, image_init: str, factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def one_batch_start(setup: Setup, ipc: int, image_init: str, factor: int = 1, init_from: str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The start of a set held as one batch (dm, gm, mtt): stored images (1, ipc * K, C, H, W) on
     the CPU and their labels (1, ipc * K), class-major. ``image_init`` "real" or "herding":
     training images of each class (``real_start``), ``factor ** 2`` of them encoded into each
-    stored image when ``factor`` > 1 (IDC's start); "noise": N(0, 1) in normalised space."""
+    stored image when ``factor`` > 1 (IDC's start); "noise": N(0, 1) in normalised space.
+    ``init_from``: a ``distilled.pt`` whose stored images are the start instead (``stored_start``)."""
     k, shape = setup.num_classes, tuple(setup.train.x.shape[1:])
     check_factor(factor, *shape[1:])
-    if image_init == "noise":
+    if init_from is not None:
+        images = stored_start(setup, ipc, factor, init_from)
+    elif image_init == "noise":
         images = noise_images(1, ipc * k, shape, setup.generator)
     else:
         images = encode(real_start(setup, ipc * factor * factor, image_init), factor).unsqueeze(0)
     return images, class_major_labels(1, ipc, k)
+
+
+def stored_start(setup: Setup, ipc: int, factor: int, path: str) -> torch.Tensor:
+    """The stored images (1, ipc * K, C, H, W) of another run's ``distilled.pt`` at ``path``, on
+    the CPU: a set one method made, continued by another (gm from a dm set, say). The file must
+    hold one class-major batch of ``ipc`` stored images per class of this dataset, normalised
+    alike, in the same multi-formation ``factor``; its labels, learned or not, are not read beyond
+    that check (each method starts its own). ``ConfigError`` otherwise, saying what differs."""
+    found = artifacts.load_distilled(path)
+    k, shape = setup.num_classes, tuple(setup.train.x.shape[1:])
+    what = f"--init_from {path}"
+    file_factor = int(found.meta.get("factor", 1))
+    if file_factor != factor:
+        raise ConfigError(f"{what} holds a set of --factor {file_factor}, this run has --factor {factor}; "
+                          f"give the same --factor")
+    stored = found.meta["stored_images"] if factor > 1 else found.images
+    if found.num_classes != k or tuple(stored.shape[2:]) != shape:
+        raise ConfigError(f"{what} holds images of {tuple(stored.shape[2:])} in {found.num_classes} classes; "
+                          f"this dataset has {shape} in {k}")
+    if tuple(stored.shape[:2]) != (1, ipc * k):
+        raise ConfigError(f"{what} holds {tuple(stored.shape[:2])} (steps, images) stored images; this run "
+                          f"needs one batch of --ipc {ipc} x {k} classes = (1, {ipc * k})")
+    if not torch.equal(found.hard_labels.cpu(), class_major_labels(1, ipc * factor * factor, k)):
+        raise ConfigError(f"{what} is not ordered class by class with {ipc} stored images each, as dm, gm "
+                          f"and mtt write their sets")
+    if not (torch.allclose(torch.tensor(found.mean), torch.tensor(setup.mean))
+            and torch.allclose(torch.tensor(found.std), torch.tensor(setup.std))):
+        raise ConfigError(f"{what} was normalised with mean {list(found.mean)}, std {list(found.std)}; "
+                          f"this dataset's are {list(setup.mean)}, {list(setup.std)}: another dataset's set")
+    return stored.detach().to("cpu", torch.get_default_dtype()).clone()
 
 
 class Method:

@@ -88,9 +88,10 @@ class Dm(Method):
     protocol = "from_scratch"
 
     def __init__(self, model: nn.Module, ipc: int = DEFAULT_IPC, image_init: str = "real", augment: str = "none",
-                 embed_batch: int = 256, seed: int = 0, learn_labels: bool = False, factor: int = 1):
+                 embed_batch: int = 256, seed: int = 0, learn_labels: bool = False, factor: int = 1,
+                 init_from: str | None = None):
         self.model, self.ipc, self.image_init, self.learn_labels = model, ipc, image_init, learn_labels
-        self.factor = factor
+        self.factor, self.init_from = factor, init_from
         self.embed_batch = embed_batch
         self.dsa = augmenter(augment)
         self.embed = Embedder(model)
@@ -101,10 +102,11 @@ class Dm(Method):
         # each process draws other DSA transforms for its networks
         seed = config.seed * 1_000 + runtime.world.rank
         return cls(model, config.synthetic.ipc or DEFAULT_IPC, config.synthetic.image_init, config.methods.augment,
-                   config.methods.embed_batch, seed, config.synthetic.learn_labels, config.synthetic.factor)
+                   config.methods.embed_batch, seed, config.synthetic.learn_labels, config.synthetic.factor,
+                   config.synthetic.init_from)
 
     def initial(self, setup: Setup) -> LearnableSet:
-        images, labels = one_batch_start(setup, self.ipc, self.image_init, self.factor)
+        images, labels = one_batch_start(setup, self.ipc, self.image_init, self.factor, self.init_from)
         return LearnableSet(images, labels, None, setup.num_classes, setup.mean, setup.std,
                             learn_labels=self.learn_labels, factor=self.factor).to(setup.device)
 

@@ -80,7 +80,8 @@ class Gm(Method):
         return cls(model, config.synthetic, config.methods, config.seed)
 
     def initial(self, setup: Setup) -> LearnableSet:
-        images, labels = one_batch_start(setup, self.ipc, self.synthetic.image_init, self.synthetic.factor)
+        images, labels = one_batch_start(setup, self.ipc, self.synthetic.image_init, self.synthetic.factor,
+                                         self.synthetic.init_from)
         # the method's own stream (inner batches, DSA draws), from the run's
         self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=setup.generator)))
         self.device = torch.device(setup.device)

@@ -126,9 +126,9 @@ class Mtt(Method):
     def __init__(self, model: nn.Module, runtime: Runtime, ipc: int = DEFAULT_IPC, init_lr: float = 0.01,
                  image_init: str = "real", syn_steps: int = 20, expert_epochs: int = 2, max_start_epoch: int = 10,
                  augment: str = "none", learn_labels: bool = False, init: tuple[str, float] = ("xavier", 1.0),
-                 seed: int = 0, step_size_param: str = "exp", factor: int = 1):
+                 seed: int = 0, step_size_param: str = "exp", factor: int = 1, init_from: str | None = None):
         self.model, self.runtime, self.ipc, self.init_lr, self.image_init = model, runtime, ipc, init_lr, image_init
-        self.factor = factor
+        self.factor, self.init_from = factor, init_from
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
         self.learn_labels, self.init, self.step_size_param = learn_labels, init, step_size_param
         # each step trains the network on an augmented set: a draw per image (the papers' code)
@@ -143,7 +143,7 @@ class Mtt(Method):
         seed = config.seed * 1_000 + runtime.world.rank  # each process augments for its own segments
         return cls(model, runtime, s.ipc or DEFAULT_IPC, s.init_lr, s.image_init, m.syn_steps, m.expert_epochs,
                    m.max_start_epoch, m.augment, s.learn_labels, (config.model.init, config.model.init_param),
-                   seed, s.step_size_param, s.factor)
+                   seed, s.step_size_param, s.factor, s.init_from)
 
     def net_source(self, config: RunConfig, model: nn.Module, device, generator: torch.Generator,
                    world) -> ExpertSegments:
@@ -155,7 +155,7 @@ class Mtt(Method):
         return source
 
     def initial(self, setup: Setup) -> LearnableSet:
-        images, labels = one_batch_start(setup, self.ipc, self.image_init, self.factor)
+        images, labels = one_batch_start(setup, self.ipc, self.image_init, self.factor, self.init_from)
         lrs = torch.tensor([float(self.init_lr)], dtype=images.dtype)
         return LearnableSet(images, labels, lrs, setup.num_classes, setup.mean, setup.std,
                             learn_labels=self.learn_labels, step_size_param=self.step_size_param,
