@@ -226,7 +226,8 @@ def test_an_init_from_start_holds_the_files_stored_images(tmp_path, blobs, name,
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"ipc": 3}, "holds (1, 6) (steps, images) stored images; this run needs one batch of --ipc 3 x 3 classes = (1, 9)"),
+    ({"ipc": 3}, "holds (1, 6) (steps, images) stored images; this run needs one batch of --ipc 3 x 3 classes "
+                 "= (1, 9)"),
     ({"factor": 2}, "holds a set of --factor 1, this run has --factor 2; give the same --factor"),
     ({"size": 4}, "holds images of (1, 4, 4) in 3 classes; this dataset has (1, 8, 8) in 3"),
     ({"reorder": True}, "is not ordered class by class with 2 stored images each"),

@@ -53,8 +53,8 @@ FIELDS = {
 # flags only some methods read: flag -> those methods
 METHOD_FLAGS = {"outer_loop": ("gm",), "inner_steps": ("gm",), "inner_lr": ("gm",), "syn_steps": ("mtt",),
                 "expert_epochs": ("mtt",), "max_start_epoch": ("mtt",), "embed_batch": ("dm", "gm"),
-                "augment": ("dm", "gm", "mtt"), "factor": ("dm", "gm", "mtt"), "init_from": ("dm", "gm", "mtt"), "attack_class": ("wang2018",),
-                "target_class": ("wang2018",),
+                "augment": ("dm", "gm", "mtt"), "factor": ("dm", "gm", "mtt"), "init_from": ("dm", "gm", "mtt"),
+                "attack_class": ("wang2018",), "target_class": ("wang2018",),
                 "attack_weight": ("wang2018",), "distill_epochs": ("wang2018",),
                 "distilled_images_per_class_per_step": ("wang2018",), "sample_n_nets": ("wang2018", "mtt"),
                 "step_size_param": ("wang2018", "mtt")}

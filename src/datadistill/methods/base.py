@@ -98,7 +98,10 @@ def stored_start(setup: Setup, ipc: int, factor: int, path: str) -> torch.Tensor
     if file_factor != factor:
         raise ConfigError(f"{what} holds a set of --factor {file_factor}, this run has --factor {factor}; "
                           f"give the same --factor")
-    stored = found.meta["stored_images"] if factor > 1 else found.images
+    stored = found.meta.get("stored_images") if factor > 1 else found.images
+    if not isinstance(stored, torch.Tensor):
+        raise ConfigError(f"{what} has --factor {factor} but no stored images; expected a distilled.pt "
+                          f"written by datadistill")
     if found.num_classes != k or tuple(stored.shape[2:]) != shape:
         raise ConfigError(f"{what} holds images of {tuple(stored.shape[2:])} in {found.num_classes} classes; "
                           f"this dataset has {shape} in {k}")
