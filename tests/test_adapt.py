@@ -5,15 +5,13 @@ from datadistill import adapt, inner, models, weights
 from datadistill.adapt import SELECTION_IMAGES, adaptation_report, best_fixed_lr, format_table, selection_split
 from datadistill.config import DataConfig, NetsConfig, RunConfig, build_config
 from datadistill.data import Dataset, Split, to_shape
-from datadistill.distill import Distillation
 from datadistill.errors import ConfigError
-from datadistill.methods import Setup
 from datadistill.methods.wang2018 import Wang2018
-from datadistill.nets import ZooNets
 from datadistill.runtime import Runtime
 from datadistill.zoo import train_networks
 
 from guards import GuardedSplit
+from zoo_runs import distil_against_zoo
 
 
 def _domains():
@@ -59,20 +57,6 @@ def _grid_scores(model, candidate, nets, split, grid):
     return scores
 
 
-def _distil(config: RunConfig, model, data: Dataset, train_zoo) -> tuple[Distillation, Setup]:
-    """The outer loop as the distill job runs it, on in-memory data: wang2018 against the zoo;
-    the run, and what its method's report reads."""
-    generator = torch.Generator().manual_seed(config.seed)
-    with Runtime("cpu", config.conv_backend) as runtime:
-        method = Wang2018.from_config(config, model, runtime)
-        setup = Setup(model, data.train, data.val, data.num_classes, data.mean, data.std, torch.device("cpu"),
-                      generator, config.seed)
-        run = Distillation(method, method.initial(setup), ZooNets(train_zoo, config.nets.nets_per_iteration, "cpu"),
-                           config.outer, data.train, generator)
-        run.run()
-    return run, setup
-
-
 def test_distilled_steps_adapt_source_networks_to_the_target(monkeypatch):
     source, target = _domains()
     model = models.build_model("MLP", 1, 8, 3)
@@ -89,7 +73,7 @@ def test_distilled_steps_adapt_source_networks_to_the_target(monkeypatch):
                         "outer.epochs": 40, "outer.lr": 0.05,
                         "outer.step_size_lr": 0.05, "outer.batch_size": 60})
     assert cfg.synthetic.image_init == "noise"
-    run, setup = _distil(cfg, model, target, train_zoo)
+    run, setup = distil_against_zoo(cfg, model, target, train_zoo)
     assert target.test.reads == 0  # the optimisation never touches the test split
     chooser_calls = []
     monkeypatch.setattr(adapt, "best_fixed_lr", _recording(chooser_calls, target))

@@ -10,15 +10,13 @@ from datadistill.attack import attack_figures, attack_report, confusion, format_
 from datadistill.commands import main
 from datadistill.config import build_config
 from datadistill.data import Dataset, Split
-from datadistill.distill import Distillation
-from datadistill.methods import Setup
 from datadistill.methods.wang2018 import Relabel, Wang2018
-from datadistill.nets import ZooNets
 from datadistill.runtime import Runtime
 from datadistill.synthetic import LearnableSet
 from datadistill.zoo import train_networks
 
 from guards import GuardedSplit
+from zoo_runs import distil_against_zoo
 
 
 def test_attack_objective_gradient_matches_finite_differences():
@@ -119,20 +117,6 @@ def _correct_after_fixed_steps(model, candidate, nets, split, lr):
     return int((inner.batched_logits(model, trained, split.x).argmax(-1) == split.y).sum())
 
 
-def _distil(config, model, data: Dataset, train_zoo) -> tuple[Distillation, Setup]:
-    """The outer loop as the distill job runs it, on in-memory data: wang2018 against the zoo;
-    the run, and what its method's report reads."""
-    generator = torch.Generator().manual_seed(config.seed)
-    with Runtime("cpu", config.conv_backend) as runtime:
-        method = Wang2018.from_config(config, model, runtime)
-        setup = Setup(model, data.train, data.val, data.num_classes, data.mean, data.std, torch.device("cpu"),
-                      generator, config.seed)
-        run = Distillation(method, method.initial(setup), ZooNets(train_zoo, config.nets.nets_per_iteration, "cpu"),
-                           config.outer, data.train, generator)
-        run.run()
-    return run, setup
-
-
 def test_distilled_attack_moves_the_attacked_class_and_reports_a_baseline(monkeypatch):
     blobs = _overlapping_blobs()
     model = models.build_model("MLP", 1, 8, 4)
@@ -149,7 +133,7 @@ def test_distilled_attack_moves_the_attacked_class_and_reports_a_baseline(monkey
                         "outer.epochs": 100, "outer.lr": 0.05, "outer.step_size_lr": 0.05, "outer.batch_size": 80,
                         "nets.train_nets_type": "loaded", "nets.n_nets": 6, "nets.test_nets_type": "loaded",
                         "nets.test_n_nets": 4, "nets.sample_n_nets": 3})
-    run, setup = _distil(cfg, model, blobs, train_zoo)
+    run, setup = distil_against_zoo(cfg, model, blobs, train_zoo)
     assert blobs.test.reads == 0  # the optimisation never touches the test split
     chooser_calls = []
 
