@@ -169,6 +169,7 @@ def test_results_files_round_trip_and_runs_reproduce(blobs, tmp_path):
     assert RunConfig.from_dict(results["config"]) == config
     md = (folder / RESULTS_MD).read_text()
     assert "`datadistill --phase test`" in md
+    assert results["split"] == "test" and "accuracy on the test split" in md
     [parsed] = testphase.parse_table(md)
     row = results["rows"][0]
     assert {k: parsed[k] for k in ("images", "lrs", "runs", "nets")} == {
@@ -178,6 +179,16 @@ def test_results_files_round_trip_and_runs_reproduce(blobs, tmp_path):
     assert len(row["accuracies"]) == row["n"] == 6
     again = test_phase(config, dataset=blobs)
     assert again["rows"][0]["accuracies"] == row["accuracies"]  # bit for bit
+
+
+def test_scores_on_the_validation_split_say_so_in_the_results(blobs, tmp_path):
+    config = _config(tmp_path, images="kmeans_train", lrs="fix", fixed_lr=0.1, score_on="val")
+    on_val = test_phase(config, dataset=_with_val(blobs))
+    on_test = test_phase(_config(tmp_path, images="kmeans_train", lrs="fix", fixed_lr=0.1), dataset=_with_val(blobs))
+    assert on_val["split"] == "val" and on_val["rows"][0]["accuracies"] != on_test["rows"][0]["accuracies"]
+    md = (tmp_path / "r" / RESULTS_MD).read_text()  # the second run's
+    assert "accuracy on the test split" in md
+    assert "accuracy on the validation split" in testphase.format_markdown(on_val)
 
 
 def test_a_loaded_set_with_its_learned_step_sizes_for_more_passes(blobs, tmp_path):

@@ -235,9 +235,13 @@ def parse_table(text: str) -> list[dict]:
     return rows
 
 
+SPLIT_NAMES = {"test": "test split", "val": "validation split"}
+
+
 def format_markdown(results: dict) -> str:
     """The whole results.md: what was scored, the command, the table."""
     return (f"# Test phase: {results['dataset']}, {results['arch']}\n\n"
             f"Command: `{results['command']}`\n\n"
-            f"Mean +- std of test accuracy over runs x networks; networks: {results['test_nets']}.\n\n"
+            f"Mean +- std of accuracy on the {SPLIT_NAMES[results['split']]} over runs x networks; "
+            f"networks: {results['test_nets']}.\n\n"
             f"{format_table(results['rows'])}\n")

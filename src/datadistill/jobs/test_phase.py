@@ -123,6 +123,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         "distilled": str(distilled_path(config)) if loaded is not None else None,
         "steps": steps, "images_per_class_per_step": per_class, "epochs": epochs,
         "protocol": config.evaluation.protocol or "unrolled",
+        "split": test.score_on,  # the split the rows' accuracies are on: "test", or "val" (to choose)
         "config": config.to_dict(),
         "rows": [row],
         "wall_seconds": time.perf_counter() - start,
