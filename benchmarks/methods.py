@@ -29,9 +29,9 @@ from _common import datadistill, require_mnist, timed
 # (one update per network, one network step between) and learned soft labels
 SETTINGS = {
     ("dm", 10): [],
-    # 500 images: 15 epochs (3210 steps) instead of the preset's 40, as one step costs about 2.5
-    # times the step at 10 per class; scored for 300 epochs, not the preset's 1000 (300 epochs of 10
-    # networks on 500 images take 33 minutes at one thread, so 1000 about 2 hours), random real alike
+    # 500 images: 15 epochs (3210 steps) instead of the preset's 40, as each step embeds five times
+    # the synthetic images of a 10-per-class step; scored for 300 epochs, not the preset's 1000, to
+    # fit a CPU (times in RESULTS.md), its random real images alike
     ("dm", 50): ["--epochs", "15", "--eval_every", "15", "--scratch_epochs", "300"],
     ("gm", 10): ["--augment", "dsa"],
     # scored without flips for 1000 epochs, the protocol its validation chose (RESULTS.md)
