@@ -1,9 +1,9 @@
-"""Methods x images per class on MNIST: test accuracy (mean +- std over fresh networks trained
+"""Methods x images per class x dataset: test accuracy (mean +- std over fresh networks trained
 from scratch), wall time and peak memory, with random real images of the same IPC beside each row.
 
-Each cell is one `datadistill distill --method M --ipc N ...` run (its own process, so peak RSS is
-its own) with the flags of ``SETTINGS`` (sized to about 20 minutes of distillation on 2 CPU
-cores), then one `datadistill test --test_distilled_images random_train` run under the same
+Each cell is one `datadistill distill --method M --ipc N ...` run (its peak resident set is the
+one its metrics.json records) with the flags of ``SETTINGS`` (sized to about 20 minutes of
+distillation on 2 CPU cores on MNIST), then one `datadistill test --test_distilled_images random_train` run under the same
 from-scratch protocol (the run's init, augmentation and epochs, read from its metrics.json). mtt
 first trains its experts (`train-zoo --trajectories`), timed apart.
 
@@ -11,19 +11,21 @@ A cell ``method:ipc:fK`` runs the same flags with ``--factor K`` (multi-formatio
 images per class, ipc x K^2 training images); its random real images are ``ipc`` per class, the
 same stored pixels.
 
-    python benchmarks/methods.py [--cells dm:10,dm:50,gm:10,gm:1,mtt:10,gm:1:f2] [--width 32] [--test_n_nets 10]
-        [--threads 2] [--extra "--epochs 2"] [--keep DIR]
+    python benchmarks/methods.py [--cells dm:10,dm:50,gm:10,gm:1,mtt:10,gm:1:f2] [--datasets MNIST,digits]
+        [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"] [--keep DIR]
+
+MNIST is read from ../shared/data (or $DATADISTILL_DATA), never downloaded; ``digits`` is bundled;
+another torchvision dataset must already lie in that folder in torchvision's layout.
 """
 import argparse
 import contextlib
 import json
 import os
-import resource
 import shlex
 import tempfile
 from pathlib import Path
 
-from _common import datadistill, require_mnist, timed
+from _common import DATA, datadistill, require_mnist, timed
 
 # flags of each (method, ipc) beyond its preset; gm at one image per class takes DC's loops for it
 # (one update per network, one network step between) and learned soft labels
@@ -44,15 +46,47 @@ SETTINGS = {
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 
 
-def peak_rss_mib() -> float:
-    """Largest resident set of any finished child so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> tuple:
+    """One cell on one dataset: distil, then random real images under the run's own protocol.
+    Returns (dataset, method, ipc, test, validation, random real, wall s, distillation s, peak MiB)."""
+    arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
+    method, ipc, *factor = cell.split(":")
+    flags = SETTINGS[(method, int(ipc))] + (["--factor", factor[0].lstrip("f")] if factor else [])
+    extra = []
+    if method == "mtt":
+        zoo = folder / "zoo"  # the experts, shared by this dataset's mtt cells
+        extra = ["--zoo_dir", str(zoo)]
+        if not zoo.exists():
+            seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *EXPERTS, *extra,
+                                           "--results_dir", str(folder)), env=env)
+            print(f"{dataset} mtt experts: {seconds:.0f} s wall", flush=True)
+    out = folder / cell.replace(":", "-")
+    cmd = datadistill("distill", "--method", method, "--ipc", ipc, *arch, "--test_n_nets", args.test_n_nets,
+                      "--results_dir", str(out), *flags, *extra, *shlex.split(args.extra))
+    seconds, _ = timed(cmd, env=env)
+    m = json.loads((out / "metrics.json").read_text())
+    peak = m["peak_memory"]["host_rss"] / 2 ** 20  # the distilling process's own peak
+    # random real images on the networks the run scored with: its init, augmentation and epochs
+    scoring = m["config"]["evaluation"]
+    protocol = ["--init", m["config"]["model"]["init"],
+                "--eval_augment", scoring["augment"] or m["config"]["methods"]["augment"],
+                "--scratch_epochs", str(scoring["scratch_epochs"])]
+    timed(datadistill("test", *arch, "--test_distilled_images", "random_train", "--distill_steps", "1",
+                      "--distilled_images_per_class_per_step", ipc, "--test_n_nets", args.test_n_nets,
+                      "--protocol", "from_scratch", *protocol, "--results_dir", str(out)), env=env)
+    real = json.loads((out / "results.json").read_text())["rows"][0]
+    acc, val = m["final_accuracy"], m["validation"]
+    print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
+          f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}); "
+          f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)
+    return dataset, method, ":".join([ipc, *factor]), acc, val, real, seconds, m["distill_seconds"], peak
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="dm:10,gm:10,gm:1,mtt:10",
                    help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K")
+    p.add_argument("--datasets", default="MNIST", help="comma-separated datasets; each runs every cell")
     p.add_argument("--width", default="32")
     p.add_argument("--test_n_nets", default="10")
     p.add_argument("--threads", help="OMP_NUM_THREADS of every run (default: torch's)")
@@ -60,46 +94,19 @@ def main():
     p.add_argument("--keep", help="write the runs (and the experts) under this folder and keep them (default: a "
                                    "temporary folder)")
     args = p.parse_args()
-    root = require_mnist()
+    datasets = args.datasets.split(",")
+    root = require_mnist() if "MNIST" in datasets else str(DATA)
     env = {**os.environ, **({"OMP_NUM_THREADS": args.threads} if args.threads else {})}
-    arch = ["--dataset", "MNIST", "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
-    rows = []
     with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as d:
-        zoo = str(Path(d) / "zoo")
-        for cell in args.cells.split(","):
-            method, ipc, *factor = cell.split(":")
-            flags = SETTINGS[(method, int(ipc))] + (["--factor", factor[0].lstrip("f")] if factor else [])
-            if method == "mtt" and not Path(zoo).exists():
-                seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *EXPERTS, "--zoo_dir", zoo,
-                                               "--results_dir", d), env=env)
-                print(f"mtt experts: {seconds:.0f} s wall", flush=True)
-            out = str(Path(d) / cell.replace(":", "-"))
-            extra = ["--zoo_dir", zoo] if method == "mtt" else []
-            cmd = datadistill("distill", "--method", method, "--ipc", ipc, *arch, "--test_n_nets", args.test_n_nets,
-                              "--results_dir", out, *flags, *extra, *shlex.split(args.extra))
-            seconds, _ = timed(cmd, env=env)
-            peak = peak_rss_mib()
-            m = json.loads((Path(out) / "metrics.json").read_text())
-            # random real images on the networks the run scored with: its init, augmentation and epochs
-            scoring = m["config"]["evaluation"]
-            protocol = ["--init", m["config"]["model"]["init"],
-                        "--eval_augment", scoring["augment"] or m["config"]["methods"]["augment"],
-                        "--scratch_epochs", str(scoring["scratch_epochs"])]
-            timed(datadistill("test", *arch, "--test_distilled_images", "random_train", "--distill_steps", "1",
-                              "--distilled_images_per_class_per_step", ipc, "--test_n_nets", args.test_n_nets,
-                              "--protocol", "from_scratch", *protocol, "--results_dir", out), env=env)
-            real = json.loads((Path(out) / "results.json").read_text())["rows"][0]
-            acc, val = m["final_accuracy"], m["validation"]
-            rows.append((method, ":".join([ipc, *factor]), acc, val, real, seconds, m["distill_seconds"], peak))
-            print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
-                  f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}); "
-                  f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)
-    print("\n| method | ipc | test accuracy (%) | validation (%) | random real (%) | wall (s) | distillation (s) "
-          "| peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for method, ipc, acc, val, real, seconds, distill_s, peak in rows:
-        print(f"| {method} | {ipc} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | {100 * val['mean']:.2f} | "
-              f"{100 * real['mean']:.2f} +- {100 * real['std']:.2f} | {seconds:.0f} | {distill_s:.0f} | {peak:.0f} |")
+        rows = [run_cell(dataset, cell, Path(d) / dataset, args, env, root)
+                for dataset in datasets for cell in args.cells.split(",")]
+    print("\n| dataset | method | ipc | test accuracy (%) | validation (%) | random real (%) | wall (s) "
+          "| distillation (s) | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for dataset, method, ipc, acc, val, real, seconds, distill_s, peak in rows:
+        print(f"| {dataset} | {method} | {ipc} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | "
+              f"{100 * val['mean']:.2f} | {100 * real['mean']:.2f} +- {100 * real['std']:.2f} | {seconds:.0f} | "
+              f"{distill_s:.0f} | {peak:.0f} |")
 
 
 if __name__ == "__main__":
