@@ -11,8 +11,8 @@ A cell ``method:ipc:fK`` runs the same flags with ``--factor K`` (multi-formatio
 images per class, ipc x K^2 training images); its random real images are ``ipc`` per class, the
 same stored pixels.
 
-    python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:1,mtt:10,gm:1:f2] [--datasets MNIST,digits]
-        [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"] [--keep DIR]
+    python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,gm:1:f2]
+        [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"] [--keep DIR]
 
 MNIST is read from ../shared/data (or $DATADISTILL_DATA), never downloaded; ``digits`` is bundled;
 another torchvision dataset must already lie in that folder in torchvision's layout.
@@ -39,6 +39,11 @@ SETTINGS = {
     # real start validates alike here); its validation is above gm's one-per-class sets (RESULTS.md)
     ("dm", 1): ["--image_init", "herding"],
     ("gm", 10): ["--augment", "dsa"],
+    # 500 images: DC's loops for 50 per class (50 updates per network, 10 network steps between),
+    # herding's picks and DSA without flips as at 10 per class, 10 epochs (210 updates) to fit about
+    # 20 minutes; scored for 300 epochs as dm:50
+    ("gm", 50): ["--augment", "dsa-noflip", "--image_init", "herding", "--outer_loop", "50", "--inner_steps", "10",
+                 "--epochs", "10", "--eval_every", "10", "--scratch_epochs", "300"],
     # scored without flips for 1000 epochs, the protocol its validation chose (RESULTS.md)
     ("gm", 1): ["--augment", "dsa", "--label_mode", "soft", "--outer_loop", "1", "--inner_steps", "1",
                 "--epochs", "30", "--eval_every", "30", "--eval_augment", "dsa-noflip", "--scratch_epochs", "1000"],
