@@ -3,16 +3,18 @@ from scratch), wall time and peak memory, with random real images of the same IP
 
 Each cell is one `datadistill distill --method M --ipc N ...` run (its peak resident set is the
 one its metrics.json records) with the flags of ``SETTINGS`` (sized to about 20 minutes of
-distillation on 2 CPU cores on MNIST), then one `datadistill test --test_distilled_images random_train` run under the same
-from-scratch protocol (the run's init, augmentation and epochs, read from its metrics.json). mtt
-first trains its experts (`train-zoo --trajectories`), timed apart.
+distillation on 2 CPU cores on MNIST), then one `datadistill test --test_distilled_images
+random_train` run under the same from-scratch protocol (the run's init, augmentation and epochs,
+read from its metrics.json). mtt first trains its experts (`train-zoo --trajectories`), timed
+apart, once per dataset.
 
 A cell ``method:ipc:fK`` runs the same flags with ``--factor K`` (multi-formation: ipc stored
 images per class, ipc x K^2 training images); its random real images are ``ipc`` per class, the
 same stored pixels.
 
     python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,gm:1:f2]
-        [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"] [--keep DIR]
+        [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"]
+        [--keep DIR]
 
 MNIST is read from ../shared/data (or $DATADISTILL_DATA), never downloaded; ``digits`` is bundled;
 another torchvision dataset must already lie in that folder in torchvision's layout.
