@@ -26,6 +26,7 @@ import os
 import shlex
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from _common import DATA, datadistill, require_mnist, timed
 
@@ -56,9 +57,21 @@ SETTINGS = {
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 
 
-def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> tuple:
-    """One cell on one dataset: distil, then random real images under the run's own protocol.
-    Returns (dataset, method, ipc, test, validation, random real, wall s, distillation s, peak MiB)."""
+class Row(NamedTuple):
+    """One cell's line of the table; accuracies as the runs' json holds them ({mean, std, ...})."""
+    dataset: str
+    method: str
+    ipc: str  # "10", or "1:f2" with --factor
+    test: dict
+    validation: dict
+    random_real: dict
+    wall_s: float
+    distill_s: float
+    peak_mib: float
+
+
+def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> Row:
+    """One cell on one dataset: distil, then random real images under the run's own protocol."""
     arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
     method, ipc, *factor = cell.split(":")
     flags = SETTINGS[(method, int(ipc))] + (["--factor", factor[0].lstrip("f")] if factor else [])
@@ -89,7 +102,7 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
     print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
           f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}); "
           f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)
-    return dataset, method, ":".join([ipc, *factor]), acc, val, real, seconds, m["distill_seconds"], peak
+    return Row(dataset, method, ":".join([ipc, *factor]), acc, val, real, seconds, m["distill_seconds"], peak)
 
 
 def main():
@@ -113,10 +126,10 @@ def main():
     print("\n| dataset | method | ipc | test accuracy (%) | validation (%) | random real (%) | wall (s) "
           "| distillation (s) | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for dataset, method, ipc, acc, val, real, seconds, distill_s, peak in rows:
-        print(f"| {dataset} | {method} | {ipc} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | "
-              f"{100 * val['mean']:.2f} | {100 * real['mean']:.2f} +- {100 * real['std']:.2f} | {seconds:.0f} | "
-              f"{distill_s:.0f} | {peak:.0f} |")
+    for r in rows:
+        print(f"| {r.dataset} | {r.method} | {r.ipc} | {100 * r.test['mean']:.2f} +- {100 * r.test['std']:.2f} | "
+              f"{100 * r.validation['mean']:.2f} | {100 * r.random_real['mean']:.2f} +- "
+              f"{100 * r.random_real['std']:.2f} | {r.wall_s:.0f} | {r.distill_s:.0f} | {r.peak_mib:.0f} |")
 
 
 if __name__ == "__main__":
