@@ -10,7 +10,9 @@ apart, once per dataset.
 
 A cell ``method:ipc:fK`` runs the same flags with ``--factor K`` (multi-formation: ipc stored
 images per class, ipc x K^2 training images); its random real images are ``ipc`` per class, the
-same stored pixels.
+same stored pixels. A cell ``method:ipc:teacher`` runs them with ``--label_mode teacher``: the set
+labelled by a zoo of 5 networks trained for 2 epochs (``train-zoo``, timed apart, once per dataset
+and init); its random real images keep hard labels.
 
     python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,gm:1:f2]
         [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"]
@@ -55,13 +57,15 @@ SETTINGS = {
     ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
 }
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
+TEACHERS = ["--n_nets", "5", "--epochs", "2"]  # about 98% on MNIST's test split at width 32
+INITS = {"dm": "default", "gm": "default", "mtt": "xavier"}  # each preset's, which its teachers share
 
 
 class Row(NamedTuple):
     """One cell's line of the table; accuracies as the runs' json holds them ({mean, std, ...})."""
     dataset: str
     method: str
-    ipc: str  # "10", or "1:f2" with --factor
+    ipc: str  # "10", or "1:f2" with --factor, "1:teacher" with --label_mode teacher
     test: dict
     validation: dict
     random_real: dict
@@ -73,16 +77,26 @@ class Row(NamedTuple):
 def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> Row:
     """One cell on one dataset: distil, then random real images under the run's own protocol."""
     arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
-    method, ipc, *factor = cell.split(":")
-    flags = SETTINGS[(method, int(ipc))] + (["--factor", factor[0].lstrip("f")] if factor else [])
-    extra = []
-    if method == "mtt":
-        zoo = folder / "zoo"  # the experts, shared by this dataset's mtt cells
-        extra = ["--zoo_dir", str(zoo)]
-        if not zoo.exists():
-            seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *EXPERTS, *extra,
-                                           "--results_dir", str(folder)), env=env)
-            print(f"{dataset} mtt experts: {seconds:.0f} s wall", flush=True)
+    method, ipc, *variants = cell.split(":")
+    flags = list(SETTINGS[(method, int(ipc))])
+    for variant in variants:
+        if variant.startswith("f") and variant[1:].isdigit():
+            flags += ["--factor", variant[1:]]
+        elif variant == "teacher":
+            flags += ["--label_mode", "teacher"]
+        else:
+            raise SystemExit(f"unknown variant {variant!r} of cell {cell}; accepted: fK (a number K), teacher")
+    zoo = folder / "zoo"  # the experts and the teachers, shared by this dataset's cells
+    extra = ["--zoo_dir", str(zoo)] if method == "mtt" or "teacher" in variants else []
+    if method == "mtt" and not any(zoo.glob("*-experts/zoo.pt")):
+        seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *EXPERTS, *extra,
+                                       "--results_dir", str(folder)), env=env)
+        print(f"{dataset} mtt experts: {seconds:.0f} s wall", flush=True)
+    init = INITS[method]
+    if "teacher" in variants and not any(zoo.glob(f"*-{init}-train/zoo.pt")):
+        seconds, _ = timed(datadistill("train-zoo", *arch, "--init", init, *TEACHERS, *extra,
+                                       "--results_dir", str(folder)), env=env)
+        print(f"{dataset} teachers ({init} init): {seconds:.0f} s wall", flush=True)
     out = folder / cell.replace(":", "-")
     cmd = datadistill("distill", "--method", method, "--ipc", ipc, *arch, "--test_n_nets", args.test_n_nets,
                       "--results_dir", str(out), *flags, *extra, *shlex.split(args.extra))
@@ -102,13 +116,14 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
     print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
           f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}); "
           f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)
-    return Row(dataset, method, ":".join([ipc, *factor]), acc, val, real, seconds, m["distill_seconds"], peak)
+    return Row(dataset, method, ":".join([ipc, *variants]), acc, val, real, seconds, m["distill_seconds"], peak)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="dm:10,gm:10,gm:1,mtt:10",
-                   help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K")
+                   help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K and :teacher for "
+                        "--label_mode teacher")
     p.add_argument("--datasets", default="MNIST", help="comma-separated datasets; each runs every cell")
     p.add_argument("--width", default="32")
     p.add_argument("--test_n_nets", default="10")

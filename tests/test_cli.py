@@ -179,6 +179,14 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
     (["--mode", "train"], "--mode train trains a zoo: use `datadistill train-zoo`"),
     (["--mode", "distill_attack", "--attack_class", "0"], "needs --attack_class and --target_class"),
     (["--phase", "test"], "--phase does not apply to `datadistill distill`"),
+    (["--label_mode", "fuzzy"], "unknown --label_mode 'fuzzy'; accepted: hard, soft, teacher"),
+    (["--label_temperature", "2"], "--label_temperature applies to --label_mode teacher only"),
+    (["--label_mode", "teacher", "--label_temperature", "0"], "--label_temperature must be positive, got 0.0"),
+    (["--label_mode", "teacher", "--learn_labels"], "--label_mode and --learn_labels disagree"),
+    (["--label_mode", "teacher"], "--label_mode teacher reads trained networks from"),
+    (["--label_mode", "teacher", "--mode", "distill_attack", "--attack_class", "0", "--target_class", "1"],
+     "--label_mode teacher labels a set by networks trained on its own dataset; it applies to "
+     "--mode distill_basic, not distill_attack"),
 ])
 def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     out = tmp_path / "r"

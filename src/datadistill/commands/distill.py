@@ -35,7 +35,13 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                         "(" + preset_note("synthetic.learn_labels") + ")")
     g.add_argument("--step_size_param", help="exp or softplus: learned step sizes are exp(raw), or softplus(raw) "
                                              "as in the paper's code (" + preset_note("synthetic.step_size_param") + ")")
-    g.add_argument("--label_mode", help="hard (fixed one-per-class labels) or soft (learned; = --learn_labels)")
+    g.add_argument("--label_mode", help="hard (fixed one-per-class labels), soft (learned; = --learn_labels) or "
+                                        "teacher (each image's label the mean softmax(logits / --label_temperature) "
+                                        "of the networks of the train zoo of this dataset, arch, width and --init, "
+                                        "from datadistill train-zoo; set on the final images)")
+    g.add_argument("--label_temperature", type=float,
+                   help=f"--label_mode teacher: T > 1 softens the teachers' labels "
+                        f"(default {D.synthetic.label_temperature:g})")
     g.add_argument("--ipc", type=int, help="images per class in the whole set (default: wang2018's steps x images "
                                            "per class per step; dm/gm/mtt: 10)")
     g = p.add_argument_group("later methods (--method dm, gm, mtt)")
@@ -128,8 +134,11 @@ def check_applies(args) -> None:
         refuse(args, "val_n_nets", f"holds out loaded networks; --train_nets_type is {nets}")
     if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
         refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
-    if "loaded" not in (nets, getattr(args, "test_nets_type", D.nets.test_nets_type)) and method != "mtt":
-        refuse(args, "zoo_dir", "is read only with loaded networks (--train_nets_type or --test_nets_type loaded)")
+    teachers = getattr(args, "label_mode", None) == "teacher"  # they come from the train zoo
+    if "loaded" not in (nets, getattr(args, "test_nets_type", D.nets.test_nets_type)) and method != "mtt" \
+            and not teachers:
+        refuse(args, "zoo_dir", "is read only with loaded networks (--train_nets_type or --test_nets_type "
+                                "loaded), mtt's experts or --label_mode teacher")
 
 
 def config_from_args(args) -> RunConfig:

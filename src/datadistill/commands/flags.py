@@ -28,6 +28,7 @@ FIELDS = {
     "distill_steps": "synthetic.steps", "distill_epochs": "synthetic.epochs",
     "distilled_images_per_class_per_step": "synthetic.images_per_class_per_step",
     "distill_lr": "synthetic.init_lr", "image_init": "synthetic.image_init", "learn_labels": "synthetic.learn_labels",
+    "label_temperature": "synthetic.label_temperature",
     "step_size_param": "synthetic.step_size_param",
     "train_nets_type": "nets.train_nets_type", "n_nets": "nets.n_nets", "test_nets_type": "nets.test_nets_type",
     "test_n_nets": "nets.test_n_nets", "sample_n_nets": "nets.sample_n_nets", "val_n_nets": "nets.val_n_nets",
@@ -187,11 +188,14 @@ def given_fields(args) -> dict[str, object]:
     given = {FIELDS[k]: v for k, v in vars(args).items() if k in FIELDS}
     label_mode = getattr(args, "label_mode", None)
     if label_mode is not None:
-        if label_mode not in ("hard", "soft"):
-            raise ConfigError(f"unknown --label_mode {label_mode!r}; accepted: hard, soft")
+        if label_mode not in ("hard", "soft", "teacher"):
+            raise ConfigError(f"unknown --label_mode {label_mode!r}; accepted: hard, soft, teacher")
         if "synthetic.learn_labels" in given and given["synthetic.learn_labels"] != (label_mode == "soft"):
             raise ConfigError("--label_mode and --learn_labels disagree; give one")
         given["synthetic.learn_labels"] = label_mode == "soft"
+        given["synthetic.teacher_labels"] = label_mode == "teacher"
+    if "synthetic.label_temperature" in given and not given.get("synthetic.teacher_labels"):
+        raise ConfigError("--label_temperature applies to --label_mode teacher only")
     if "outer.schedule" not in given and ("outer.decay_epochs" in given or "outer.decay_factor" in given):
         given["outer.schedule"] = "step"  # the original's decay flags mean a step schedule
     given["device"] = device_of(args)

@@ -65,6 +65,10 @@ class RunConfig:
             if self.nets.train_nets_type != "loaded":
                 raise ConfigError("--mode distill_adapt needs --train_nets_type loaded (networks "
                                   "trained on --source_dataset with train-zoo)")
+        if self.synthetic.teacher_labels and self.mode in ("distill_adapt", "distill_attack"):
+            # adaptation's zoo is another dataset's; an attack's labels are the attack
+            raise ConfigError(f"--label_mode teacher labels a set by networks trained on its own dataset; "
+                              f"it applies to --mode distill_basic, not {self.mode}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval_every must be >= 0, got {self.eval_every}")
 

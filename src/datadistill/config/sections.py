@@ -89,6 +89,12 @@ class SyntheticConfig:
     # learn each image's label as a distribution over the classes (the target of the inner
     # cross-entropy; --label_mode soft) instead of the paper's fixed one-per-class labels
     learn_labels: bool = False
+    # label each image by trained networks instead (--label_mode teacher, teacher.py): the mean
+    # softmax(logits / label_temperature) of every network of the run's train zoo, set on the
+    # final images and on every snapshot validated. Temperature 4 of 1 / 2 / 4 / 8 on MNIST's
+    # validation split (a dm set of one image per class; benchmarks/RESULTS.md)
+    teacher_labels: bool = False
+    label_temperature: float = 4.0
     # images per class in the whole set; None: steps * images_per_class_per_step. The methods
     # without steps (dm, gm, mtt) hold all of them in one batch
     ipc: int | None = None
@@ -109,6 +115,10 @@ class SyntheticConfig:
         _positive("--distill_epochs", self.epochs)
         _positive("--distilled_images_per_class_per_step", self.images_per_class_per_step)
         _positive("--distill_lr", self.init_lr)
+        _positive("--label_temperature", self.label_temperature)
+        if self.teacher_labels and self.learn_labels:
+            raise ConfigError("labels are learned (--label_mode soft) or set by teachers (--label_mode teacher), "
+                              "not both")
         if self.ipc is not None:
             _positive("--ipc", self.ipc)
         _positive("--factor", self.factor)

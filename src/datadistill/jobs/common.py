@@ -109,6 +109,24 @@ def loaded_nets(config: RunConfig) -> tuple[Params | None, Params | None, Params
     return train, val, test, shape
 
 
+def teacher_nets(config: RunConfig) -> tuple[Params, float]:
+    """Every network of the run's train zoo (stacked weights) and their mean test accuracy, the
+    teachers of ``--label_mode teacher``; read before any work, so a missing zoo fails fast."""
+    path = zoo_file(config, "train")
+    if not path.is_file():
+        width = "" if config.model.width is None else f" --width {config.model.width}"
+        raise ArtifactError(f"--label_mode teacher reads trained networks from {path}, and there are none; "
+                            f"train them first: datadistill train-zoo --dataset {config.data.dataset} --arch "
+                            f"{config.model.arch}{width} --init {config.model.init} --n_nets 5 --epochs 2 "
+                            f"--zoo_dir {config.zoo_root}")
+    zoo = artifacts.load_zoo(path)
+    zoo.check(config.data.dataset, config.model.arch, 1, "train")
+    c, h, _ = zoo.input_shape
+    zoo.check_layout(build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width),
+                     f"the train zoo in {path}", "it again with datadistill train-zoo")
+    return zoo.params, float(zoo.accuracies.mean())
+
+
 def check_classes(config: RunConfig, dataset: Dataset) -> None:
     for flag in ("attack_class", "target_class"):
         value = getattr(config, flag)

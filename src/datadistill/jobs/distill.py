@@ -22,7 +22,9 @@ from ..nets import FixedNets, FreshNets, NetSource, ZooNets
 from ..runtime import Runtime
 from ..synthetic import SyntheticSet
 from ..world import World
-from .common import check_classes, dataset_for, loaded_nets, model_for, normalise_config, resolve_device
+from ..teacher import relabelled
+from .common import (check_classes, dataset_for, loaded_nets, model_for, normalise_config, resolve_device,
+                     teacher_nets)
 from .scoring import my_part, scoring_nets
 
 
@@ -68,6 +70,8 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     if resume:  # read before any work, so a bad checkpoint fails fast and writes nothing
         state = world.broadcast(world.agree(lambda: read_checkpoint(ckpt_path, config) if world.is_main else None))
     zoo_train, zoo_val, zoo_test, shape = world.agree(lambda: loaded_nets(config))
+    teachers, teacher_accuracy = world.agree(lambda: teacher_nets(config)) \
+        if config.synthetic.teacher_labels else (None, None)
     dataset = world.agree(lambda: dataset_for(config, shape, dataset))
     world.agree(lambda: check_classes(config, dataset))
     device = resolve_device(config.device)
@@ -87,6 +91,16 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
                    config.evaluation.scratch_batch_size)
         augment = augmenter(config.evaluation.augment or config.methods.augment, siamese=False)
 
+        if teachers is not None:
+            teachers = {k: v.to(device) for k, v in teachers.items()}
+
+        def labelled(synthetic: SyntheticSet) -> SyntheticSet:
+            """The set as it is scored and written: with --label_mode teacher, labelled by the
+            teachers (the method distils with its own labels; dm reads none)."""
+            if teachers is None:
+                return synthetic
+            return relabelled(synthetic, model, teachers, config.synthetic.label_temperature)
+
         def scored(synthetic: SyntheticSet, split, nets: Params) -> EvalResult:
             mine = score_set(model, synthetic, nets, split, protocol, scratch, config.seed, augment)
             return EvalResult(tuple(world.gather(list(mine.accuracies))))
@@ -99,7 +113,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         val_split = None if dataset.val is None else method.validation_split(dataset.val)
 
         def validate(synthetic: SyntheticSet) -> EvalResult:
-            return scored(synthetic, val_split, val_nets if loaded else score(False))
+            return scored(labelled(synthetic), val_split, val_nets if loaded else score(False))
 
         validated = dataset.val is not None and (val_nets is not None or not loaded)
         validation_nets = None if not validated else (
@@ -114,7 +128,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
             runtime.backend = state["conv_backend"] or runtime.backend
             world.agree(lambda: load_state_dict(run, state, world.size))
         writers = [Checkpointer(ckpt_path, config, world.size, lambda: runtime.backend)] if world.is_main else []
-        synthetic = run.run([*writers, *callbacks])
+        synthetic = labelled(run.run([*writers, *callbacks]))
         progress = lambda what: [cb.on_report(run, what) for cb in callbacks]  # noqa: E731
         if not config.skip_test:
             progress(f"scoring on the test split with {config.nets.test_n_nets} networks")
@@ -127,6 +141,10 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         report = {} if config.skip_test else method.report(synthetic, setup, dataset.test, train_all, score(True),
                                                            progress)
         backend = runtime.backend
+        if teachers is not None:
+            report["teacher_labels"] = {"networks": len(next(iter(teachers.values()))),
+                                        "temperature": config.synthetic.label_temperature,
+                                        "zoo_test_accuracy": teacher_accuracy}
     synthetic.meta.update(file_meta(config, source))
     metrics = {
         "final_accuracy": None if final is None else final.to_dict(),
