@@ -55,6 +55,12 @@ SETTINGS = {
     # mtt reads no real batch, but its steps are counted in epochs of them: 3 MNIST epochs are 642
     # segments of 10 unrolled steps (the preset's 15 suit digits' few batches per epoch)
     ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
+    # the same segments at one image per class; at 50, where a segment unrolls five times the
+    # images, 107 segments (one epoch of batches of 512) to fit about 20 minutes; every mtt cell is
+    # scored for 300 epochs, the preset's
+    ("mtt", 1): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
+    ("mtt", 50): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "1", "--batch_size", "512",
+                  "--eval_every", "15"],
 }
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 TEACHERS = ["--n_nets", "5", "--epochs", "2"]  # about 98% on MNIST's test split at width 32
