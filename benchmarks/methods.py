@@ -14,7 +14,7 @@ same stored pixels. A cell ``method:ipc:teacher`` runs them with ``--label_mode 
 labelled by a zoo of 5 networks (``train-zoo``, 2 epochs, 30 on digits; timed apart, once per
 dataset and init); its random real images keep hard labels.
 
-    python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,gm:1:f2]
+    python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,mtt:1,mtt:50,gm:1:f2,dm:1:teacher]
         [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"]
         [--keep DIR]
 
@@ -56,7 +56,7 @@ SETTINGS = {
     # segments of 10 unrolled steps (the preset's 15 suit digits' few batches per epoch)
     ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
     # the same segments at one image per class; at 50, where a segment unrolls five times the
-    # images, 107 segments (one epoch of batches of 512) to fit about 20 minutes; every mtt cell is
+    # images, 107 segments (one epoch of batches of 512), sized near 20 minutes; every mtt cell is
     # scored for 300 epochs, the preset's
     ("mtt", 1): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
     ("mtt", 50): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "1", "--batch_size", "512",
