@@ -12,7 +12,7 @@ from ..data import Dataset, canonical_name, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..models import Params, arch_class, build_model
 from ..pretrained import weights_file
-from ..zoo import zoo_dir_for
+from ..zoo import Zoo, zoo_dir_for
 
 ZOO_FILE = "zoo.pt"
 
@@ -80,16 +80,23 @@ def zoo_file(config: RunConfig, phase: str, dataset: str | None = None) -> Path:
                        config.model.init, phase) / ZOO_FILE
 
 
-def load_zoo_nets(config: RunConfig, phase: str, n: int, held_out: int = 0
-                  ) -> tuple[Params, tuple[int, int, int], Params | None]:
-    """Stacked weights of the first ``n`` networks of a zoo, checked against the run, the input
-    shape they take, and up to ``held_out`` networks after them (None when there are none)."""
+def checked_zoo(config: RunConfig, phase: str, n: int) -> Zoo:
+    """The zoo of ``phase`` for the run's networks, refused unless it holds at least ``n`` networks
+    of the run's dataset (the source's when adapting), arch and layout."""
     path = zoo_file(config, phase, config.zoo_dataset)
     zoo = artifacts.load_zoo(path)
     zoo.check(config.zoo_dataset, config.model.arch, n, phase)
     c, h, _ = zoo.input_shape
     zoo.check_layout(build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width),
                      f"the {phase} zoo in {path}", "it again with datadistill train-zoo")
+    return zoo
+
+
+def load_zoo_nets(config: RunConfig, phase: str, n: int, held_out: int = 0
+                  ) -> tuple[Params, tuple[int, int, int], Params | None]:
+    """Stacked weights of the first ``n`` networks of a zoo, checked against the run, the input
+    shape they take, and up to ``held_out`` networks after them (None when there are none)."""
+    zoo = checked_zoo(config, phase, n)
     rest = list(range(n, min(len(zoo), n + held_out)))
     return zoo.select(list(range(n))), zoo.input_shape, zoo.select(rest) if rest else None
 
@@ -119,11 +126,7 @@ def teacher_nets(config: RunConfig) -> tuple[Params, float]:
                             f"train them first: datadistill train-zoo --dataset {config.data.dataset} --arch "
                             f"{config.model.arch}{width} --init {config.model.init} --n_nets 5 --epochs 2 "
                             f"--zoo_dir {config.zoo_root}")
-    zoo = artifacts.load_zoo(path)
-    zoo.check(config.data.dataset, config.model.arch, 1, "train")
-    c, h, _ = zoo.input_shape
-    zoo.check_layout(build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width),
-                     f"the train zoo in {path}", "it again with datadistill train-zoo")
+    zoo = checked_zoo(config, "train", 1)
     return zoo.params, float(zoo.accuracies.mean())
 
 
