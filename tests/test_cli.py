@@ -207,6 +207,12 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     (["--phase", "bogus", *FAST], "unknown --phase 'bogus'; accepted: train, test"),
     (["train-zoo", "--dataset", "digits", "--resume"], "--resume does not apply to `datadistill train-zoo`"),
     (["test", "--dataset", "digits", "--epochs", "3"], "--epochs does not apply to `datadistill test`"),
+    (["test", "--dataset", "digits", "--label_mode", "soft"], "datadistill test takes --label_mode teacher only"),
+    (["test", "--dataset", "digits", "--label_temperature", "2"],
+     "--label_temperature applies to --label_mode teacher only"),
+    (["test", "--dataset", "digits", "--label_mode", "teacher", "--test_distilled_images", "random_train",
+      "--test_distilled_lrs", "nearest_neighbor", "1", "2"],
+     "--label_mode teacher does not apply with --test_distilled_lrs nearest_neighbor"),
     (["evaluate", "distilled.pt", "--mode", "distill_basic"], "--mode does not apply to `datadistill evaluate`"),
     # a method's own flags are refused with another method
     (["distill", "--method", "dm", "--dataset", "digits", "--step_size_param", "softplus"],

@@ -70,3 +70,37 @@ def test_a_digits_run_writes_the_train_zoos_labels_and_reports_its_teachers(tmp_
     metrics = json.loads((out / artifacts.METRICS).read_text())
     assert metrics["teacher_labels"]["networks"] == 2 and metrics["teacher_labels"]["temperature"] == 3.0
     assert metrics["final_accuracy"]["n"] == 1 and metrics["validation"]["n"] == 1
+
+
+def test_the_test_phase_scores_random_real_images_with_the_teachers_labels(tmp_path):
+    """``datadistill test --label_mode teacher``: the baseline a teacher-labelled set is compared
+    with. The scored candidate is the random draw the same command scores with its own labels;
+    relabelled, it trains networks that differ from those on one-hot labels."""
+    zoo_dir = tmp_path / "zoo"
+    common = ["--dataset", "digits", "--arch", "ConvNet", "--width", "8", "--init", "default", "--no_progress"]
+    assert main(["train-zoo", *common, "--n_nets", "2", "--epochs", "2", "--zoo_dir", str(zoo_dir),
+                 "--results_dir", str(tmp_path)]) == 0
+    scoring = ["test", *common, "--test_distilled_images", "random_train", "--distilled_images_per_class_per_step",
+               "2", "--distill_steps", "1", "--protocol", "from_scratch", "--scratch_epochs", "20",
+               "--test_n_nets", "2", "--score_on", "val"]
+    assert main([*scoring, "--results_dir", str(tmp_path / "own")]) == 0
+    assert main([*scoring, "--label_mode", "teacher", "--label_temperature", "2", "--zoo_dir", str(zoo_dir),
+                 "--results_dir", str(tmp_path / "taught")]) == 0
+    own, taught = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("own", "taught"))
+    assert own["labels"] == "own"
+    assert taught["labels"]["teacher"]["networks"] == 2 and taught["labels"]["teacher"]["temperature"] == 2.0
+    assert own["rows"][0]["run_seeds"] == taught["rows"][0]["run_seeds"]  # the same draw of images
+    assert own["rows"][0]["accuracies"] != taught["rows"][0]["accuracies"]
+    assert "labels: the mean softmax(logits / 2) of 2 teacher networks" in \
+        (tmp_path / "taught" / "results.md").read_text()
+
+
+def test_the_test_phase_without_teachers_says_how_to_train_them(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["test", "--dataset", "digits", "--test_distilled_images", "random_train", "--protocol", "from_scratch",
+            "--label_mode", "teacher", "--zoo_dir", str(tmp_path / "none"), "--results_dir", str(out), "--no_progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--label_mode teacher reads trained networks from {tmp_path / 'none'}" in err and "train-zoo" in err
+    assert not out.exists()

@@ -151,6 +151,8 @@ class TestPhaseInputs:
     batch_size: int
     scratch: EvalConfig | None = None  # protocol "from_scratch": SGD on the pooled images instead of steps
     progress: Callable[[str], None] = lambda what: None  # told before each long part
+    # --label_mode teacher: each candidate's labels replaced (by the teachers') before it is scored
+    relabel: Callable[[SyntheticSet], SyntheticSet] | None = None
 
 
 def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
@@ -174,7 +176,8 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
         generator = torch.Generator().manual_seed(candidate_seed(run_seed, i))
         s = make_candidate(test.images, train, steps, per_class, num_classes, build_lrs, data.mean,
                            data.std, loaded, generator)
-        return SyntheticSet(s.images.to(device), s.labels.to(device), build_lrs, s.mean, s.std, s.num_classes)
+        s = SyntheticSet(s.images.to(device), s.labels.to(device), build_lrs, s.mean, s.std, s.num_classes)
+        return s if inputs.relabel is None else inputs.relabel(s)
 
     selection = None
     kept = list(range(test.n_runs))
@@ -238,10 +241,17 @@ def parse_table(text: str) -> list[dict]:
 SPLIT_NAMES = {"test": "test split", "val": "validation split"}
 
 
+def _labels_note(labels) -> str:
+    if labels == "own":
+        return ""
+    t = labels["teacher"]
+    return f"; labels: the mean softmax(logits / {t['temperature']:g}) of {t['networks']} teacher networks"
+
+
 def format_markdown(results: dict) -> str:
     """The whole results.md: what was scored, the command, the table."""
     return (f"# Test phase: {results['dataset']}, {results['arch']}\n\n"
             f"Command: `{results['command']}`\n\n"
             f"Mean +- std of accuracy on the {SPLIT_NAMES[results['split']]} over runs x networks; "
-            f"networks: {results['test_nets']}.\n\n"
+            f"networks: {results['test_nets']}{_labels_note(results.get('labels', 'own'))}.\n\n"
             f"{format_table(results['rows'])}\n")

@@ -52,6 +52,11 @@ def build_parser(prog: str = "datadistill test") -> Parser:
     g.add_argument("--score_on", help="test, or val: score on the validation split (to choose, e.g., a baseline's "
                                       "fixed step size without reading the test split) (default test)")
     g.add_argument("--distilled", metavar="PATH", help="the distilled set to test (default <results_dir>/distilled.pt)")
+    g.add_argument("--label_mode", help="teacher: every set scored (loaded or a baseline) takes as labels the mean "
+                                        "softmax(logits / --label_temperature) of the train zoo's networks, as "
+                                        "`distill --label_mode teacher` does (default: the set's own labels)")
+    g.add_argument("--label_temperature", type=float,
+                   help=f"--label_mode teacher: the temperature (default {D.synthetic.label_temperature:g})")
     add_run(p)
     return p
 
@@ -71,6 +76,13 @@ def run(args, argv: list[str], session) -> int:
             refuse(args, flag, f"applies to --mode distill_attack only, not {mode}")
     if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
         refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
+    label_mode = getattr(args, "label_mode", None)
+    if label_mode not in (None, "teacher"):
+        raise ConfigError(f"datadistill test takes --label_mode teacher only (relabel the sets scored), not "
+                          f"{label_mode!r}; without it each set keeps its own labels")
+    if label_mode == "teacher" and getattr(args, "test_distilled_lrs", ["loaded"])[0] == "nearest_neighbor":
+        raise ConfigError("--label_mode teacher does not apply with --test_distilled_lrs nearest_neighbor "
+                              "(a nearest neighbour reads one class per image)")
     given = given_fields(args)
     config = build_config(given, default_preset(mode, given.get("nets.train_nets_type", "unknown_init")))
     config = dataclasses.replace(config, test=test_phase_config(args))

@@ -12,8 +12,10 @@ from ..data import Dataset
 from ..errors import ArtifactError, ConfigError
 from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
 from ..synthetic import SyntheticSet
+from ..teacher import relabelled
 from ..testphase import TestPhaseInputs, format_markdown, run_test_phase
-from .common import dataset_for, load_for, load_zoo_nets, model_for, normalise_config, resolve_device
+from .common import (dataset_for, load_for, load_zoo_nets, model_for, normalise_config, resolve_device,
+                     teacher_nets)
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -63,6 +65,9 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         train_zoo, shape, _ = load_zoo_nets(config, "train", nets_cfg.n_nets)
     if not knn and nets_cfg.test_nets_type == "loaded":
         test_zoo, shape, _ = load_zoo_nets(config, "test", nets_cfg.test_n_nets)
+    teachers = teacher_accuracy = None
+    if config.synthetic.teacher_labels:
+        teachers, teacher_accuracy = teacher_nets(config)
     if dataset is None and shape is None and config.mode == "distill_adapt" and loaded is not None:
         dataset = load_for(config, tuple(loaded.images.shape[2:]))  # the input space it was distilled in
     dataset = dataset_for(config, shape, dataset)
@@ -112,9 +117,13 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
             chooser_seeds = selection_seeds(config.seed, k * test.niter)
             optimize_nets = [fresh_nets(model, m.init, m.init_param, chooser_seeds[i * k:(i + 1) * k], device)
                              for i in range(test.niter)]
+    relabel = None
+    if teachers is not None:
+        teachers = {k: v.to(device) for k, v in teachers.items()}
+        relabel = lambda s: relabelled(s, model, teachers, config.synthetic.label_temperature)  # noqa: E731
     row = run_test_phase(test, TestPhaseInputs(model, dataset, steps, per_class, epochs, loaded, test_nets,
                                                optimize_nets, config.seed, config.outer.batch_size,
-                                               config.evaluation, progress))
+                                               config.evaluation, progress, relabel))
     results = {
         "command": command,
         "dataset": dataset.name,
@@ -126,6 +135,10 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         "split": test.score_on,  # the split the rows' accuracies are on: "test", or "val" (to choose)
         "config": config.to_dict(),
         "rows": [row],
+        # the sets' labels: their own, or (--label_mode teacher) the train zoo's networks'
+        "labels": "own" if teachers is None else {"teacher": {
+            "networks": len(next(iter(teachers.values()))), "temperature": config.synthetic.label_temperature,
+            "zoo_test_accuracy": teacher_accuracy}},
         "wall_seconds": time.perf_counter() - start,
     }
     folder = Path(config.results_dir)
