@@ -12,7 +12,9 @@ A cell ``method:ipc:fK`` runs the same flags with ``--factor K`` (multi-formatio
 images per class, ipc x K^2 training images); its random real images are ``ipc`` per class, the
 same stored pixels. A cell ``method:ipc:teacher`` runs them with ``--label_mode teacher``: the set
 labelled by a zoo of 5 networks (``train-zoo``, 2 epochs, 30 on digits; timed apart, once per
-dataset and init); its random real images keep hard labels.
+dataset and init); its random real images are scored twice, with hard labels and with the same
+teachers' labels (``datadistill test --label_mode teacher``), so that what the images add is
+read apart from what the labels add.
 
     python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,mtt:1,mtt:50,gm:1:f2,dm:1:teacher]
         [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"]
@@ -78,6 +80,7 @@ class Row(NamedTuple):
     test: dict
     validation: dict
     random_real: dict
+    random_real_taught: dict | None  # teacher cells: the same draw with the teachers' labels
     wall_s: float
     distill_s: float
     peak_mib: float
@@ -118,15 +121,23 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
     protocol = ["--init", m["config"]["model"]["init"],
                 "--eval_augment", scoring["augment"] or m["config"]["methods"]["augment"],
                 "--scratch_epochs", str(scoring["scratch_epochs"])]
-    timed(datadistill("test", *arch, "--test_distilled_images", "random_train", "--distill_steps", "1",
-                      "--distilled_images_per_class_per_step", ipc, "--test_n_nets", args.test_n_nets,
-                      "--protocol", "from_scratch", *protocol, "--results_dir", str(out)), env=env)
+    baseline = ["test", *arch, "--test_distilled_images", "random_train", "--distill_steps", "1",
+                "--distilled_images_per_class_per_step", ipc, "--test_n_nets", args.test_n_nets,
+                "--protocol", "from_scratch", *protocol]
+    timed(datadistill(*baseline, "--results_dir", str(out)), env=env)
     real = json.loads((out / "results.json").read_text())["rows"][0]
+    taught = None
+    if "teacher" in variants:
+        taught_dir = out / "random-real-teacher"
+        timed(datadistill(*baseline, "--label_mode", "teacher", *extra, "--results_dir", str(taught_dir)), env=env)
+        taught = json.loads((taught_dir / "results.json").read_text())["rows"][0]
     acc, val = m["final_accuracy"], m["validation"]
+    taught_note = "" if taught is None else f"; with the teachers' labels {100 * taught['mean']:.2f}"
     print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
-          f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}); "
+          f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}"
+          f"{taught_note}); "
           f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)
-    return Row(dataset, method, ":".join([ipc, *variants]), acc, val, real, seconds, m["distill_seconds"], peak)
+    return Row(dataset, method, ":".join([ipc, *variants]), acc, val, real, taught, seconds, m["distill_seconds"], peak)
 
 
 def main():
@@ -148,13 +159,15 @@ def main():
     with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as d:
         rows = [run_cell(dataset, cell, Path(d) / dataset, args, env, root)
                 for dataset in datasets for cell in args.cells.split(",")]
-    print("\n| dataset | method | ipc | test accuracy (%) | validation (%) | random real (%) | wall (s) "
-          "| distillation (s) | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| dataset | method | ipc | test accuracy (%) | validation (%) | random real (%) "
+          "| random real, teachers' labels (%) | wall (s) | distillation (s) | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        taught = "-" if r.random_real_taught is None else \
+            f"{100 * r.random_real_taught['mean']:.2f} +- {100 * r.random_real_taught['std']:.2f}"
         print(f"| {r.dataset} | {r.method} | {r.ipc} | {100 * r.test['mean']:.2f} +- {100 * r.test['std']:.2f} | "
               f"{100 * r.validation['mean']:.2f} | {100 * r.random_real['mean']:.2f} +- "
-              f"{100 * r.random_real['std']:.2f} | {r.wall_s:.0f} | {r.distill_s:.0f} | {r.peak_mib:.0f} |")
+              f"{100 * r.random_real['std']:.2f} | {taught} | {r.wall_s:.0f} | {r.distill_s:.0f} | {r.peak_mib:.0f} |")
 
 
 if __name__ == "__main__":
