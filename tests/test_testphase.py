@@ -291,3 +291,26 @@ def test_test_phase_scores_a_set_without_step_sizes_from_scratch_only(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert "has no step sizes" in err and "--protocol from_scratch" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "u").exists()
+
+
+def test_relabelled_candidates_are_what_is_scored(blobs):
+    """``TestPhaseInputs.relabel`` (``--label_mode teacher``) replaces each candidate's labels before
+    scoring: a relabelling that names every image's next class as a probability vector trains the
+    networks to misclassify, where the same draw with its own labels trains them to classify."""
+    def next_class(s: SyntheticSet) -> SyntheticSet:
+        shifted = torch.nn.functional.one_hot((s.labels + 1) % s.num_classes, s.num_classes).to(s.images.dtype)
+        return dataclasses.replace(s, labels=shifted)  # (S, N, classes)
+
+    test = TestPhaseConfig(images="random_train", lrs="fix", fixed_lr=0.3)
+    model = models.build_model("MLP", 1, 8, 3)
+    seeds = eval_seeds(0, 3)
+
+    def scored(relabel):
+        inputs = TestPhaseInputs(model, blobs, steps=1, per_class=10, epochs=20, loaded=None,
+                                 test_nets=lambda run: fresh_nets(model, "xavier", 1.0, seeds, "cpu"),
+                                 optimize_nets=None, seed=0, batch_size=64, relabel=relabel)
+        return testphase.run_test_phase(test, inputs)
+
+    own, shifted = scored(None), scored(next_class)
+    assert own["run_seeds"] == shifted["run_seeds"]
+    assert own["mean"] > 0.9 and shifted["mean"] < 0.2, (own["mean"], shifted["mean"])

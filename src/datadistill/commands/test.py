@@ -82,7 +82,7 @@ def run(args, argv: list[str], session) -> int:
                           f"{label_mode!r}; without it each set keeps its own labels")
     if label_mode == "teacher" and getattr(args, "test_distilled_lrs", ["loaded"])[0] == "nearest_neighbor":
         raise ConfigError("--label_mode teacher does not apply with --test_distilled_lrs nearest_neighbor "
-                              "(a nearest neighbour reads one class per image)")
+                          "(a nearest neighbour reads one class per image)")
     given = given_fields(args)
     config = build_config(given, default_preset(mode, given.get("nets.train_nets_type", "unknown_init")))
     config = dataclasses.replace(config, test=test_phase_config(args))
