@@ -3,7 +3,8 @@ from scratch), wall time and peak memory, with random real images of the same IP
 
 Each cell is one `datadistill distill --method M --ipc N ...` run (its peak resident set is the
 one its metrics.json records) with the flags of ``SETTINGS`` (sized to about 20 minutes of
-distillation on 2 CPU cores on MNIST), then one `datadistill test --test_distilled_images
+distillation on 2 CPU cores on MNIST; mtt's as a count of segments, ``MTT_SEGMENTS``, the same on
+every dataset), then one `datadistill test --test_distilled_images
 random_train` run under the same from-scratch protocol (the run's init, augmentation and epochs,
 read from its metrics.json). mtt first trains its experts (`train-zoo --trajectories`), timed
 apart, once per dataset.
@@ -34,6 +35,9 @@ from typing import NamedTuple
 
 from _common import DATA, datadistill, require_mnist, timed
 
+from datadistill.config import OuterConfig
+from datadistill.data import batches_per_epoch, load_dataset
+
 # flags of each (method, ipc) beyond its preset; gm at one image per class takes DC's loops for it
 # (one update per network, one network step between) and learned soft labels
 SETTINGS = {
@@ -54,16 +58,17 @@ SETTINGS = {
     # scored without flips for 1000 epochs, the protocol its validation chose (RESULTS.md)
     ("gm", 1): ["--augment", "dsa", "--label_mode", "soft", "--outer_loop", "1", "--inner_steps", "1",
                 "--epochs", "30", "--eval_every", "30", "--eval_augment", "dsa-noflip", "--scratch_epochs", "1000"],
-    # mtt reads no real batch, but its steps are counted in epochs of them: 3 MNIST epochs are 642
-    # segments of 10 unrolled steps (the preset's 15 suit digits' few batches per epoch)
-    ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
-    # the same segments at one image per class; at 50, where a segment unrolls five times the
-    # images, 107 segments (one epoch of batches of 512), sized near 20 minutes; every mtt cell is
-    # scored for 300 epochs, the preset's
-    ("mtt", 1): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "3", "--eval_every", "15"],
-    ("mtt", 50): ["--max_start_epoch", "3", "--expert_epochs", "2", "--epochs", "1", "--batch_size", "512",
-                  "--eval_every", "15"],
+    # mtt's segments: MTT_SEGMENTS; every mtt cell is scored for 300 epochs, the preset's
+    ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2"],
+    ("mtt", 1): ["--max_start_epoch", "3", "--expert_epochs", "2"],
+    ("mtt", 50): ["--max_start_epoch", "3", "--expert_epochs", "2", "--batch_size", "512"],
 }
+# mtt reads no real batch, but its iterations (one segment of 10 unrolled steps each) are counted
+# in epochs of them, so the epochs of a cell are worked out per dataset from these counts: 642 are
+# 3 MNIST epochs of batches of 256 (18 minutes alone on VM-2, RESULTS.md), 161 epochs of the
+# bundled digits (4 batches each); at 50 per class, where a segment unrolls five times the images, 107 (one MNIST
+# epoch of batches of 512) is sized near 20 minutes. Validated at the start and the end only.
+MTT_SEGMENTS = {10: 642, 1: 642, 50: 107}
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 # 5 teachers: 2 Adam epochs on MNIST (about 430 steps); the bundled digits' few batches (about 6 an
 # epoch) need 30, as 2 leave its teachers at 77% on its validation split (98% at 30)
@@ -91,6 +96,11 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
     arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
     method, ipc, *variants = cell.split(":")
     flags = list(SETTINGS[(method, int(ipc))])
+    if method == "mtt":
+        batch = int(flags[flags.index("--batch_size") + 1]) if "--batch_size" in flags else OuterConfig().batch_size
+        per_epoch = batches_per_epoch(len(load_dataset(dataset, root).train.y), batch)
+        epochs = str(-(-MTT_SEGMENTS[int(ipc)] // per_epoch))  # whole epochs, at least the count
+        flags += ["--epochs", epochs, "--eval_every", epochs]
     for variant in variants:
         if variant.startswith("f") and variant[1:].isdigit():
             flags += ["--factor", variant[1:]]
