@@ -65,14 +65,13 @@ SETTINGS = {
 }
 # mtt reads no real batch, but its iterations (one segment of 10 unrolled steps each) are counted
 # in epochs of them, so the epochs of a cell are worked out per dataset from these counts: 642 are
-# 3 MNIST epochs of batches of 256 (18 minutes alone on VM-2, RESULTS.md), 161 epochs of the
-# bundled digits (4 batches each); at 50 per class, where a segment unrolls five times the
-# images, 107 (one MNIST epoch of batches of 512) is sized near 20 minutes. Validated at the start
-# and the end only.
+# 3 MNIST epochs of batches of 256, sized to about 20 minutes on 2 cores (times in RESULTS.md);
+# at 50 per class, where a segment unrolls five times the images, 107 (one MNIST epoch of batches
+# of 512). Validated at the start and the end only.
 MTT_SEGMENTS = {10: 642, 1: 642, 50: 107}
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 # 5 teachers: 2 Adam epochs on MNIST (about 430 steps); the bundled digits' few batches (about 6 an
-# epoch) need 30, as 2 leave its teachers at 77% on its validation split (98% at 30)
+# epoch) need 30, a count chosen on digits' validation split
 TEACHERS = ["--n_nets", "5"]
 TEACHER_EPOCHS = {"digits": "30"}  # others: 2
 INITS = {"dm": "default", "gm": "default", "mtt": "xavier"}  # each preset's, which its teachers share

@@ -80,12 +80,12 @@ def run(args, argv: list[str], session) -> int:
     if label_mode not in (None, "teacher"):
         raise ConfigError(f"datadistill test takes --label_mode teacher only (relabel the sets scored), not "
                           f"{label_mode!r}; without it each set keeps its own labels")
-    if label_mode == "teacher" and getattr(args, "test_distilled_lrs", ["loaded"])[0] == "nearest_neighbor":
-        raise ConfigError("--label_mode teacher does not apply with --test_distilled_lrs nearest_neighbor "
-                          "(a nearest neighbour reads one class per image)")
     given = given_fields(args)
     config = build_config(given, default_preset(mode, given.get("nets.train_nets_type", "unknown_init")))
     config = dataclasses.replace(config, test=test_phase_config(args))
+    if config.synthetic.teacher_labels and config.test.lrs == "nearest_neighbor":
+        raise ConfigError("--label_mode teacher does not apply with --test_distilled_lrs nearest_neighbor "
+                          "(a nearest neighbour reads one class per image)")
     apply_process_switches()  # training networks from scratch allocates large blocks every step
     quiet = getattr(args, "no_progress", False)
     results = test_phase(config, command=shlex.join(["datadistill", *argv]),

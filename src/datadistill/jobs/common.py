@@ -130,6 +130,13 @@ def teacher_nets(config: RunConfig) -> tuple[Params, float]:
     return zoo.params, float(zoo.accuracies.mean())
 
 
+def teachers_report(teachers: Params, temperature: float, zoo_test_accuracy: float) -> dict:
+    """What metrics.json (``teacher_labels``) and results.json (``labels.teacher``) say of the
+    teachers: how many, the temperature, their zoo's mean test accuracy."""
+    return {"networks": len(next(iter(teachers.values()))), "temperature": temperature,
+            "zoo_test_accuracy": zoo_test_accuracy}
+
+
 def check_classes(config: RunConfig, dataset: Dataset) -> None:
     for flag in ("attack_class", "target_class"):
         value = getattr(config, flag)

@@ -24,7 +24,7 @@ from ..synthetic import SyntheticSet
 from ..world import World
 from ..teacher import relabelled
 from .common import (check_classes, dataset_for, loaded_nets, model_for, normalise_config, resolve_device,
-                     teacher_nets)
+                     teacher_nets, teachers_report)
 from .scoring import my_part, scoring_nets
 
 
@@ -142,9 +142,8 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
                                                            progress)
         backend = runtime.backend
         if teachers is not None:
-            report["teacher_labels"] = {"networks": len(next(iter(teachers.values()))),
-                                        "temperature": config.synthetic.label_temperature,
-                                        "zoo_test_accuracy": teacher_accuracy}
+            report["teacher_labels"] = teachers_report(teachers, config.synthetic.label_temperature,
+                                                       teacher_accuracy)
     synthetic.meta.update(file_meta(config, source))
     metrics = {
         "final_accuracy": None if final is None else final.to_dict(),

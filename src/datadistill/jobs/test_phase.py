@@ -15,7 +15,7 @@ from ..synthetic import SyntheticSet
 from ..teacher import relabelled
 from ..testphase import TestPhaseInputs, format_markdown, run_test_phase
 from .common import (dataset_for, load_for, load_zoo_nets, model_for, normalise_config, resolve_device,
-                     teacher_nets)
+                     teacher_nets, teachers_report)
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -136,9 +136,8 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         "config": config.to_dict(),
         "rows": [row],
         # the sets' labels: their own, or (--label_mode teacher) the train zoo's networks'
-        "labels": "own" if teachers is None else {"teacher": {
-            "networks": len(next(iter(teachers.values()))), "temperature": config.synthetic.label_temperature,
-            "zoo_test_accuracy": teacher_accuracy}},
+        "labels": "own" if teachers is None else {
+            "teacher": teachers_report(teachers, config.synthetic.label_temperature, teacher_accuracy)},
         "wall_seconds": time.perf_counter() - start,
     }
     folder = Path(config.results_dir)
