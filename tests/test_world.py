@@ -153,6 +153,18 @@ def test_a_zoo_trained_by_two_processes_is_one_zoo(tmp_path):
     assert len(z2) == 30 and not list((tmp_path / "two").glob("*/part-*"))
     for name in z1.params:  # chunk i trained by rank i mod 2, from the same seeds
         torch.testing.assert_close(z1.params[name], z2.params[name])
+    # fewer networks than a chunk: the one chunk is cut in two parts, one per process, each with
+    # the chunk's batch order, so the networks are the ones one process trains
+    few = ["--mode", "train", "--dataset", "digits", "--arch", "LeNet", "--n_nets", "3", "--epochs", "1",
+           "--no_progress"]
+    two = _torchrun(*few, "--zoo_dir", str(tmp_path / "two3"))
+    assert two.returncode == 0, two.stderr
+    one = _one(*few, "--zoo_dir", str(tmp_path / "one3"))
+    assert one.returncode == 0, one.stderr
+    z1, z2 = artifacts.load_zoo(tmp_path / "one3" / path), artifacts.load_zoo(tmp_path / "two3" / path)
+    assert len(z2) == 3
+    for name in z1.params:
+        torch.testing.assert_close(z1.params[name], z2.params[name])
     # and two processes distil against it, each drawing from its own half (scored by the zoo
     # itself, so without RUN's --test_n_nets, which same_as_train refuses)
     i = RUN.index("--test_n_nets")

@@ -195,3 +195,18 @@ def test_a_zoo_is_matched_by_the_settings_that_train_it(tmp_path, blobs_zoo):
                             "results_dir": str(tmp_path), "outer.lr": config.outer.lr * 2}, "train-zoo")
     with pytest.raises(ArtifactError, match=r"other settings \(outer\)"):
         blobs_zoo(changed)
+
+
+def test_zoo_parts_give_every_process_a_part_and_keep_each_chunks_batch_order():
+    from datadistill.jobs.zoo import ZOO_CHUNK, zoo_parts
+
+    assert ZOO_CHUNK == 10
+    # enough chunks: whole chunks, from the networks already trained on
+    assert zoo_parts(3, 30, 2) == [(3, 13, 3), (13, 23, 13), (23, 30, 23)]
+    # one chunk, two processes: two parts, both trained in the chunk's batch order (from network 0)
+    assert zoo_parts(0, 5, 2) == [(0, 2, 0), (2, 5, 0)]
+    # more processes than networks: one network a part
+    assert zoo_parts(0, 3, 8) == [(0, 1, 0), (1, 2, 0), (2, 3, 0)]
+    # two chunks, four processes: each chunk in two
+    assert zoo_parts(0, 14, 4) == [(0, 5, 0), (5, 10, 0), (10, 12, 10), (12, 14, 10)]
+    assert zoo_parts(7, 7, 2) == []

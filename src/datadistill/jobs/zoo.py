@@ -51,10 +51,11 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
 
     Networks are trained ``ZOO_CHUNK`` at a time and each chunk is stored as a part, so a killed
     run resumes from the last finished part; an existing zoo of the same settings is extended,
-    never retrained. ``progress(done, total)`` is called after every chunk this process trains.
-    In a group of processes, chunk i is trained by rank i mod size, so no two write one file;
-    rank 0 joins the parts into the zoo once all are done (the zoo folder must be one that all
-    processes see).
+    never retrained. ``progress(done, total)`` is called after every part this process trains.
+    In a group of processes, part i is trained by rank i mod size, so no two write one file, and
+    where there are fewer chunks than processes each chunk is cut into smaller parts
+    (``zoo_parts``) so that every process trains; rank 0 joins the parts into the zoo once all
+    are done (the zoo folder must be one that all processes see).
     """
     config = normalise_config(config)
     path = expert_zoo_file(config, config.phase) if trajectories else zoo_file(config, config.phase)
@@ -67,26 +68,28 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     model = model_for(config, dataset)
     m = config.model
     done = len(existing) if existing is not None else 0
-    starts = list(range(done, n, ZOO_CHUNK))
+    parts = zoo_parts(done, n, world.size)
     # parts left by an interrupted run are checked by every process up front: a collective inside
-    # the loop below would pair up differently on processes with different numbers of chunks
+    # the loop below would pair up differently on processes with different numbers of parts
     world.agree(lambda: [_matching(artifacts.load_zoo(p), wanted, p)
-                         for p in (_part_path(folder, s, n) for s in starts) if p.exists()])
+                         for p in (_part_path(folder, a, b) for a, b, _ in parts) if p.exists()])
     augment = augmenter(config.methods.augment, siamese=False) if trajectories else None  # experts only
-    for start in starts[world.rank::world.size]:
-        stop = min(start + ZOO_CHUNK, n)
-        part_path = _part_path(folder, start, n)
+    for start, stop, chunk in parts[world.rank::world.size]:
+        part_path = _part_path(folder, start, stop)
         if not part_path.exists():
             seeds = zoo_seeds(config.phase, start, stop)
             init = fresh_nets(model, m.init, m.init_param, seeds, device)
-            generator = torch.Generator().manual_seed(seeds[0])  # batch order of this chunk
+            # the batch order (and the experts' augmentations) of the whole chunk, drawn from its
+            # first network's seed, so that a network trains alike in a part of any size
+            chunk_seed = zoo_seeds(config.phase, chunk, chunk + 1)[0]
+            generator = torch.Generator().manual_seed(chunk_seed)
             trajectory = None
             if trajectories:
                 # the augmentations draw from a stream of their own, so the batch order is the same
                 # with and without them
                 trained, trajectory = train_trajectories(
                     model, init, dataset.train, config.outer.epochs, config.outer.batch_size, generator,
-                    config.outer.lr, augment=augment, augment_generator=torch.Generator().manual_seed(seeds[0]))
+                    config.outer.lr, augment=augment, augment_generator=torch.Generator().manual_seed(chunk_seed))
             else:
                 trained = train_networks(model, init, dataset.train, config.outer, generator)
             part = Zoo({k: v.cpu() for k, v in trained.items()}, accuracy(model, trained, dataset.test).cpu(),
@@ -98,17 +101,32 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
             progress(stop, n)
     world.barrier()  # every part is on disk
     if world.is_main:
-        parts = [existing] if existing is not None else []
-        parts += [artifacts.load_zoo(_part_path(folder, s, n)) for s in starts]
-        artifacts.save_zoo(path, Zoo.concat(parts))
+        zoos = [existing] if existing is not None else []
+        zoos += [artifacts.load_zoo(_part_path(folder, a, b)) for a, b, _ in parts]
+        artifacts.save_zoo(path, Zoo.concat(zoos))
         for stale in folder.glob("part-*.pt"):
             stale.unlink()
     world.barrier()  # the zoo is on disk
     return artifacts.load_zoo(path), path
 
 
-def _part_path(folder: Path, start: int, n: int) -> Path:
-    return folder / f"part-{start:06d}-{min(start + ZOO_CHUNK, n):06d}.pt"
+def zoo_parts(done: int, n: int, processes: int) -> list[tuple[int, int, int]]:
+    """The parts networks ``done..n-1`` are trained in, as (start, stop, chunk start): chunks of
+    ``ZOO_CHUNK`` from ``done``, each cut into near-equal parts where there are fewer chunks than
+    ``processes``, so that every process has one (5 networks on 2 processes: 0-1 and 2-4). A part
+    trains with its chunk's batch order, so the networks do not depend on the cut."""
+    chunks = [(a, min(a + ZOO_CHUNK, n)) for a in range(done, n, ZOO_CHUNK)]
+    cuts = -(-processes // len(chunks)) if chunks else 1
+    parts = []
+    for a, b in chunks:
+        k = min(cuts, b - a)
+        bounds = [a + (b - a) * i // k for i in range(k + 1)]
+        parts += [(lo, hi, a) for lo, hi in zip(bounds, bounds[1:])]
+    return parts
+
+
+def _part_path(folder: Path, start: int, stop: int) -> Path:
+    return folder / f"part-{start:06d}-{stop:06d}.pt"
 
 
 # the outer settings ``zoo.train_networks`` reads; others (the distillation's step-size rate, its
