@@ -140,38 +140,39 @@ def test_two_processes_distil_what_one_does_and_resume(tmp_path):
     assert mb["final_accuracy"]["mean"] == pytest.approx(ma["final_accuracy"]["mean"], abs=0.02)
 
 
-@pytest.mark.slow
-def test_a_zoo_trained_by_two_processes_is_one_zoo(tmp_path):
-    zoo = ["--mode", "train", "--dataset", "digits", "--arch", "LeNet", "--n_nets", "30", "--epochs", "1",
+def _zoos_by_one_and_two_processes(folder, n_nets: int):
+    """The digits LeNet zoo of ``n_nets`` networks trained by one process and by two."""
+    zoo = ["--mode", "train", "--dataset", "digits", "--arch", "LeNet", "--n_nets", str(n_nets), "--epochs", "1",
            "--no_progress"]
-    two = _torchrun(*zoo, "--zoo_dir", str(tmp_path / "two"))
+    two = _torchrun(*zoo, "--zoo_dir", str(folder / f"two{n_nets}"))
     assert two.returncode == 0, two.stderr
-    one = _one(*zoo, "--zoo_dir", str(tmp_path / "one"))
+    one = _one(*zoo, "--zoo_dir", str(folder / f"one{n_nets}"))
     assert one.returncode == 0, one.stderr
     path = "digits-LeNet-xavier-train/zoo.pt"
-    z1, z2 = artifacts.load_zoo(tmp_path / "one" / path), artifacts.load_zoo(tmp_path / "two" / path)
-    assert len(z2) == 30 and not list((tmp_path / "two").glob("*/part-*"))
-    for name in z1.params:  # chunk i trained by rank i mod 2, from the same seeds
+    assert not list((folder / f"two{n_nets}").glob("*/part-*"))
+    return artifacts.load_zoo(folder / f"one{n_nets}" / path), artifacts.load_zoo(folder / f"two{n_nets}" / path)
+
+
+@pytest.mark.slow
+def test_a_zoo_trained_by_two_processes_is_one_zoo(tmp_path):
+    # three chunks: chunk i trained by rank i mod 2, from the same seeds
+    z1, z2 = _zoos_by_one_and_two_processes(tmp_path, 30)
+    assert len(z2) == 30
+    for name in z1.params:
         torch.testing.assert_close(z1.params[name], z2.params[name])
     # fewer networks than a chunk: the one chunk is cut in two parts, one per process, each with
     # the chunk's batch order, so the networks are the ones one process trains
-    few = ["--mode", "train", "--dataset", "digits", "--arch", "LeNet", "--n_nets", "3", "--epochs", "1",
-           "--no_progress"]
-    two = _torchrun(*few, "--zoo_dir", str(tmp_path / "two3"))
-    assert two.returncode == 0, two.stderr
-    one = _one(*few, "--zoo_dir", str(tmp_path / "one3"))
-    assert one.returncode == 0, one.stderr
-    z1, z2 = artifacts.load_zoo(tmp_path / "one3" / path), artifacts.load_zoo(tmp_path / "two3" / path)
-    assert len(z2) == 3
-    for name in z1.params:
-        torch.testing.assert_close(z1.params[name], z2.params[name])
+    few1, few2 = _zoos_by_one_and_two_processes(tmp_path, 3)
+    assert len(few2) == 3
+    for name in few1.params:
+        torch.testing.assert_close(few1.params[name], few2.params[name])
     # and two processes distil against it, each drawing from its own half (scored by the zoo
     # itself, so without RUN's --test_n_nets, which same_as_train refuses)
     i = RUN.index("--test_n_nets")
     run = RUN[:i] + RUN[i + 2:]
     attack = _torchrun(*run, "--mode", "distill_attack", "--attack_class", "0", "--target_class", "1",
                        "--train_nets_type", "loaded", "--n_nets", "30", "--sample_n_nets", "4",
-                       "--test_nets_type", "same_as_train", "--zoo_dir", str(tmp_path / "two"),
+                       "--test_nets_type", "same_as_train", "--zoo_dir", str(tmp_path / "two30"),
                        "--epochs", "1", "--results_dir", str(tmp_path / "attack"))
     assert attack.returncode == 0, attack.stderr
     metrics = json.loads((tmp_path / "attack" / "metrics.json").read_text())
