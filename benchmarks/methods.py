@@ -58,17 +58,20 @@ SETTINGS = {
     # scored without flips for 1000 epochs, the protocol its validation chose (RESULTS.md)
     ("gm", 1): ["--augment", "dsa", "--label_mode", "soft", "--outer_loop", "1", "--inner_steps", "1",
                 "--epochs", "30", "--eval_every", "30", "--eval_augment", "dsa-noflip", "--scratch_epochs", "1000"],
-    # mtt's segments: MTT_SEGMENTS; every mtt cell is scored for 300 epochs, the preset's
+    # mtt's segments: MTT_SEGMENTS; every mtt cell is scored for 300 epochs, the preset's. At 10 per
+    # class the preset's 30 steps a segment; at 1 and 50 per class 10 steps, the count their figures
+    # were measured with (30 is validated at 10 per class only)
     ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2"],
-    ("mtt", 1): ["--max_start_epoch", "3", "--expert_epochs", "2"],
-    ("mtt", 50): ["--max_start_epoch", "3", "--expert_epochs", "2", "--batch_size", "512"],
+    ("mtt", 1): ["--max_start_epoch", "3", "--expert_epochs", "2", "--syn_steps", "10"],
+    ("mtt", 50): ["--max_start_epoch", "3", "--expert_epochs", "2", "--syn_steps", "10", "--batch_size", "512"],
 }
-# mtt reads no real batch, but its iterations (one segment of 10 unrolled steps each) are counted
-# in epochs of them, so the epochs of a cell are worked out per dataset from these counts: 642 are
-# 3 MNIST epochs of batches of 256, sized to about 20 minutes on 2 cores (times in RESULTS.md);
-# at 50 per class, where a segment unrolls five times the images, 107 (one MNIST epoch of batches
-# of 512). Validated at the start and the end only.
-MTT_SEGMENTS = {10: 642, 1: 642, 50: 107}
+# mtt reads no real batch, but its iterations (one segment of unrolled steps each) are counted in
+# epochs of them, so the epochs of a cell are worked out per dataset from these counts: at 10 per
+# class 214 segments of 30 steps (one MNIST epoch of batches of 256, the preset's); at 1 per class
+# 642 of 10 steps (3 MNIST epochs), sized to about 20 minutes on 2 cores (times in RESULTS.md); at
+# 50 per class, where a segment unrolls five times the images, 107 of 10 steps (one MNIST epoch of
+# batches of 512). Validated at the start and the end only.
+MTT_SEGMENTS = {10: 214, 1: 642, 50: 107}
 EXPERTS = ["--n_nets", "5", "--epochs", "5"]  # covers starts 0..2 plus 2 expert epochs
 # 5 teachers: 2 Adam epochs on MNIST (about 430 steps); the bundled digits' few batches (about 6 an
 # epoch) need 30, a count chosen on digits' validation split
