@@ -36,6 +36,7 @@ from typing import NamedTuple
 from _common import DATA, datadistill, require_mnist, timed
 
 from datadistill.config import OuterConfig
+from datadistill.config.presets import PRESETS
 from datadistill.data import batches_per_epoch, load_dataset
 
 # flags of each (method, ipc) beyond its preset; gm at one image per class takes DC's loops for it
@@ -62,7 +63,7 @@ SETTINGS = {
     # (DSA without flips, 1000 epochs); at 1 and 50 per class 10 steps, scored without augmentation
     # for 300 epochs, the settings their figures were measured with (the preset's are validated at
     # 10 per class only, and 1000 epochs of 500 images would take hours here)
-    ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2", "--batch_size", "428"],
+    ("mtt", 10): ["--max_start_epoch", "3", "--expert_epochs", "2"],
     ("mtt", 1): ["--max_start_epoch", "3", "--expert_epochs", "2", "--syn_steps", "10",
                  "--eval_augment", "none", "--scratch_epochs", "300"],
     ("mtt", 50): ["--max_start_epoch", "3", "--expert_epochs", "2", "--syn_steps", "10", "--batch_size", "512",
@@ -75,9 +76,8 @@ SETTINGS = {
 # 50 per class, where a segment unrolls five times the images, 107 of 10 steps (one MNIST epoch of
 # batches of 512). Validated at the start and the end only.
 MTT_SEGMENTS = {10: 128, 1: 642, 50: 107}
-# 10 experts of 4 epochs cover starts 0..2 plus 2 expert epochs; with 50-step segments they validate
-# at 95.79 against 95.62 for 5 experts of 5 epochs (within noise), at 40 expert epochs against 25
-# (times in RESULTS.md)
+# 10 experts of 4 epochs cover starts 0..2 plus 2 expert epochs; more starting points than 5 of 5,
+# chosen on MNIST's validation split (figures and times in RESULTS.md)
 EXPERTS = ["--n_nets", "10", "--epochs", "4"]
 # 5 teachers: 2 Adam epochs on MNIST (about 430 steps); the bundled digits' few batches (about 6 an
 # epoch) need 30, a count chosen on digits' validation split
@@ -106,7 +106,8 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
     method, ipc, *variants = cell.split(":")
     flags = list(SETTINGS[(method, int(ipc))])
     if method == "mtt":
-        batch = int(flags[flags.index("--batch_size") + 1]) if "--batch_size" in flags else OuterConfig().batch_size
+        preset_batch = PRESETS[method].get("outer.batch_size", OuterConfig().batch_size)
+        batch = int(flags[flags.index("--batch_size") + 1]) if "--batch_size" in flags else preset_batch
         per_epoch = batches_per_epoch(len(load_dataset(dataset, root).train.y), batch)
         epochs = str(-(-MTT_SEGMENTS[int(ipc)] // per_epoch))  # whole epochs, at least the count
         flags += ["--epochs", epochs, "--eval_every", epochs]

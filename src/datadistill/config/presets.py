@@ -49,8 +49,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # above 30, 20 and 10 at about the same count of unrolled steps, on MNIST's validation split
     # (ConvNet width 32, 10 per class); one epoch of batches of 428 is 128 segments on MNIST, sized to
     # a 2-core CPU (more segments of 10 steps did not validate higher). Scored as dm is, DSA without
-    # flips for 1000 epochs, as the MTT paper scores with DSA (validation 95.26 so against 93.74
-    # without augmentation for 300 epochs, at 30 steps); its matching steps stay unaugmented
+    # flips for 1000 epochs, as the MTT paper scores with DSA (above no augmentation for 300 epochs
+    # on validation; figures in benchmarks/RESULTS.md); its matching steps stay unaugmented
     # (augmented ones validated lower)
     "mtt": {"synthetic.image_init": "real", "synthetic.init_lr": 0.01, "outer.lr": 0.05, "outer.epochs": 1,
             "outer.batch_size": 428, "methods.syn_steps": 50, "evaluation.augment": "dsa-noflip",
