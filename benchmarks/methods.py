@@ -59,7 +59,7 @@ SETTINGS = {
     # scored without flips for 1000 epochs, the protocol its validation chose (RESULTS.md)
     ("gm", 1): ["--augment", "dsa", "--label_mode", "soft", "--outer_loop", "1", "--inner_steps", "1",
                 "--epochs", "30", "--eval_every", "30", "--eval_augment", "dsa-noflip", "--scratch_epochs", "1000"],
-    # mtt's segments: MTT_SEGMENTS. At 10 per class the preset's 50 steps a segment and its scoring
+    # mtt's segments: MTT_SEGMENTS. At 10 per class the preset's 70 steps a segment and its scoring
     # (DSA without flips, 1000 epochs); at 1 and 50 per class 10 steps, scored without augmentation
     # for 300 epochs, the settings their figures were measured with (the preset's are validated at
     # 10 per class only, and 1000 epochs of 500 images would take hours here)
@@ -71,7 +71,7 @@ SETTINGS = {
 }
 # mtt reads no real batch, but its iterations (one segment of unrolled steps each) are counted in
 # epochs of them, so the epochs of a cell are worked out per dataset from these counts: at 10 per
-# class 128 segments of 50 steps (one MNIST epoch of batches of 428, the preset's); at 1 per class
+# class 128 segments of 70 steps (one MNIST epoch of batches of 428, the preset's); at 1 per class
 # 642 of 10 steps (3 MNIST epochs), sized to about 20 minutes on 2 cores (times in RESULTS.md); at
 # 50 per class, where a segment unrolls five times the images, 107 of 10 steps (one MNIST epoch of
 # batches of 512). Validated at the start and the end only.

@@ -243,6 +243,9 @@ def test_segments_are_drawn_within_the_trajectories(tmp_path, blobs_zoo):
 def test_the_set_is_one_batch_of_real_images_and_one_step_size(blobs):
     config = build_config({"method": "mtt", "synthetic.ipc": 4, "synthetic.init_lr": 0.02})
     assert config.preset == "mtt" and config.synthetic.image_init == "real"
+    # the preset's oneDNN for its unrolled steps yields to an explicit --conv_backend
+    assert config.conv_backend == "mkldnn"
+    assert build_config({"method": "mtt", "conv_backend": "native"}).conv_backend == "native"
     model = models.build_model("MLP", 1, 8, 3, width=16)
     method = method_class("mtt").from_config(config, model, Runtime("cpu"))
     assert method.protocol == "from_scratch"
