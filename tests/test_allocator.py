@@ -10,8 +10,9 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # In a fresh interpreter: bytes glibc maps for one malloc of argv[3] MiB (mallinfo2's hblkhd) and
 # bytes of heap (arena) its free returns to the system, with or without keep_freed_memory() first.
-# The block is never touched, so even a large one costs address space only. mallinfo2 is glibc >= 2.33. The module is loaded from its
-# file, without the package (and torch), whose freed imports would raise glibc's own threshold.
+# The block is never touched, so even a large one costs address space only. mallinfo2 is glibc >=
+# 2.33. The module is loaded from its file, without the package (and torch), whose freed imports
+# would raise glibc's own threshold.
 MAPPED_FOR_ONE_BLOCK = """
 import ctypes, importlib.util, sys
 spec = importlib.util.spec_from_file_location("allocator", sys.argv[2])

@@ -49,11 +49,11 @@ PRESETS: dict[str, dict[str, object]] = {
     # above 30, 20 and 10 at about the same count of unrolled steps, and 70 above 50 at the same 128
     # segments, on MNIST's validation split (ConvNet width 32, 10 per class); one epoch of batches of
     # 428 is 128 segments on MNIST, sized to a 2-core CPU (more segments of 10 steps did not
-    # validate higher). Scored as dm is, DSA without
-    # flips for 1000 epochs, as the MTT paper scores with DSA (above no augmentation for 300 epochs
-    # on validation; figures in benchmarks/RESULTS.md); its matching steps stay unaugmented
-    # (augmented ones validated lower). Its unrolled steps convolve the whole set (100 images at 10
-    # per class) through 32 channels or more, where oneDNN runs them faster than the native kernels
+    # validate higher). Scored as dm is, DSA without flips for 1000 epochs, as the MTT paper scores
+    # with DSA (above no augmentation for 300 epochs on validation; figures in
+    # benchmarks/RESULTS.md); its matching steps stay unaugmented (augmented ones validated
+    # lower). Its unrolled steps convolve the whole set (100 images at 10 per class) through 32
+    # channels or more, where oneDNN runs them faster than the native kernels
     # (benchmarks/backends.py), so it pins mkldnn rather than the default native
     "mtt": {"synthetic.image_init": "real", "synthetic.init_lr": 0.01, "outer.lr": 0.05, "outer.epochs": 1,
             "outer.batch_size": 428, "methods.syn_steps": 70, "evaluation.augment": "dsa-noflip",
