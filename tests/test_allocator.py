@@ -49,8 +49,8 @@ def test_a_large_block_comes_from_the_heap_and_stays_there_when_freed():
     # 64 MiB is above the 32 MiB ceiling of the mapping threshold: glibc's default maps it afresh
     assert mapped_and_returned("default", 64)[0] >= 64 << 20
     assert mapped_and_returned("keep", 64) == (0, 0)
-    # 1.5 GiB (a step of 10 stacked ConvNets frees that much) is above any trim threshold mallopt
-    # takes but -1 (off): the heap keeps it
+    # 1.5 GiB (a step of 10 stacked ConvNets frees that much) is above a high trim threshold such
+    # as 1 GiB; with trimming off the heap keeps it
     assert mapped_and_returned("keep", 1536) == (0, 0)
 
 
