@@ -27,6 +27,7 @@ from _common import require_mnist
 DRIVER = """
 import ctypes, ctypes.util, resource, sys
 import datadistill.runtime as runtime
+from datadistill.allocator import M_MMAP_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD_MAX
 from datadistill.commands import main
 mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
 mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -34,7 +35,8 @@ variant = sys.argv[1]
 if variant == "off":
     runtime.keep_freed_memory = lambda: False
 elif variant == "trim-1gib":
-    runtime.keep_freed_memory = lambda: all(mallopt(*a) for a in ((-3, 32 << 20), (-1, 1 << 30), (-4, 0)))
+    runtime.keep_freed_memory = lambda: all(mallopt(*a) for a in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX),
+                                                                (M_TRIM_THRESHOLD, 1 << 30), (M_MMAP_MAX, 0)))
 code = main(sys.argv[2:])
 print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
 sys.exit(code)
