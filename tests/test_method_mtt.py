@@ -299,6 +299,8 @@ def test_mtt_on_digits_beats_random_real_images(tmp_path, capsys):
     assert 0 < losses[-1] < 1  # closer to the experts' targets than standing still
 
     dataset = load_for(config)
+    # 2 expert epochs of batches of 32, beside the set's 10 steps
+    assert result.metrics["mtt"]["expert_steps"] == 2 * (len(dataset.train) // 32)
     model = model_for(config, dataset)
     nets = fresh_nets(model, "xavier", 1.0, eval_seeds(seed, n_nets), "cpu")  # the run's scoring networks
 

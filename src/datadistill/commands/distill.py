@@ -65,8 +65,9 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g.add_argument("--inner_steps", type=int, help=f"gm: network steps on the set between updates "
                                                    f"(default {D.methods.inner_steps})")
     g.add_argument("--inner_lr", type=float, help=f"gm: their learning rate (default {D.methods.inner_lr})")
-    g.add_argument("--syn_steps", type=int, help=f"mtt: steps on the set from an expert's start "
-                                                 f"(default {D.methods.syn_steps})")
+    g.add_argument("--syn_steps", type=int, help="mtt: steps on the set from an expert's start ("
+                                                 + preset_note("methods.syn_steps") + "); metrics.json's "
+                                                 "mtt.expert_steps is the experts' own SGD steps they stand for")
     g.add_argument("--expert_epochs", type=int, help=f"mtt: expert epochs they should cover "
                                                      f"(default {D.methods.expert_epochs})")
     g.add_argument("--max_start_epoch", type=int, help=f"mtt: latest expert epoch to start from "

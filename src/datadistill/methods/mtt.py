@@ -28,7 +28,7 @@ import torch.nn as nn
 from .. import artifacts
 from ..augment import augmenter
 from ..config import RunConfig
-from ..data import Split
+from ..data import Split, batches_per_epoch
 from ..errors import ArtifactError, ConfigError
 from ..inner import batched_unroll
 from ..models import Params
@@ -136,6 +136,7 @@ class Mtt(Method):
         # the augmentations' own stream, so that --augment leaves the run's stream as it is
         self.generator = torch.Generator().manual_seed(seed)
         self.experts: dict = {}  # what the report says about them, once loaded
+        self._expert_batch: int | None = None  # the experts' batch size, where their zoo records it
 
     @classmethod
     def from_config(cls, config: RunConfig, model: nn.Module, runtime: Runtime) -> "Mtt":
@@ -152,6 +153,7 @@ class Mtt(Method):
                                                     device, config.nets.n_nets, world))
         self.experts = {"experts": source.n_experts, "expert_epochs_trained": source.epochs,
                         "expert_test_accuracy": float(zoo.accuracies.mean())}
+        self._expert_batch = (zoo.config.get("outer") or {}).get("batch_size")
         return source
 
     def initial(self, setup: Setup) -> LearnableSet:
@@ -203,6 +205,10 @@ class Mtt(Method):
 
     def report(self, synthetic: SyntheticSet, setup: Setup, test: Split, train_nets: Params | None,
                test_nets: Params, progress: Callable[[str], None]) -> dict:
+        # the experts' SGD steps a segment spans, beside syn_steps: where the set has far more steps
+        # than the expert took (a small dataset's few batches an epoch), they overshoot its target
+        spans = {} if self._expert_batch is None else {
+            "expert_steps": self.expert_epochs * batches_per_epoch(len(setup.train), self._expert_batch)}
         return {"mtt": {"step_size": float(synthetic.lrs[0]), "syn_steps": self.syn_steps,
                         "expert_epochs": self.expert_epochs, "max_start_epoch": self.max_start_epoch,
-                        **self.experts}}
+                        **spans, **self.experts}}
