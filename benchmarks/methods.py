@@ -4,10 +4,10 @@ from scratch), wall time and peak memory, with random real images of the same IP
 Each cell is one `datadistill distill --method M --ipc N ...` run (its peak resident set is the
 one its metrics.json records) with the flags of ``SETTINGS`` (sized to about 20 minutes of
 distillation on 2 CPU cores on MNIST; mtt's as a count of segments, ``MTT_SEGMENTS``, the same on
-every dataset), then one `datadistill test --test_distilled_images
-random_train` run under the same from-scratch protocol (the run's init, augmentation and epochs,
-read from its metrics.json). mtt first trains its experts (`train-zoo --trajectories`), timed
-apart, once per dataset.
+every dataset, of the preset's steps unless ``MTT_SYN_STEPS`` names the dataset), then one
+`datadistill test --test_distilled_images random_train` run under the same from-scratch protocol
+(the run's init, augmentation and epochs, read from its metrics.json). mtt first trains its
+experts (`train-zoo --trajectories`), timed apart, once per dataset.
 
 A cell ``method:ipc:fK`` runs the same flags with ``--factor K`` (multi-formation: ipc stored
 images per class, ipc x K^2 training images); its random real images are ``ipc`` per class, the
@@ -75,6 +75,12 @@ SETTINGS = {
 # a segment unrolls five times the images, 107 of 10 steps (one MNIST epoch of batches of 512).
 # Validated at the start and the end only.
 MTT_SEGMENTS = {10: 128, 1: 640, 50: 107}
+# steps a segment where a dataset's experts take far fewer SGD steps than MNIST's 428 in 2 epochs:
+# digits' 1132 training images make 4 batches of 256 an epoch, 8 steps in 2, which the preset's 70
+# overshoot (matching loss about 11, the set validating below its real start). 20 validated best of
+# 5 / 10 / 20 / 70 on digits' validation split at 10 per class (figures in RESULTS.md); used at 1
+# per class too (at 50 per class every dataset runs 10)
+MTT_SYN_STEPS = {"digits": "20"}
 # 10 experts of 4 epochs cover starts 0..2 plus 2 expert epochs; more starting points than 5 of 5,
 # chosen on MNIST's validation split (figures and times in RESULTS.md)
 EXPERTS = ["--n_nets", "10", "--epochs", "4"]
@@ -110,6 +116,8 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
         per_epoch = batches_per_epoch(len(load_dataset(dataset, root).train.y), batch)
         epochs = str(-(-MTT_SEGMENTS[int(ipc)] // per_epoch))  # whole epochs, at least the count
         flags += ["--epochs", epochs, "--eval_every", epochs]
+        if dataset in MTT_SYN_STEPS and "--syn_steps" not in flags:
+            flags += ["--syn_steps", MTT_SYN_STEPS[dataset]]
     for variant in variants:
         if variant.startswith("f") and variant[1:].isdigit():
             flags += ["--factor", variant[1:]]

@@ -54,7 +54,9 @@ PRESETS: dict[str, dict[str, object]] = {
     # benchmarks/RESULTS.md); its matching steps stay unaugmented (augmented ones validated
     # lower). Its unrolled steps convolve the whole set (100 images at 10 per class) through 32
     # channels or more, where oneDNN runs them faster than the native kernels
-    # (benchmarks/backends.py), so it pins mkldnn rather than the default native
+    # (benchmarks/backends.py), so it pins mkldnn rather than the default native. The 70 steps stand
+    # for the experts' 428 SGD steps in 2 epochs of MNIST; a dataset of few batches an epoch wants
+    # fewer (metrics.json's mtt.expert_steps; digits, 8 expert steps: 20, benchmarks/methods.py)
     "mtt": {"synthetic.image_init": "real", "synthetic.init_lr": 0.01, "outer.lr": 0.05, "outer.epochs": 1,
             "outer.batch_size": 428, "methods.syn_steps": 70, "evaluation.augment": "dsa-noflip",
             "evaluation.scratch_epochs": 1000, "conv_backend": "mkldnn"},
