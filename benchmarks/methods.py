@@ -77,9 +77,8 @@ SETTINGS = {
 MTT_SEGMENTS = {10: 128, 1: 640, 50: 107}
 # steps a segment where a dataset's experts take far fewer SGD steps than MNIST's 428 in 2 epochs:
 # digits' 1132 training images make 4 batches of 256 an epoch, 8 steps in 2, which the preset's 70
-# overshoot (matching loss about 11, the set validating below its real start). 20 validated best of
-# 5 / 10 / 20 / 70 on digits' validation split at 10 per class (figures in RESULTS.md); used at 1
-# per class too (at 50 per class every dataset runs 10)
+# overshoot. 20 chosen among 5 / 10 / 20 / 70 on digits' validation split at 10 per class (figures
+# in RESULTS.md); used at 1 per class too (at 50 per class every dataset runs 10)
 MTT_SYN_STEPS = {"digits": "20"}
 # 10 experts of 4 epochs cover starts 0..2 plus 2 expert epochs; more starting points than 5 of 5,
 # chosen on MNIST's validation split (figures and times in RESULTS.md)
