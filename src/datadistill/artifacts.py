@@ -74,8 +74,10 @@ def _torch_load(path, what: str, hint: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a corrupt or foreign file
+        # torch's own words for a foreign file can be as bare as "list index out of range"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"cannot read {what} {path}: {first}; {hint}") from None
+        raise ArtifactError(f"cannot read {what} {path}: not a PyTorch file of plain tensors, or a damaged one "
+                            f"(torch.load: {first}); {hint}") from None
 
 
 def save_distilled(path, synthetic: SyntheticSet) -> Path:
