@@ -19,7 +19,12 @@ read apart from what the labels add.
 
     python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,mtt:1,mtt:50,gm:1:f2,dm:1:teacher]
         [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"]
-        [--keep DIR]
+        [--keep DIR] [--device cuda] [--paper [--fraction F]]
+
+``--paper`` runs dm:10, gm:10 and mtt:10 at the papers' iteration counts and loop shapes
+(``PAPER_SETTINGS``), the rest as each preset; with ``--device cuda --width 128`` these are issue
+20's GPU rows, and ``--fraction F`` runs F of the papers' iterations to fit a device window (each
+cell's line gives the iterations run and the seconds each, to size the next window).
 
 MNIST is read from ../shared/data (or $DATADISTILL_DATA), never downloaded; ``digits`` is bundled;
 another torchvision dataset must already lie in that folder in torchvision's layout.
@@ -89,6 +94,22 @@ TEACHERS = ["--n_nets", "5"]
 TEACHER_EPOCHS = {"digits": "30"}  # others: 2
 INITS = {"dm": "default", "gm": "default", "mtt": "xavier"}  # each preset's, which its teachers share
 
+# --paper (issue 20's GPU rows, 10 per class; with --device cuda --width 128): the papers' iteration
+# counts and loop shapes on top of each method's preset, whose rates and scoring were chosen on
+# MNIST's validation split at width 32. dm: 20000 steps of 256 real images per class (Zhao and Bilen
+# 2023); gm with DSA: 1000 iterations of 10 image updates, 50 network steps between, 256 real images
+# per class (Zhao and Bilen 2021; the defaults of --outer_loop and --inner_steps); mtt: 5000 segments
+# of 50 steps covering 2 expert epochs from starts before epoch 20 (Cazenavette et al. 2022, MNIST),
+# on 10 experts of the 21 epochs those starts need (the paper trains 100 for 50 epochs, of which
+# its starts read the first 22). PAPER_ITERATIONS counts outer steps, image updates, segments.
+PAPER_SETTINGS = {
+    ("dm", 10): ["--batch_size", "2560"],
+    ("gm", 10): ["--augment", "dsa", "--batch_size", "2560"],
+    ("mtt", 10): ["--syn_steps", "50", "--expert_epochs", "2", "--max_start_epoch", "20"],
+}
+PAPER_ITERATIONS = {"dm": 20000, "gm": 10000, "mtt": 5000}
+PAPER_EXPERTS = ["--n_nets", "10", "--epochs", "21"]
+
 
 class Row(NamedTuple):
     """One cell's line of the table; accuracies as the runs' json holds them ({mean, std, ...})."""
@@ -106,14 +127,26 @@ class Row(NamedTuple):
 
 def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> Row:
     """One cell on one dataset: distil, then random real images under the run's own protocol."""
-    arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress"]
+    arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress",
+            *(["--device", args.device] if args.device else [])]
     method, ipc, *variants = cell.split(":")
-    flags = list(SETTINGS[(method, int(ipc))])
-    if method == "mtt":
+    settings = PAPER_SETTINGS if args.paper else SETTINGS
+    if (method, int(ipc)) not in settings:
+        raise SystemExit(f"no settings for cell {cell}{' with --paper' if args.paper else ''}; accepted: "
+                         + ", ".join(f"{m}:{n}" for m, n in settings))
+    flags = list(settings[(method, int(ipc))])
+
+    def epochs_for(iterations: int) -> str:
+        """Whole epochs of the run's batches that make at least ``iterations`` outer steps."""
         preset_batch = PRESETS[method].get("outer.batch_size", OuterConfig().batch_size)
         batch = int(flags[flags.index("--batch_size") + 1]) if "--batch_size" in flags else preset_batch
-        per_epoch = batches_per_epoch(len(load_dataset(dataset, root).train.y), batch)
-        epochs = str(-(-MTT_SEGMENTS[int(ipc)] // per_epoch))  # whole epochs, at least the count
+        return str(-(-iterations // batches_per_epoch(len(load_dataset(dataset, root).train.y), batch)))
+
+    if args.paper:
+        epochs = epochs_for(max(1, round(args.fraction * PAPER_ITERATIONS[method])))
+        flags += ["--epochs", epochs, "--eval_every", epochs]
+    elif method == "mtt":
+        epochs = epochs_for(MTT_SEGMENTS[int(ipc)])
         flags += ["--epochs", epochs, "--eval_every", epochs]
         if dataset in MTT_SYN_STEPS and "--syn_steps" not in flags:
             flags += ["--syn_steps", MTT_SYN_STEPS[dataset]]
@@ -127,7 +160,8 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
     zoo = folder / "zoo"  # the experts and the teachers, shared by this dataset's cells
     extra = ["--zoo_dir", str(zoo)] if method == "mtt" or "teacher" in variants else []
     if method == "mtt" and not any(zoo.glob("*-experts/zoo.pt")):
-        seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *EXPERTS, *extra,
+        experts = PAPER_EXPERTS if args.paper else EXPERTS
+        seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *experts, *extra,
                                        "--results_dir", str(folder)), env=env)
         print(f"{dataset} mtt experts: {seconds:.0f} s wall", flush=True)
     init = INITS[method]
@@ -158,11 +192,13 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
         timed(datadistill(*baseline, "--label_mode", "teacher", *extra, "--results_dir", str(taught_dir)), env=env)
         taught = json.loads((taught_dir / "results.json").read_text())["rows"][0]
     acc, val = m["final_accuracy"], m["validation"]
+    paper_note = f" of the paper's {PAPER_ITERATIONS[method]}" if args.paper else ""
     taught_note = "" if taught is None else f"; with the teachers' labels {100 * taught['mean']:.2f}"
     print(f"{' '.join(cmd[3:])}\n  test {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} "
           f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}"
           f"{taught_note}); "
-          f"{seconds:.0f} s wall; peak {peak:.0f} MiB", flush=True)
+          f"{seconds:.0f} s wall; peak {peak:.0f} MiB; {m['iterations']} iterations{paper_note}, "
+          f"{(m['distill_seconds'] - m['validation_seconds']) / max(1, m['iterations']):.3f} s each", flush=True)
     return Row(dataset, method, ":".join([ipc, *variants]), acc, val, real, taught, seconds, m["distill_seconds"], peak)
 
 
@@ -175,10 +211,18 @@ def main():
     p.add_argument("--width", default="32")
     p.add_argument("--test_n_nets", default="10")
     p.add_argument("--threads", help="OMP_NUM_THREADS of every run (default: torch's)")
+    p.add_argument("--device", help="--device of every run: cpu, cuda or cuda:N (default: the runs' own, cpu)")
+    p.add_argument("--paper", action="store_true",
+                   help="the papers' iteration counts and loop shapes at 10 per class (PAPER_SETTINGS; cells dm:10, "
+                        "gm:10, mtt:10), for a GPU: --device cuda --width 128")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="with --paper: this fraction of the papers' iterations, to fit a device window (default 1)")
     p.add_argument("--extra", default="", help="more flags for every distill run")
     p.add_argument("--keep", help="write the runs (and the experts) under this folder and keep them (default: a "
                                    "temporary folder)")
     args = p.parse_args()
+    if not 0 < args.fraction <= 1 or (args.fraction != 1 and not args.paper):
+        p.error("--fraction takes a number in (0, 1], and only with --paper")
     datasets = args.datasets.split(",")
     root = require_mnist() if "MNIST" in datasets else str(DATA)
     env = {**os.environ, **({"OMP_NUM_THREADS": args.threads} if args.threads else {})}
