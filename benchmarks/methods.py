@@ -136,11 +136,7 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
     arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress",
             *(["--device", args.device] if args.device else [])]
     method, ipc, *variants = cell.split(":")
-    settings = PAPER_SETTINGS if args.paper else SETTINGS
-    if (method, int(ipc)) not in settings:
-        raise SystemExit(f"no settings for cell {cell}{' with --paper' if args.paper else ''}; accepted: "
-                         + ", ".join(f"{m}:{n}" for m, n in settings))
-    flags = list(settings[(method, int(ipc))])
+    flags = list((PAPER_SETTINGS if args.paper else SETTINGS)[(method, int(ipc))])
 
     def epochs_for(iterations: int) -> str:
         """Whole epochs of the run's batches that make at least ``iterations`` outer steps."""
@@ -212,9 +208,9 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cells", default="dm:10,gm:10,gm:1,mtt:10",
-                   help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K and :teacher for "
-                        "--label_mode teacher")
+    p.add_argument("--cells", help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K and :teacher "
+                                    "for --label_mode teacher (default dm:10,gm:10,gm:1,mtt:10; with --paper "
+                                    "dm:10,gm:10,mtt:10)")
     p.add_argument("--datasets", default="MNIST", help="comma-separated datasets; each runs every cell")
     p.add_argument("--width", default="32")
     p.add_argument("--test_n_nets", default="10")
@@ -231,12 +227,19 @@ def main():
     args = p.parse_args()
     if not 0 < args.fraction <= 1 or (args.fraction != 1 and not args.paper):
         p.error("--fraction takes a number in (0, 1], and only with --paper")
+    settings = PAPER_SETTINGS if args.paper else SETTINGS
+    cells = (args.cells or ("dm:10,gm:10,mtt:10" if args.paper else "dm:10,gm:10,gm:1,mtt:10")).split(",")
+    for cell in cells:  # all checked before the first run, which may take an hour
+        method, ipc, *_ = cell.split(":") + [""]
+        if (method, int(ipc) if ipc.isdigit() else ipc) not in settings:
+            p.error(f"no settings for cell {cell}{' with --paper' if args.paper else ''}; accepted: "
+                    + ", ".join(f"{m}:{n}" for m, n in settings))
     datasets = args.datasets.split(",")
     root = require_mnist() if "MNIST" in datasets else str(DATA)
     env = {**os.environ, **({"OMP_NUM_THREADS": args.threads} if args.threads else {})}
     with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as d:
         rows = [run_cell(dataset, cell, Path(d) / dataset, args, env, root)
-                for dataset in datasets for cell in args.cells.split(",")]
+                for dataset in datasets for cell in cells]
     print("\n| dataset | method | ipc | test accuracy (%) | validation (%) | random real (%) "
           "| random real, teachers' labels (%) | wall (s) | distillation (s) | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
