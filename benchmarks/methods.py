@@ -229,11 +229,11 @@ def main():
         p.error("--fraction takes a number in (0, 1], and only with --paper")
     settings = PAPER_SETTINGS if args.paper else SETTINGS
     cells = (args.cells or ("dm:10,gm:10,mtt:10" if args.paper else "dm:10,gm:10,gm:1,mtt:10")).split(",")
+    accepted = [f"{m}:{n}" for m, n in settings]
     for cell in cells:  # all checked before the first run, which may take an hour
-        method, ipc, *_ = cell.split(":") + [""]
-        if (method, int(ipc) if ipc.isdigit() else ipc) not in settings:
+        if ":".join(cell.split(":")[:2]) not in accepted:
             p.error(f"no settings for cell {cell}{' with --paper' if args.paper else ''}; accepted: "
-                    + ", ".join(f"{m}:{n}" for m, n in settings))
+                    + ", ".join(accepted))
     datasets = args.datasets.split(",")
     root = require_mnist() if "MNIST" in datasets else str(DATA)
     env = {**os.environ, **({"OMP_NUM_THREADS": args.threads} if args.threads else {})}
