@@ -160,7 +160,8 @@ def test_distilled_beats_random_real_images_on_digits(tmp_path):
     # a fresh network (DC's setting for one image per class), 32 real images per class
     config = build_config({
         "method": "gm", "data.dataset": "digits", "data.val_size": 0, "model.arch": "ConvNet",
-        "model.width": 8, "synthetic.ipc": 1, "outer.epochs": 8, "outer.lr": 0.2,
+        "model.width": 8, "synthetic.ipc": 1, "synthetic.image_init": "real", "methods.augment": "none",
+        "outer.epochs": 8, "outer.lr": 0.2,
         "methods.outer_loop": 1, "methods.embed_batch": 32, "nets.test_n_nets": 2,
         "evaluation.scratch_epochs": 30, "evaluation.scratch_lr": 0.01, "results_dir": str(tmp_path),
         "seed": 0})
@@ -183,11 +184,14 @@ def test_distilled_beats_random_real_images_on_digits(tmp_path):
     assert result.final.mean > random_real.mean + 0.05, (result.final, random_real)
 
 
-def test_method_is_registered_and_the_preset_starts_from_real_images():
+def test_method_is_registered_and_the_preset_starts_from_herding_picks():
     from datadistill.config import PRESETS, default_preset
     assert method_class("gm") is Gm and Gm.protocol == "from_scratch"
     assert default_preset("distill_basic", "unknown_init", "gm") == "gm"
-    assert PRESETS["gm"]["synthetic.image_init"] == "real"
+    assert PRESETS["gm"]["synthetic.image_init"] == "herding"
+    # its matching and its scoring: DSA without flips, for 1000 epochs, unless the flags say otherwise
+    config = build_config({"method": "gm"})
+    assert (config.methods.augment, config.evaluation.scratch_epochs) == ("dsa-noflip", 1000)
     # the papers' networks: PyTorch's own layer initialisation, unless --init says otherwise
     assert build_config({"method": "gm"}).model.init == "default" == build_config({"method": "dm"}).model.init
     assert build_config({"method": "gm", "model.init": "xavier"}).model.init == "xavier"
