@@ -19,12 +19,14 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     add_mode(p)
     p.add_argument("--method", help=f"distillation method (default {D.method})")
     p.add_argument("--preset", help=f"named defaults for what the flags leave out: {', '.join(PRESETS)} "
-                                    "(default: by setting: fresh for unknown_init, fixed for known_init, zoo for "
-                                    "loaded nets, attack for distill_attack)")
+                                    "(default: dm, gm and mtt take their own; wang2018 by setting: fresh for "
+                                    "unknown_init, fixed for known_init, zoo for loaded nets, attack for "
+                                    "distill_attack)")
     add_data(p)
     add_model(p)
     g = add_shape(p)
-    g.add_argument("--distill_lr", type=float, help=f"initial step size of every step (default {D.synthetic.init_lr:g})")
+    g.add_argument("--distill_lr", type=float,
+                   help="initial step size of every step (" + preset_note("synthetic.init_lr") + ")")
     g.add_argument("--image_init", help=f"{', '.join(IMAGE_INITS)}: Gaussian noise, random training images, or "
                                         "herding's picks of each class (images whose running mean tracks the class "
                                         "mean); in an "
@@ -70,8 +72,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                                  "mtt.expert_steps is the experts' own SGD steps they stand for")
     g.add_argument("--expert_epochs", type=int, help=f"mtt: expert epochs they should cover "
                                                      f"(default {D.methods.expert_epochs})")
-    g.add_argument("--max_start_epoch", type=int, help=f"mtt: latest expert epoch to start from "
-                                                       f"(default {D.methods.max_start_epoch})")
+    g.add_argument("--max_start_epoch", type=int, help=f"mtt: segments start at expert epochs drawn from "
+                                                       f"0 .. N-1 (default {D.methods.max_start_epoch})")
     g = p.add_argument_group("evaluation")
     g.add_argument("--protocol", help="unrolled (the set's steps and step sizes) or from_scratch (SGD on all images "
                                       "pooled); default: wang2018 unrolled, the others from_scratch")
@@ -81,7 +83,9 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                                     f"{D.evaluation.scratch_lr})")
     g.add_argument("--scratch_batch_size", type=int, help=f"from_scratch: batch (default "
                                                           f"{D.evaluation.scratch_batch_size})")
-    g.add_argument("--eval_augment", help="none, dsa or dsa-noflip in from_scratch evaluation (default: --augment)")
+    # evaluation.augment's own default, None, means "as --augment"
+    g.add_argument("--eval_augment", help="none, dsa or dsa-noflip in from_scratch evaluation ("
+                   + preset_note("evaluation.augment").replace("else None", "else --augment") + ")")
     g.add_argument("--skip_test", action="store_true", help="report on the validation split only, never reading "
                                                             "the test split (tuning runs)")
     add_nets(p)
@@ -106,7 +110,7 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
     g = add_run(p)
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --results_dir")
     g.add_argument("--conv_backend", help=f"CPU convolutions of the unrolled steps: {', '.join(CONV_BACKENDS)} "
-                                          f"(auto times both on the first step; default {D.conv_backend})")
+                                          "(auto times both on the first step; " + preset_note("conv_backend") + ")")
     add_world(p)
     return p
 

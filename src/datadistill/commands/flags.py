@@ -129,7 +129,8 @@ def add_outer(p, zoo: bool = False) -> None:
                                          f"--decay_epochs (default cosine; step when a decay flag is given)")
     g.add_argument("--decay_epochs", type=int, help=f"step schedule: epochs between decays (default {D.outer.decay_epochs})")
     g.add_argument("--decay_factor", type=float, help=f"step schedule: lr multiplier (default {D.outer.decay_factor})")
-    g.add_argument("--batch_size", type=int, help=f"real images per step (default {D.outer.batch_size})")
+    g.add_argument("--batch_size", type=int, help="real images per step (" + (
+        f"default {D.outer.batch_size}" if zoo else preset_note("outer.batch_size")) + ")")
     return g
 
 
