@@ -165,6 +165,15 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
     (["--batch_size", "0"], "--batch_size must be positive"),
     (["--distill_lr", "0"], "--distill_lr must be positive"),
     (["--val_size", "-1"], "--val_size must be >= 0"),
+    # infinities pass "> 0" but train nothing: refused as nan is
+    (["--lr", "inf"], "--lr must be finite, got inf"),
+    (["--distill_lr", "inf"], "--distill_lr must be finite, got inf"),
+    (["--protocol", "from_scratch", "--scratch_lr", "inf"], "--scratch_lr must be finite, got inf"),
+    (["--init_param", "nan"], "--init_param must be a finite number >= 0, got nan"),
+    (["--init", "default", "--init_param", "5"], "--init_param applies to --init xavier, xavier_unif"),
+    (["--ipc", "3", "--distill_steps", "10"], "--ipc 3 is not --distill_steps 10 x"),
+    (["--distilled", "2"], "--distilled does not apply to `datadistill distill`"),  # no abbreviations
+    (["--scratch_epochs", "5"], "--scratch_epochs applies to --protocol from_scratch; this run scores unrolled"),
     (["--n_nets", "abc"], "invalid int value: 'abc'"),
     (["--dataset", "MNIST", "--dataset_root", "/nonexistent/dd"], "--dataset_root DIR"),
     pytest.param(["--device", "cuda"], "no CUDA GPU", marks=NO_CUDA),
@@ -221,6 +230,16 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     (["distill", *FAST, "--init_from", "d.pt"], "--init_from applies to --method dm or gm or mtt, not wang2018"),
     (["distill", "--method", "gm", "--dataset", "digits", "--init_from", "d.pt", "--image_init", "real"],
      "--image_init does not apply with --init_from: the set starts from that file's images"),
+    (["distill", "--method", "dm", "--dataset", "digits", "--distill_steps", "5"],
+     "--distill_steps applies to --method wang2018, not dm"),
+    (["distill", "--method", "gm", "--dataset", "digits", "--step_size_lr", "0.1"],
+     "--step_size_lr applies to --method wang2018 or mtt, not gm"),
+    (["distill", "--method", "dm", "--dataset", "digits", "--protocol", "unrolled"],
+     "--protocol unrolled replays a set's learned step sizes, and --method dm learns none"),
+    (["test", "--dataset", "digits", "--eval_augment", "dsa"],
+     "--eval_augment applies to --protocol from_scratch; this run scores unrolled"),
+    (["test", "--dataset", "digits", "--test_niter", "3"], "--test_niter applies with --test_optimize_n_runs only"),
+    (["distil", "--dataset", "digits"], "unknown command 'distil'; accepted: distill, train-zoo, test, evaluate"),
 ])
 def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
     out = tmp_path / "r"
@@ -228,6 +247,19 @@ def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, mess
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("datadistill: error: ")
     assert not out.exists() and switches == []
+
+
+@pytest.mark.parametrize("command", [["distill", *FAST], ["evaluate", "missing.pt"], ["test", "--dataset", "digits"],
+                                     ["train-zoo", "--dataset", "digits", "--zoo_dir"]])
+def test_a_results_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, command):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    flag = [] if command[0] == "train-zoo" else ["--results_dir"]
+    assert exit_code([*command, *flag, str(a_file)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert exit_code([*command, *flag, str(a_file / "under")]) == 2
+    assert "cannot be created: Not a directory" in capsys.readouterr().err
+    assert a_file.read_text() == "not a folder"
 
 
 def test_a_missing_init_from_file_is_one_line_and_no_results(tmp_path, capsys):

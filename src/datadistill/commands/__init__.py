@@ -65,6 +65,9 @@ def route(argv: list[str]) -> tuple[str, list[str]]:
     """(command, its arguments) for a subcommand line or the original's flat form."""
     if argv and argv[0] in COMMANDS:
         return argv[0], argv[1:]
+    if argv and not argv[0].startswith("-"):  # the flat form is flags only
+        raise DatadistillError(f"unknown command {argv[0]!r}; accepted: {', '.join(COMMANDS)}, or the original's "
+                               f"flat flags (--mode ...)")
     mode, _ = _flag_value(argv, "--mode")
     if mode == "train":  # --mode train [--phase test]: a zoo
         return "train-zoo", _flag_value(argv, "--mode")[1]

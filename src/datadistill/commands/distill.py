@@ -6,7 +6,7 @@ import argparse
 from ..config import CONV_BACKENDS, IMAGE_INITS, PRESETS, RunConfig, build_config
 from ..errors import ConfigError
 from .flags import (D, Parser, add_data, add_model, add_mode, add_nets, add_outer, add_run, add_shape, add_world,
-                    given_fields, preset_note, refuse)
+                    given_fields, preset_note, refuse, refuse_scratch_flags)
 from .flags import METHOD_FLAGS
 
 NAME = "distill"
@@ -124,6 +124,20 @@ def check_applies(args) -> None:
             refuse(args, flag, f"applies to --method {' or '.join(methods)}, not {method}")
     if "init_from" in vars(args):
         refuse(args, "image_init", "does not apply with --init_from: the set starts from that file's images")
+    if "ipc" in vars(args) and "distill_steps" in vars(args):
+        per_step = getattr(args, "distilled_images_per_class_per_step", D.synthetic.images_per_class_per_step)
+        if args.ipc != args.distill_steps * per_step:
+            raise ConfigError(f"--ipc {args.ipc} is not --distill_steps {args.distill_steps} x "
+                              f"--distilled_images_per_class_per_step {per_step}; give one of --ipc and "
+                              f"--distill_steps")
+    from ..methods import method_class  # here, not at import: it loads torch, which --help does not need
+
+    method_cls = method_class(method)
+    protocol = getattr(args, "protocol", None) or method_cls.protocol
+    refuse_scratch_flags(args, protocol)
+    if protocol == "unrolled" and not method_cls.learns_step_sizes:
+        raise ConfigError(f"--protocol unrolled replays a set's learned step sizes, and --method {method} learns "
+                          f"none; its sets are scored from_scratch")
     if method != "wang2018" and mode != "distill_basic":
         raise ConfigError(f"--mode {mode} is a setting of --method wang2018, not {method}")
     nets = getattr(args, "train_nets_type", D.nets.train_nets_type)

@@ -57,14 +57,16 @@ METHOD_FLAGS = {"outer_loop": ("gm",), "inner_steps": ("gm",), "inner_lr": ("gm"
                 "attack_class": ("wang2018",), "target_class": ("wang2018",),
                 "attack_weight": ("wang2018",), "distill_epochs": ("wang2018",),
                 "distilled_images_per_class_per_step": ("wang2018",), "sample_n_nets": ("wang2018", "mtt"),
-                "step_size_param": ("wang2018", "mtt")}
+                "step_size_param": ("wang2018", "mtt"), "distill_steps": ("wang2018",),
+                "distill_lr": ("wang2018", "mtt"), "step_size_lr": ("wang2018", "mtt")}
 
 
 class Parser(argparse.ArgumentParser):
     """One-line errors and exit status 2; unknown flags are named as not applying to the command."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, argument_default=argparse.SUPPRESS, **kwargs)
+        # no abbreviations: a prefix (--distilled) must not be read as a longer flag of this command
+        super().__init__(*args, argument_default=argparse.SUPPRESS, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         if message.startswith("unrecognized arguments:"):
@@ -206,6 +208,17 @@ def given_fields(args) -> dict[str, object]:
 def refuse(args, flag: str, why: str) -> None:
     if flag in vars(args):
         raise ConfigError(f"--{flag} {why}")
+
+
+SCRATCH_FLAGS = ("scratch_epochs", "scratch_lr", "scratch_batch_size", "eval_augment")
+
+
+def refuse_scratch_flags(args, protocol: str) -> None:
+    """The from-scratch settings, refused where sets are scored unrolled (they would be ignored)."""
+    if protocol != "from_scratch":
+        for flag in SCRATCH_FLAGS:
+            refuse(args, flag, f"applies to --protocol from_scratch; this run scores {protocol} "
+                               f"(add --protocol from_scratch)")
 
 
 def _number(kind, text: str, what: str):

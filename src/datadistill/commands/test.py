@@ -8,7 +8,7 @@ import sys
 from ..config import TEST_IMAGES, build_config, default_preset
 from ..errors import ConfigError
 from .flags import (D, Parser, add_data, add_model, add_mode, add_nets, add_run, add_shape, given_fields, refuse,
-                    test_phase_config)
+                    refuse_scratch_flags, test_phase_config)
 
 NAME = "test"
 HELP = "score a distilled set or baselines (random, average, k-means real images; fixed steps; nearest neighbour)"
@@ -76,6 +76,10 @@ def run(args, argv: list[str], session) -> int:
             refuse(args, flag, f"applies to --mode distill_attack only, not {mode}")
     if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
         refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
+    refuse_scratch_flags(args, getattr(args, "protocol", "unrolled"))
+    if "test_optimize_n_runs" not in vars(args):
+        for flag in ("test_optimize_n_nets", "test_niter"):
+            refuse(args, flag, "applies with --test_optimize_n_runs only (the search among random draws)")
     label_mode = getattr(args, "label_mode", None)
     if label_mode not in (None, "teacher"):
         raise ConfigError(f"datadistill test takes --label_mode teacher only (relabel the sets scored), not "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .run import SECTIONS, RunConfig
-from .sections import NetsConfig
+from .sections import PARAM_INITS, NetsConfig
 
 # Named presets: the values a setting takes for what its flags leave out. The first five run the
 # paper's method (fixed one-per-class labels, 3 passes, noise images, attack weight 1) with outer
@@ -105,4 +105,8 @@ def build_config(given: dict[str, object], preset: str | None = None) -> RunConf
         fields = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")}
         if name not in top:
             top[name] = cls(**fields)
-    return RunConfig(**top)
+    config = RunConfig(**top)
+    if "model.init_param" in given and config.model.init not in PARAM_INITS:
+        raise ConfigError(f"--init_param applies to --init {', '.join(PARAM_INITS)} (their gain or slope), "
+                          f"not {config.model.init}")
+    return config

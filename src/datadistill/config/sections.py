@@ -16,6 +16,7 @@ STEP_SIZE_PARAMS = ("exp", "softplus")  # how learned step sizes stay positive (
 CONV_BACKENDS = ("native", "mkldnn", "auto")  # CPU convolutions of the unrolled steps (see runtime)
 LR_SCHEDULES = ("cosine", "step")
 RANDOM_INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal", "default")
+PARAM_INITS = ("xavier", "xavier_unif", "kaiming", "kaiming_out", "orthogonal")  # those --init_param shapes
 INITS = RANDOM_INITS + ("imagenet_pretrained",)  # the last: torchvision's ImageNet AlexNet
 PRETRAINED_ARCHS = ("AlexNet",)  # archs imagenet_pretrained applies to (models checks again)
 TEST_IMAGES = ("loaded", "random_train", "average_train", "kmeans_train", "herding_train")
@@ -31,6 +32,8 @@ def _choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
 def _positive(what: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{what} must be positive, got {value}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be finite, got {value}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class ModelConfig:
 
     def __post_init__(self):
         _choice("init", self.init, INITS)
+        if not (self.init_param >= 0 and math.isfinite(self.init_param)):  # a gain or a leaky slope
+            raise ConfigError(f"--init_param must be a finite number >= 0, got {self.init_param}")
         # checked here, not only when the first network is drawn, so a run fails before loading data
         if self.init == "imagenet_pretrained" and self.arch.lower() not in {a.lower() for a in PRETRAINED_ARCHS}:
             raise ConfigError(f"--init imagenet_pretrained needs --arch {' or '.join(PRETRAINED_ARCHS)}; "

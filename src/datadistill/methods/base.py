@@ -123,6 +123,7 @@ class Method:
 
     name: ClassVar[str] = ""
     protocol: ClassVar[str] = "from_scratch"  # how its sets are scored unless --protocol says otherwise
+    learns_step_sizes: ClassVar[bool] = False  # whether its sets hold step sizes to replay unrolled
 
     @classmethod
     def from_config(cls, config: "RunConfig", model: nn.Module, runtime: "Runtime") -> "Method":

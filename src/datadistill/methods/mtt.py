@@ -122,6 +122,7 @@ class Mtt(Method):
     trajectories (see the module docstring)."""
 
     protocol = "from_scratch"
+    learns_step_sizes = True  # one, the rate of its unrolled steps
 
     def __init__(self, model: nn.Module, runtime: Runtime, ipc: int = DEFAULT_IPC, init_lr: float = 0.01,
                  image_init: str = "real", syn_steps: int = 20, expert_epochs: int = 2, max_start_epoch: int = 10,

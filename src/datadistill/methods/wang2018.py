@@ -74,6 +74,7 @@ class Wang2018(Method):
     """``setting``: basic, adapt or attack (the ``--mode`` without its ``distill_`` prefix)."""
 
     protocol = "unrolled"
+    learns_step_sizes = True
 
     def __init__(self, model: nn.Module, synthetic: SyntheticConfig, relabel: Relabel, setting: str,
                  runtime: Runtime, init: tuple[str, float] = ("xavier", 1.0)):
