@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +32,30 @@ def resolve_device(device: str) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {device} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
     return dev
+
+
+def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
+    """Fail before any work where ``path`` cannot hold the job's files (a file is there, a file
+    stands on its way, or no write is allowed), rather than after it when writing them. A folder
+    made to find out is removed again, so a failing run still leaves nothing behind."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{flag} {path} is a file; give a folder")
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{flag} {path} is not writable")
+        return
+    made = []
+    try:
+        for folder in reversed([path, *path.parents]):  # from the root down
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path} cannot be created: {e.strerror}") from None
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
 
 
 def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfig:

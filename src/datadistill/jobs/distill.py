@@ -23,7 +23,7 @@ from ..runtime import Runtime
 from ..synthetic import SyntheticSet
 from ..world import World
 from ..teacher import relabelled
-from .common import (check_classes, dataset_for, loaded_nets, model_for, normalise_config, resolve_device,
+from .common import (check_classes, check_writable_folder, dataset_for, loaded_nets, model_for, normalise_config, resolve_device,
                      teacher_nets, teachers_report)
 from .scoring import my_part, scoring_nets
 
@@ -64,6 +64,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
     start = time.perf_counter()
     config = normalise_config(config, dataset_given=dataset is not None)
     world.agree(lambda: check_divides(config, world))
+    world.agree(lambda: check_writable_folder(config.results_dir, "--results_dir") if world.is_main else None)
     results = Path(config.results_dir)
     ckpt_path = results / artifacts.CHECKPOINT
     state = None

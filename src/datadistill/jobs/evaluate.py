@@ -19,7 +19,7 @@ from ..models import arch_class, build_model, has_width
 from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
-from .common import resolve_device
+from .common import check_writable_folder, resolve_device
 
 PROTOCOLS = ("unrolled", "from_scratch")
 NETS = ("fixed", "fresh")
@@ -213,6 +213,8 @@ def evaluate_command(cfg: EvaluateConfig, command: str, progress: Progress = Non
     their results.json: one architecture's fields at the top level, several under ``by_arch``.
     ``--width`` goes to the architectures that have one."""
     start = time.perf_counter()
+    if cfg.results_dir is not None:
+        check_writable_folder(cfg.results_dir, "--results_dir")
     archs = archs_of(cfg)
     scored = []
     for arch in archs:

@@ -14,7 +14,7 @@ from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
 from ..synthetic import SyntheticSet
 from ..teacher import relabelled
 from ..testphase import TestPhaseInputs, format_markdown, run_test_phase
-from .common import (dataset_for, load_for, load_zoo_nets, model_for, normalise_config, resolve_device,
+from .common import (check_writable_folder, dataset_for, load_for, load_zoo_nets, model_for, normalise_config, resolve_device,
                      teacher_nets, teachers_report)
 
 RESULTS_JSON = "results.json"
@@ -28,7 +28,7 @@ def distilled_path(config: RunConfig) -> Path:
 
 def _read_distilled(config: RunConfig) -> SyntheticSet:
     path = distilled_path(config)
-    if not path.is_file():
+    if not path.exists():  # load_distilled names the other ways a path fails
         raise ArtifactError(f"distilled file {path} does not exist; distil first with the same "
                             f"--results_dir, or pass --distilled PATH")
     return artifacts.load_distilled(path)
@@ -44,6 +44,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
     """
     start = time.perf_counter()
     config = normalise_config(config)
+    check_writable_folder(config.results_dir, "--results_dir")
     test, nets_cfg, m = config.test, config.nets, config.model
     knn = test.lrs == "nearest_neighbor"
     from_scratch = config.evaluation.protocol == "from_scratch"

@@ -16,7 +16,7 @@ from ..evaluate import accuracy
 from ..nets import fresh_nets, zoo_seeds
 from ..world import World
 from ..zoo import Zoo, train_networks, train_trajectories, zoo_dir_for
-from .common import ZOO_FILE, load_for, model_for, normalise_config, resolve_device, zoo_file
+from .common import ZOO_FILE, check_writable_folder, load_for, model_for, normalise_config, resolve_device, zoo_file
 
 ZOO_CHUNK = 10  # networks trained at once (vmapped) and stored per part file
 # what an expert zoo's settings add to an ordinary zoo's: a zoo of one kind never matches the other
@@ -58,6 +58,7 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     are done (the zoo folder must be one that all processes see).
     """
     config = normalise_config(config)
+    world.agree(lambda: check_writable_folder(config.zoo_root, "--zoo_dir") if world.is_main else None)
     path = expert_zoo_file(config, config.phase) if trajectories else zoo_file(config, config.phase)
     folder, n, wanted = path.parent, config.nets.n_nets, _zoo_training(config, trajectories)
     existing = world.agree(lambda: _matching(artifacts.load_zoo(path), wanted, path) if path.exists() else None)
