@@ -177,6 +177,8 @@ def _run(argv):
     ("missing", "distilled file {tmp}/nope.pt does not exist"),
     ("garbage", "cannot read distilled file"),
     ("foreign", "not a distilled set"),
+    ("directory", "distilled file {tmp} is a directory; expected a distilled.pt"),
+    ("labels", "labels is an int64 tensor of shape (2, 7); expected class indices"),
     ("n_nets", "--test_n_nets must be positive, got 0"),
     ("epochs", "--scratch_epochs must be positive, got 0"),
     ("protocol", "unknown --protocol 'bogus'; accepted: unrolled, from_scratch"),
@@ -197,6 +199,12 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, saved, case, message):
     elif case == "foreign":
         path = str(tmp_path / "foreign.pt")
         torch.save({"weights": torch.zeros(3)}, path)
+    elif case == "directory":
+        path = str(tmp_path)
+    elif case == "labels":  # fewer labels than images: refused on reading, before any network trains
+        path = str(tmp_path / "labels.pt")
+        d = torch.load(saved, weights_only=True)
+        torch.save({**d, "labels": d["labels"][:, :7]}, path)
     elif case == "shape":
         s = SyntheticSet(torch.zeros(1, 10, 3, 16, 16), torch.arange(10)[None], fixed_lrs(1, 0.1),
                          (0.5,) * 3, (0.2,) * 3, 10)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import secrets
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -69,15 +71,36 @@ def _torch_save(path, obj) -> Path:
 
 def _torch_load(path, what: str, hint: str):
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ArtifactError(f"{what} {path} is a directory; {hint}")
+    if not path.exists():
         raise ArtifactError(f"{what} {path} does not exist; {hint}")
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} is not a regular file; {hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a corrupt or foreign file
-        # torch's own words for a foreign file can be as bare as "list index out of range"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {what} {path}: {e.strerror or type(e).__name__}; {hint}") from None
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign pickles
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a corrupt or foreign file, with long advice
         raise ArtifactError(f"cannot read {what} {path}: not a PyTorch file of plain tensors, or a damaged one "
-                            f"(torch.load: {first}); {hint}") from None
+                            f"({_unreadable_reason(head, e)}); {hint}") from None
+
+
+def _unreadable_reason(head: bytes, error: Exception) -> str:
+    """A few words on why torch could not load a file starting with ``head``; torch's own words are
+    paragraphs, or as bare as "101"."""
+    if not head:
+        return "the file is empty"
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        return "it is not the zip archive torch.save writes"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain values"
+    return "a truncated or damaged archive"
 
 
 def save_distilled(path, synthetic: SyntheticSet) -> Path:

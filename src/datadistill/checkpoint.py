@@ -20,6 +20,9 @@ from .synthetic import SyntheticSet
 RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",), ("data", "root"),
                      ("data", "download"), ("test",), ("preset",), ("skip_test",),
                      ("evaluation",)}
+# what load_state_dict and the resume read (averaged and best only with the settings that write them)
+REQUIRED_KEYS = ("config", "learned", "optimizer", "scheduler", "generator", "nets", "method", "world_size",
+                 "conv_backend", "epoch", "iteration", "history")
 
 
 def state_dict(run: Distillation, world_size: int, backend: str | None) -> dict:
@@ -47,6 +50,11 @@ def load_state_dict(run: Distillation, state: dict, world_size: int) -> None:
     if state["world_size"] != world_size:
         raise ArtifactError(f"checkpoint was made by {state['world_size']} process(es), this run has "
                             f"{world_size}; resume with the same number")
+    mine_shapes = [tuple(t.shape) for t in run.learned.tensors()]
+    saved_shapes = [tuple(t.shape) for t in state["learned"]]
+    if saved_shapes != mine_shapes:  # the config matched, so only a damaged file differs
+        raise ArtifactError(f"checkpoint holds learned tensors of shapes {saved_shapes}, this run's are "
+                            f"{mine_shapes}: the checkpoint is damaged; run without --resume to start afresh")
     with torch.no_grad():
         for mine, saved in zip(run.learned.tensors(), state["learned"], strict=True):
             mine.copy_(saved)
@@ -81,8 +89,17 @@ class Checkpointer(Callback):
 
 
 def read_checkpoint(path: Path, config: RunConfig) -> dict:
-    """The checkpoint at ``path``, checked to be one this config may continue."""
+    """The checkpoint at ``path``, checked to be whole and one this config may continue."""
     state = artifacts.load_checkpoint(path)
+    damaged = "damaged, or written by another version of datadistill; run without --resume to start afresh"
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ArtifactError(f"checkpoint {path} lacks {', '.join(missing)}: {damaged}")
+    for key, kind in (("config", dict), ("history", dict), ("learned", (list, tuple))):
+        if not isinstance(state[key], kind):
+            raise ArtifactError(f"checkpoint {path} holds a {type(state[key]).__name__} as {key}: {damaged}")
+    if not all(isinstance(t, torch.Tensor) for t in state["learned"]):
+        raise ArtifactError(f"checkpoint {path} holds learned values that are not tensors: {damaged}")
     check_resumable(state["config"], config.to_dict())
     return state
 

@@ -11,6 +11,11 @@ from .errors import ArtifactError
 from .factorize import decode, decode_labels
 
 FORMAT = "datadistill.distilled/1"
+REQUIRED_KEYS = ("images", "labels", "lrs", "mean", "std", "num_classes")
+# optional entries that other code reads, and the type each must have when present and not None
+META_TYPES = {"dataset": str, "arch": str, "init": str, "method": str, "init_param": (int, float),
+              "config": dict, "init_params": dict, "factor": int}
+SOFT_LABEL_TOLERANCE = 1e-3  # how far a stored probability vector's sum may stray from 1 (float rounding)
 
 
 @dataclass
@@ -76,11 +81,122 @@ class SyntheticSet:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SyntheticSet":
+        """The set a ``to_dict`` dict holds, checked field by field (``ArtifactError`` naming the
+        first field that departs from docs/formats.md), so that a hand-edited or damaged file fails
+        here and not inside torch after networks have trained."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ArtifactError(f"not a distilled set (expected a dict with format {FORMAT!r})")
-        core = {"format", "images", "labels", "lrs", "mean", "std", "num_classes", "steps", "epochs"}
-        return cls(d["images"], d["labels"], d["lrs"], tuple(d["mean"]), tuple(d["std"]),
-                   int(d["num_classes"]), {k: v for k, v in d.items() if k not in core})
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:
+            raise ArtifactError(f"it lacks {', '.join(missing)} (a distilled set holds {', '.join(REQUIRED_KEYS)})")
+        images = _checked_images(d["images"])
+        steps, per_step, channels = images.shape[:3]
+        num_classes = _checked_num_classes(d["num_classes"])
+        labels = _checked_labels(d["labels"], steps, per_step, num_classes)
+        lrs = _checked_lrs(d["lrs"], steps)
+        mean = _checked_per_channel(d["mean"], "mean", channels, positive=False)
+        std = _checked_per_channel(d["std"], "std", channels, positive=True)
+        for key, value in (("steps", steps), ("epochs", lrs.shape[0] // steps)):
+            if key in d and d[key] != value:  # replays in plain PyTorch read them (docs/formats.md)
+                raise ArtifactError(f"{key} is {_shown(d[key])}, but images and lrs make it {value}")
+        meta = {k: v for k, v in d.items() if k not in REQUIRED_KEYS + ("format", "steps", "epochs")}
+        _check_meta(meta, images.shape)
+        return cls(images, labels, lrs, mean, std, num_classes, meta)
+
+
+def _shown(value) -> str:
+    """A value read from a file as an error shows it: a tensor's dtype and shape, else a short repr."""
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"{'an' if dtype[0] in 'aeiou' else 'a'} {dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _checked_images(images) -> torch.Tensor:
+    if not (isinstance(images, torch.Tensor) and images.is_floating_point() and images.dim() == 5
+            and images.numel() > 0):
+        raise ArtifactError(f"images is {_shown(images)}; expected a float tensor of shape "
+                            f"(steps, images per step, C, H, W), none of them 0")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise ArtifactError(f"images holds {bad} NaN or infinite value(s); expected finite values")
+    return images
+
+
+def _checked_num_classes(value) -> int:
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, torch.Tensor) and value.numel() == 1 and _is_integer(value))
+    if not whole or int(value) < 1:
+        raise ArtifactError(f"num_classes is {_shown(value)}; expected a positive integer")
+    return int(value)
+
+
+def _checked_labels(labels, steps: int, per_step: int, num_classes: int) -> torch.Tensor:
+    """Class indices (S, N), made int64 as cross-entropy takes them, or probability vectors (S, N, K)."""
+    hard, soft = (steps, per_step), (steps, per_step, num_classes)
+    if not (isinstance(labels, torch.Tensor) and (
+            (_is_integer(labels) and tuple(labels.shape) == hard)
+            or (labels.is_floating_point() and tuple(labels.shape) == soft))):
+        raise ArtifactError(f"labels is {_shown(labels)}; expected class indices, an integer tensor {hard}, or "
+                            f"probability vectors, a float tensor {soft}, to match images and num_classes")
+    if labels.is_floating_point():
+        if not (torch.isfinite(labels).all() and (labels >= 0).all()
+                and ((labels.sum(-1) - 1).abs() <= SOFT_LABEL_TOLERANCE).all()):
+            raise ArtifactError("labels holds float rows that are not probability vectors; expected "
+                                "non-negative, finite values summing to 1 over the last dimension")
+        return labels
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.numel():
+        raise ArtifactError(f"labels holds class {int(outside[0])}; expected classes 0 to {num_classes - 1} "
+                            f"(num_classes is {num_classes})")
+    return labels.long()
+
+
+def _checked_lrs(lrs, steps: int) -> torch.Tensor:
+    if not (isinstance(lrs, torch.Tensor) and lrs.is_floating_point() and lrs.dim() == 1
+            and lrs.shape[0] % steps == 0):
+        raise ArtifactError(f"lrs is {_shown(lrs)}; expected a 1-D float tensor of steps x epochs step sizes "
+                            f"({steps} x E), or an empty one for a set without step sizes")
+    bad = lrs[~(torch.isfinite(lrs) & (lrs > 0))]
+    if bad.numel():
+        raise ArtifactError(f"lrs holds the step size {float(bad[0]):g}; expected positive, finite ones")
+    return lrs
+
+
+def _checked_per_channel(values, key: str, channels: int, positive: bool) -> tuple[float, ...]:
+    numbers = values.tolist() if isinstance(values, torch.Tensor) and values.dim() == 1 else values
+    ok = isinstance(numbers, (list, tuple)) and len(numbers) == channels and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in numbers)
+    if not ok:
+        kind = "positive, finite numbers" if positive else "finite numbers"
+        raise ArtifactError(f"{key} is {_shown(values)}; expected a list of {channels} {kind}, one per "
+                            f"image channel")
+    return tuple(float(v) for v in numbers)
+
+
+def _check_meta(meta: dict, shape: torch.Size) -> None:
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ArtifactError(f"{key} is {_shown(value)}; expected a {names}")
+    factor = meta.get("factor") or 1
+    steps, per_step, *image = shape
+    if factor < 1 or per_step % factor ** 2:
+        raise ArtifactError(f"factor is {factor} with {per_step} images per step; expected a positive integer "
+                            f"f whose f x f tiles of each stored image make up the images")
+    stored = meta.get("stored_images")
+    expected = (steps, per_step // factor ** 2, *image)
+    if stored is not None and not (isinstance(stored, torch.Tensor) and stored.is_floating_point()
+                                   and tuple(stored.shape) == expected):
+        raise ArtifactError(f"stored_images is {_shown(stored)}; expected a float tensor {expected}, "
+                            f"the stored images whose {factor} x {factor} tiles are images")
 
 
 def noise_images(steps: int, per_step: int, shape: tuple[int, int, int], generator: torch.Generator
