@@ -83,9 +83,8 @@ def build_parser(prog: str = "datadistill distill") -> Parser:
                                                     f"{D.evaluation.scratch_lr})")
     g.add_argument("--scratch_batch_size", type=int, help=f"from_scratch: batch (default "
                                                           f"{D.evaluation.scratch_batch_size})")
-    # evaluation.augment's own default, None, means "as --augment"
     g.add_argument("--eval_augment", help="none, dsa or dsa-noflip in from_scratch evaluation ("
-                   + preset_note("evaluation.augment").replace("else None", "else --augment") + ")")
+                   + preset_note("evaluation.augment", otherwise="--augment") + ")")
     g.add_argument("--skip_test", action="store_true", help="report on the validation split only, never reading "
                                                             "the test split (tuning runs)")
     add_nets(p)

@@ -77,10 +77,11 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def preset_note(field: str) -> str:
-    """The defaults a preset-dependent field takes, e.g. ``fresh 0.05, fixed 0.1, ...``."""
+def preset_note(field: str, otherwise: str | None = None) -> str:
+    """The defaults a preset-dependent field takes, e.g. ``fresh 0.05, fixed 0.1, ...``; ``otherwise``
+    says what the field's own default means where its value would not (None for "as --augment")."""
     section, name = field.split(".") if "." in field else (None, field)
-    base = getattr(getattr(D, section), name) if section else getattr(D, name)
+    base = otherwise or (getattr(getattr(D, section), name) if section else getattr(D, name))
     values = [f"{p} {v[field]:g}" if isinstance(v.get(field), float) else f"{p} {v[field]}"
               for p, v in PRESETS.items() if field in v]
     return f"by preset: {', '.join(values)}; else {base}" if values else f"default {base}"

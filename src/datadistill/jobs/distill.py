@@ -23,8 +23,8 @@ from ..runtime import Runtime
 from ..synthetic import SyntheticSet
 from ..world import World
 from ..teacher import relabelled
-from .common import (check_classes, check_writable_folder, dataset_for, loaded_nets, model_for, normalise_config, resolve_device,
-                     teacher_nets, teachers_report)
+from .common import (check_classes, check_writable_folder, dataset_for, loaded_nets, model_for, normalise_config,
+                     resolve_device, teacher_nets, teachers_report)
 from .scoring import my_part, scoring_nets
 
 

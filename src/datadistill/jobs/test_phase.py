@@ -14,8 +14,8 @@ from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
 from ..synthetic import SyntheticSet
 from ..teacher import relabelled
 from ..testphase import TestPhaseInputs, format_markdown, run_test_phase
-from .common import (check_writable_folder, dataset_for, load_for, load_zoo_nets, model_for, normalise_config, resolve_device,
-                     teacher_nets, teachers_report)
+from .common import (check_writable_folder, dataset_for, load_for, load_zoo_nets, model_for, normalise_config,
+                     resolve_device, teacher_nets, teachers_report)
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

@@ -16,7 +16,8 @@ from ..evaluate import accuracy
 from ..nets import fresh_nets, zoo_seeds
 from ..world import World
 from ..zoo import Zoo, train_networks, train_trajectories, zoo_dir_for
-from .common import ZOO_FILE, check_writable_folder, load_for, model_for, normalise_config, resolve_device, zoo_file
+from .common import (ZOO_FILE, check_writable_folder, load_for, model_for, normalise_config, resolve_device,
+                     zoo_file)
 
 ZOO_CHUNK = 10  # networks trained at once (vmapped) and stored per part file
 # what an expert zoo's settings add to an ordinary zoo's: a zoo of one kind never matches the other
