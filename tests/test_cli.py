@@ -320,12 +320,51 @@ def test_each_command_helps_with_its_own_flags_only(capsys, switches, command, h
 
 
 def test_top_level_help_lists_the_commands(capsys, switches):
-    for argv in (["--help"], []):
-        assert exit_code(argv) == 0
-        printed = capsys.readouterr().out
-        assert printed.startswith("usage: datadistill ")
-        for command in ("distill", "train-zoo", "test", "evaluate"):
-            assert re.search(rf"^\s+{command}\s", printed, re.M), command
+    assert exit_code(["--help"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: datadistill ")
+    for command in ("distill", "train-zoo", "test", "evaluate"):
+        assert re.search(rf"^\s+{command}\s", printed, re.M), command
+    assert switches == []
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 31360000000 bytes. Error code 12"), "(tried to allocate 31360000000 bytes)"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity"),
+     "(tried to allocate 20.00 GiB)"),
+    (MemoryError(), "out of memory: ask for"),
+])
+def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys, error, said):
+    from datadistill.commands import distill
+
+    def fail(*args):
+        raise error
+
+    monkeypatch.setattr(distill, "run", fail)
+    assert exit_code(["distill", "--dataset", "digits"]) == 1
+    printed = capsys.readouterr().err
+    assert printed.startswith("datadistill: error: out of memory") and printed.count("\n") == 1
+    assert said in printed and "--batch_size" in printed
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
+    from datadistill.commands import distill
+
+    def fail(*args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(distill, "run", fail)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["distill", "--dataset", "digits"])
+
+
+def test_no_command_is_a_usage_error_that_lists_the_commands(capsys, switches):
+    assert exit_code([]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1
+    assert "a command is required" in printed.err
+    assert all(command in printed.err for command in ("distill", "train-zoo", "test", "evaluate"))
     assert switches == []
 
 

@@ -59,6 +59,12 @@ def test_missing_root_says_what_to_do(tmp_path):
         data.load_dataset("MNIST", str(tmp_path / "nowhere"))
     with pytest.raises(DatasetError, match="not found"):
         data.load_dataset("FashionMNIST", str(tmp_path))
+    # USPS's class raises FileNotFoundError, not RuntimeError, for a missing file: nothing was downloaded
+    with pytest.raises(DatasetError, match="USPS files not found under .*--download to fetch them"):
+        data.load_dataset("USPS", str(tmp_path))
+    (tmp_path / "usps.bz2").write_bytes(b"not bzip2")
+    with pytest.raises(DatasetError, match="could not read USPS's files"):
+        data.load_dataset("USPS", str(tmp_path))
 
 
 def test_shuffled_batches_cover_each_image_once(blobs):
@@ -95,6 +101,10 @@ def test_class_balanced_sample(blobs):
     x, y = data.class_balanced_sample(blobs.train, 4, 3, torch.Generator().manual_seed(0), source={1: 0})
     assert y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert [class_of[tuple(r.flatten().tolist())] for r in x] == [0] * 8 + [2] * 4
+    have = int((blobs.train.y == 0).sum())
+    with pytest.raises(ConfigError, match=rf"^{have + 1} real images per class asked for \(.*--ipc.*\), but "
+                                          rf"class 0 has {have} training images$"):
+        data.class_balanced_sample(blobs.train, have + 1, 3, torch.Generator().manual_seed(0))
 
 
 @pytest.mark.mnist

@@ -63,7 +63,7 @@ def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, mon
     bigger, _ = blobs_zoo(_zoo_config(tmp_path, 30))
     assert len(calls) == 4 and len(bigger) == 30  # only the five new networks were trained
     torch.testing.assert_close(bigger.params["net.1.weight"][:25], first.params["net.1.weight"])
-    with pytest.raises(ArtifactError, match="other settings"):
+    with pytest.raises(ArtifactError, match=r"other settings \(outer\.epochs: \d+ there, 4 here\)"):
         blobs_zoo(_zoo_config(tmp_path, 40, epochs=4))
 
 
@@ -193,7 +193,8 @@ def test_a_zoo_is_matched_by_the_settings_that_train_it(tmp_path, blobs_zoo):
     changed = build_config({**{f"outer.{k}": v for k, v in config.to_dict()["outer"].items()}, "mode": "train",
                             "data.dataset": "blobs", "model.arch": "MLP", "nets.n_nets": 14,
                             "results_dir": str(tmp_path), "outer.lr": config.outer.lr * 2}, "train-zoo")
-    with pytest.raises(ArtifactError, match=r"other settings \(outer\)"):
+    lr = config.outer.lr
+    with pytest.raises(ArtifactError, match=rf"other settings \(outer\.lr: {lr:g} there, {2 * lr:g} here\)"):
         blobs_zoo(changed)
 
 

@@ -150,7 +150,9 @@ def class_balanced_sample(split: Split, per_class: int, num_classes: int,
         drawn = (source or {}).get(c, c)
         idx = (split.y == drawn).nonzero().squeeze(1).cpu()
         if len(idx) < per_class:
-            raise ConfigError(f"class {drawn} has {len(idx)} training images, {per_class} asked for")
+            raise ConfigError(f"{per_class} real images per class asked for (the set's images per class: --ipc, "
+                              f"or --distill_steps x --distilled_images_per_class_per_step), but class {drawn} "
+                              f"has {len(idx)} training images")
         picks.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
     idx = torch.cat(picks).to(split.x.device)
     labels = torch.arange(num_classes, device=split.y.device).repeat_interleave(per_class)

@@ -64,14 +64,16 @@ def _torchvision(cls_name: str, root: str, download: bool, split_kw: Callable[[b
             # torchvision prints download progress; keep our stdout for our own report
             with contextlib.redirect_stdout(io.StringIO()):
                 ds = cls(root, download=download, **split_kw(train))
-        except RuntimeError as e:
+        except (RuntimeError, OSError) as e:
+            # with --download, network failures surface as URLError / OSError; without it a missing
+            # file is a RuntimeError from most classes and a FileNotFoundError from USPS's
             if download:
                 raise DatasetError(f"could not download {cls_name} into {root}: {e}") from None
+            if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+                raise DatasetError(f"could not read {cls_name}'s files under {root}: {e}") from None
             raise DatasetError(
                 f"{cls_name} files not found under {root}; pass --dataset_root DIR holding "
                 f"{cls_name}'s files, or --download to fetch them") from None
-        except OSError as e:  # network failures surface as URLError / OSError
-            raise DatasetError(f"could not download {cls_name} into {root}: {e}") from None
         out.append((_as_float_nchw(ds.data, channels_last),
                     torch.as_tensor(np.asarray(getattr(ds, label_attr)), dtype=torch.int64)))
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 
 from .. import __version__
@@ -81,9 +82,13 @@ def route(argv: list[str]) -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "--version"):
+    if not argv:  # nothing to do is a usage error, as for any tool of subcommands
+        sys.stderr.write(f"datadistill: error: a command is required; accepted: {', '.join(COMMANDS)}, or the "
+                         f"original's flat flags (--mode ...); see `datadistill --help`\n")
+        return EXIT_USAGE
+    if argv[0] in ("-h", "--help", "--version"):
         try:
-            top_parser().parse_args(argv or ["--help"])
+            top_parser().parse_args(argv)
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else EXIT_USAGE
         return 0
@@ -102,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, DistributedError) as e:  # not bad input, but no traceback either
         _error(session.world, e)
         return 1
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        asked = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(e), re.I)
+        _error(session.world, f"out of memory{f' (tried to allocate {asked[1]})' if asked else ''}: ask for "
+                              f"fewer or smaller images, a smaller --batch_size, or fewer networks at once")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
         return 130
@@ -109,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         stop(session.world)
 
 
-def _error(world: World, error: Exception) -> None:
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: torch raises OutOfMemoryError on a GPU but a
+    plain RuntimeError from its CPU allocator."""
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(error))
+
+
+def _error(world: World, error: Exception | str) -> None:
     where = f"{world}: " if world.distributed and not str(error).startswith("rank ") else ""
     sys.stderr.write(f"datadistill: error: {where}{error}\n")
 

@@ -99,11 +99,13 @@ def add_data(p, source: bool = True) -> None:
                                                 "choice is made (default min(5000, a tenth))")
 
 
-def add_model(p) -> None:
+def add_model(p, zoo: bool = False) -> None:
     g = p.add_argument_group("model")
+    # a zoo trains under its own preset, which leaves the init at its default
+    init_note = f"default {D.model.init}" if zoo else preset_note("model.init")
     g.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units (default 128)")
     g.add_argument("--arch", help=f"LeNet, AlexCifarNet, ConvNet, MLP or AlexNet (default {D.model.arch})")
-    g.add_argument("--init", help=f"one of: {', '.join(INITS)} ({preset_note('model.init')})")
+    g.add_argument("--init", help=f"one of: {', '.join(INITS)} ({init_note})")
     g.add_argument("--init_param", type=float, help="gain (xavier, orthogonal) or negative slope (kaiming) "
                                                     f"(default {D.model.init_param:g})")
     g.add_argument("--pretrained_weights", metavar="PATH",

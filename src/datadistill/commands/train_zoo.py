@@ -16,7 +16,7 @@ def build_parser(prog: str = "datadistill train-zoo") -> Parser:
                                       "settings is extended, never retrained.")
     p.add_argument("--phase", help=f"{' or '.join(PHASES)}: which zoo to fill (default train)")
     add_data(p, source=False)
-    add_model(p)
+    add_model(p, zoo=True)
     p.add_argument("--n_nets", type=int, help=f"networks in the zoo (default {D.nets.n_nets})")
     p.add_argument("--zoo_dir", help="where zoos live (default <results_dir>/zoo)")
     p.add_argument("--trajectories", action="store_true",

@@ -146,7 +146,19 @@ def _comparable(settings: dict) -> dict:
 def _matching(zoo: Zoo, wanted: dict, path: Path) -> Zoo:
     have, want = _comparable(zoo.config), _comparable(wanted)
     if have != want:
-        diff = sorted(k for k in want if have.get(k) != want[k])
-        raise ArtifactError(f"zoo {path} was trained with other settings ({', '.join(diff)}); "
+        diff = "; ".join(f"{key}: {old} there, {new} here" for key, old, new in _differences(have, want))
+        raise ArtifactError(f"zoo {path} was trained with other settings ({diff}); "
                             f"use the same settings, another --zoo_dir, or delete it")
     return zoo
+
+
+def _differences(have: dict, want: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, value in the zoo, value asked for) for each setting that differs, sorted."""
+    out = []
+    for key in sorted(set(have) | set(want)):
+        old, new = have.get(key), want.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append((f"{prefix}{key}", old, new))
+    return out
