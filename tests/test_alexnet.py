@@ -162,6 +162,9 @@ def test_imagenet_pretrained_is_only_for_rgb_alexnet(weights_file):
 @pytest.mark.parametrize("flags,message", [
     (["--arch", "LeNet", "--init", "imagenet_pretrained"], "--init imagenet_pretrained needs --arch AlexNet"),
     (["--arch", "AlexNet", "--pretrained_weights", "w.pth"], "only read with --init imagenet_pretrained"),
+    # digits are grey: said before the missing weights file, which would not help
+    (["--arch", "AlexNet", "--init", "imagenet_pretrained", "--pretrained_weights", "missing.pth"],
+     "--init imagenet_pretrained needs RGB images (ImageNet's), this dataset has 1 channel(s)"),
 ])
 def test_cli_refuses_in_one_line(tmp_path, capsys, flags, message):
     out = tmp_path / "r"

@@ -262,6 +262,19 @@ def test_a_results_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     assert a_file.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("command", [["distill", "--method", "mtt"], ["distill", "--label_mode", "teacher"],
+                                     ["test", "--test_nets_type", "loaded"]])
+def test_a_zoo_folder_that_is_a_file_is_named_before_any_zoo_is_looked_for(tmp_path, capsys, command):
+    a_file = tmp_path / "zoos"
+    a_file.write_text("not a folder")
+    out = tmp_path / "r"
+    argv = [*command, "--dataset", "digits", "--zoo_dir", str(a_file), "--results_dir", str(out)]
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"datadistill: error: --zoo_dir {a_file} is a file; give a folder\n"
+    assert not out.exists()
+
+
 def test_a_missing_init_from_file_is_one_line_and_no_results(tmp_path, capsys):
     out = tmp_path / "r"
     argv = ["distill", "--method", "dm", "--dataset", "digits", "--init_from", str(tmp_path / "none.pt"),

@@ -236,7 +236,8 @@ def test_segments_are_drawn_within_the_trajectories(tmp_path, blobs_zoo):
             torch.testing.assert_close(nets["start"][k][0], v[e, t], rtol=0, atol=0)
             torch.testing.assert_close(nets["target"][k][0], v[e, t + 2], rtol=0, atol=0)
     assert seen == {(e, t) for e in range(2) for t in range(3)}
-    with pytest.raises(ConfigError, match="trained for 4 epochs"):
+    with pytest.raises(ConfigError, match=r"--max_start_epoch 4 with --expert_epochs 2 needs experts trained for "
+                                          r"5 epochs .* but these were trained for 4; .*--epochs 5\)$"):
         ExpertSegments(traj, expert_epochs=2, max_start_epoch=4, device="cpu")
 
 

@@ -58,6 +58,9 @@ def test_a_single_process_needs_no_group_and_passes_values_through(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     world, device = start(None, "cpu")
     assert world == World() and device == "cpu"
+    for timeout in (0.0, -1.0, float("nan"), float("inf")):  # wrong alone as with others
+        with pytest.raises(ConfigError, match="--dist_timeout must be a positive number of seconds"):
+            start(None, "cpu", timeout)
     t = torch.ones(3)
     world.all_reduce_sum([t])
     assert t.tolist() == [1, 1, 1] and world.gather([1, 2]) == [1, 2] and world.broadcast("x") == "x"

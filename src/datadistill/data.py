@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from .datasets import _DOWNLOADABLE, _LOADERS, canonical_name, dataset_names  # noqa: F401 (re-exported)
+from .datasets import _DOWNLOADABLE, _LOADERS, canonical_name, dataset_channels, dataset_names  # noqa: F401 (re-exported)
 from .errors import ConfigError, DatasetError
 
 

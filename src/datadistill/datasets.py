@@ -20,11 +20,13 @@ from .errors import ConfigError, DatasetError
 # name -> loader(root, download, image_size) returning raw ([0,1] float (N,C,H,W), labels) per split
 _LOADERS: dict[str, Callable] = {}
 _DOWNLOADABLE: set[str] = set()  # what --download fetches; the others need no root or explain it
+_CHANNELS: dict[str, int] = {}  # known before loading, for checks made ahead of minutes of it
 
 
-def _loader(name: str, downloadable: bool = True):
+def _loader(name: str, channels: int, downloadable: bool = True):
     def deco(fn):
         _LOADERS[name] = fn
+        _CHANNELS[name] = channels
         if downloadable:
             _DOWNLOADABLE.add(name)
         return fn
@@ -33,6 +35,11 @@ def _loader(name: str, downloadable: bool = True):
 
 def dataset_names() -> list[str]:
     return list(_LOADERS)
+
+
+def dataset_channels(name: str) -> int | None:
+    """Colour channels of the images of registered dataset ``name`` (as spelled there); None for others."""
+    return _CHANNELS.get(name)
 
 
 def canonical_name(name: str) -> str:
@@ -79,33 +86,33 @@ def _torchvision(cls_name: str, root: str, download: bool, split_kw: Callable[[b
     return out
 
 
-@_loader("MNIST")
+@_loader("MNIST", channels=1)
 def _mnist(root, download, image_size):
     return _torchvision("MNIST", root, download, lambda t: {"train": t}, False)
 
 
-@_loader("FashionMNIST")
+@_loader("FashionMNIST", channels=1)
 def _fashion(root, download, image_size):
     return _torchvision("FashionMNIST", root, download, lambda t: {"train": t}, False)
 
 
-@_loader("Cifar10")
+@_loader("Cifar10", channels=3)
 def _cifar10(root, download, image_size):
     return _torchvision("CIFAR10", root, download, lambda t: {"train": t}, True)
 
 
-@_loader("SVHN")
+@_loader("SVHN", channels=3)
 def _svhn(root, download, image_size):
     return _torchvision("SVHN", root, download, lambda t: {"split": "train" if t else "test"},
                         False, label_attr="labels")
 
 
-@_loader("USPS")
+@_loader("USPS", channels=1)
 def _usps(root, download, image_size):
     return _torchvision("USPS", root, download, lambda t: {"train": t}, False)
 
 
-@_loader("digits", downloadable=False)
+@_loader("digits", channels=1, downloadable=False)
 def _digits(root, download, image_size):
     """scikit-learn's 1797 8x8 handwritten digits (shipped inside the package, no file, no network),
     upsampled bilinearly to ``image_size``, split 70/30 per class with a fixed seed."""
@@ -176,7 +183,7 @@ def _voc_objects(voc, image_index: int) -> list[tuple[str, tuple[int, int, int, 
     return objects
 
 
-@_loader("PASCAL_VOC", downloadable=False)
+@_loader("PASCAL_VOC", channels=3, downloadable=False)
 def _pascal_voc(root, download, image_size):
     """PASCAL VOC (2007, else 2012) as 20-class classification: ``train`` image set -> train split,
     ``val`` -> test split (VOC2012's test annotations were never published).
@@ -218,7 +225,7 @@ def _cub_table(folder: str, name: str) -> dict[int, str]:
         raise DatasetError(f"cannot read CUB200 file {path}: {e}") from None
 
 
-@_loader("CUB200", downloadable=False)
+@_loader("CUB200", channels=3, downloadable=False)
 def _cub200(root, download, image_size):
     """Caltech-UCSD Birds-200-2011: 200 species, the dataset's own train/test split (5994 / 5794
     whole images), labels 0-based. Whole images, not bounding-box crops, as in the original code."""

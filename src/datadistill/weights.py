@@ -62,6 +62,17 @@ def init_params(model: nn.Module, scheme: str, gain: float, seed: int,
     return params
 
 
+def check_pretrained_fits(arch: type, channels: int | None) -> None:
+    """Raise ``ConfigError`` unless ``arch`` has ImageNet weights and its inputs (``channels``; None
+    where not known yet) are RGB, as ImageNet's are."""
+    if not hasattr(arch, "pretrained_weights"):
+        raise ConfigError(f"--init imagenet_pretrained needs --arch {', '.join(pretrained_archs())}; "
+                          f"{arch.__name__} has no ImageNet weights")
+    if channels not in (None, 3):
+        raise ConfigError(f"--init imagenet_pretrained needs RGB images (ImageNet's), this dataset has "
+                          f"{channels} channel(s)")
+
+
 @torch.no_grad()
 def pretrained_params(model: nn.Module, gain: float, seed: int, device: torch.device | str = "cpu") -> Params:
     """ImageNet weights for every layer but the head, which is drawn from ``seed`` (xavier normal
@@ -71,13 +82,7 @@ def pretrained_params(model: nn.Module, gain: float, seed: int, device: torch.de
     None (see ``pretrained.weights_file``); raises ``ConfigError`` for an arch without ImageNet
     weights, non-RGB inputs or a missing file, ``ArtifactError`` for a file of another network.
     """
-    if not hasattr(model, "pretrained_weights"):
-        raise ConfigError(f"--init imagenet_pretrained needs --arch {', '.join(pretrained_archs())}; "
-                          f"{type(model).__name__} has no ImageNet weights")
-    channels = model.features[0].in_channels
-    if channels != 3:
-        raise ConfigError(f"--init imagenet_pretrained needs RGB images (ImageNet's), this dataset has "
-                          f"{channels} channel(s)")
+    check_pretrained_fits(type(model), model.features[0].in_channels if hasattr(model, "features") else None)
     state = pretrained.alexnet_state(model.pretrained_weights)
     source = model.pretrained_weights or pretrained.hub_cache_path()
     with torch.random.fork_rng(devices=[]):

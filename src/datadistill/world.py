@@ -200,11 +200,11 @@ def start(world_size: int | None = None, device: str = "cpu",
     the original's launch gives ``--world_size`` and ``RANK`` with ``MASTER_ADDR``/``MASTER_PORT``
     or ``INIT_FILE`` (a path on a filesystem all processes share). NCCL on GPUs, gloo on CPUs.
     """
+    if not (math.isfinite(timeout) and timeout > 0):  # checked alone too: the flag is wrong either way
+        raise ConfigError(f"--dist_timeout must be a positive number of seconds, got {timeout:g}")
     size = launched_size(world_size)
     if size == 1:
         return World(), device
-    if timeout <= 0:
-        raise ConfigError(f"--dist_timeout must be positive, got {timeout}")
     rank = _env_int("RANK")
     if rank is None:
         raise ConfigError(f"a run over {size} processes needs RANK in the environment (torchrun sets "

@@ -9,10 +9,11 @@ import torch
 
 from .. import artifacts
 from ..config import RunConfig
-from ..data import Dataset, canonical_name, load_dataset
+from ..data import Dataset, canonical_name, dataset_channels, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..models import Params, arch_class, build_model
 from ..pretrained import weights_file
+from ..weights import check_pretrained_fits
 from ..zoo import Zoo, zoo_dir_for
 
 ZOO_FILE = "zoo.pt"
@@ -68,8 +69,14 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
     dataset = config.data.dataset if dataset_given else canonical_name(config.data.dataset)
     source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
     resolve_device(config.device)
-    if config.model.init == "imagenet_pretrained":
-        weights_file(config.model.pretrained_weights)  # before minutes of image loading
+    if os.path.exists(config.zoo_root) and not os.path.isdir(config.zoo_root):
+        where = "--zoo_dir" if config.zoo_dir else "the zoo folder <results_dir>/zoo"
+        raise ConfigError(f"{where} {config.zoo_root} is a file; give a folder")
+    if config.model.init == "imagenet_pretrained":  # all before minutes of image loading
+        # adaptation maps the target's images into the shape of the source the networks trained on
+        inputs = source if config.mode == "distill_adapt" and source is not None else dataset
+        check_pretrained_fits(arch_class(arch), dataset_channels(inputs))
+        weights_file(config.model.pretrained_weights)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch),
                                data=dataclasses.replace(config.data, dataset=dataset, source_dataset=source))
 

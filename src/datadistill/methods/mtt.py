@@ -67,10 +67,11 @@ class ExpertSegments(NetSource):
         first = next(iter(trajectories.values()))
         self.n_experts, epochs = first.shape[0], first.shape[1] - 1
         if max_start_epoch - 1 + expert_epochs > epochs:
-            raise ConfigError(f"the experts were trained for {epochs} epochs; starts up to epoch "
-                              f"{max_start_epoch - 1} (--max_start_epoch {max_start_epoch}) plus "
-                              f"--expert_epochs {expert_epochs} need {max_start_epoch - 1 + expert_epochs}; "
-                              f"lower them or train longer experts (train-zoo --trajectories --epochs)")
+            need = max_start_epoch - 1 + expert_epochs
+            raise ConfigError(f"--max_start_epoch {max_start_epoch} with --expert_epochs {expert_epochs} needs "
+                              f"experts trained for {need} epochs (the latest start, epoch {max_start_epoch - 1}, "
+                              f"plus {expert_epochs}), but these were trained for {epochs}; lower either flag, "
+                              f"or train longer experts (train-zoo --trajectories --epochs {need})")
         self.trajectories, self.expert_epochs, self.max_start_epoch = trajectories, expert_epochs, max_start_epoch
         self.device, self.world, self.total = device, world, per_iteration
         self.epochs = epochs
