@@ -13,7 +13,8 @@ from typing import Iterator
 
 import torch
 
-from .datasets import _DOWNLOADABLE, _LOADERS, canonical_name, dataset_channels, dataset_names  # noqa: F401 (re-exported)
+from .datasets import (_DOWNLOADABLE, _LOADERS, canonical_name, dataset_channels,  # noqa: F401 (re-exported)
+                       dataset_names)
 from .errors import ConfigError, DatasetError
 
 
