@@ -69,9 +69,8 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
     dataset = config.data.dataset if dataset_given else canonical_name(config.data.dataset)
     source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
     resolve_device(config.device)
-    if os.path.exists(config.zoo_root) and not os.path.isdir(config.zoo_root):
-        where = "--zoo_dir" if config.zoo_dir else "the zoo folder <results_dir>/zoo"
-        raise ConfigError(f"{where} {config.zoo_root} is a file; give a folder")
+    if config.zoo_dir and os.path.exists(config.zoo_dir) and not os.path.isdir(config.zoo_dir):
+        raise ConfigError(f"--zoo_dir {config.zoo_dir} is a file; give a folder")
     if config.model.init == "imagenet_pretrained":  # all before minutes of image loading
         # adaptation maps the target's images into the shape of the source the networks trained on
         inputs = source if config.mode == "distill_adapt" and source is not None else dataset
