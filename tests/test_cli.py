@@ -275,6 +275,17 @@ def test_a_zoo_folder_that_is_a_file_is_named_before_any_zoo_is_looked_for(tmp_p
     assert not out.exists()
 
 
+def test_scoring_on_a_validation_split_that_is_not_there_is_one_line(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["test", "--dataset", "digits", "--score_on", "val", "--val_size", "0", "--test_distilled_images",
+            "random_train", "--test_distilled_lrs", "fix", "0.1", "--results_dir", str(out), "--no_progress"]
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err == ("datadistill: error: --score_on val scores on the validation split, and this run holds none "
+                   "out; give --val_size > 0\n")
+    assert not out.exists()
+
+
 def test_a_missing_init_from_file_is_one_line_and_no_results(tmp_path, capsys):
     out = tmp_path / "r"
     argv = ["distill", "--method", "dm", "--dataset", "digits", "--init_from", str(tmp_path / "none.pt"),

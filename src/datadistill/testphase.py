@@ -164,6 +164,9 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
     run_seeds, and with a selection ``selection_scores``.
     """
     model, data, steps, per_class = inputs.model, inputs.data, inputs.steps, inputs.per_class
+    if test.score_on == "val" and data.val is None:
+        raise ConfigError("--score_on val scores on the validation split, and this run holds none out; "
+                          "give --val_size > 0")
     train, num_classes, run_seed, loaded = data.train, data.num_classes, inputs.seed, inputs.loaded
     device = train.x.device
     from_scratch = inputs.scratch is not None and inputs.scratch.protocol == "from_scratch"
