@@ -240,6 +240,10 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
      "--eval_augment applies to --protocol from_scratch; this run scores unrolled"),
     (["test", "--dataset", "digits", "--test_niter", "3"], "--test_niter applies with --test_optimize_n_runs only"),
     (["distil", "--dataset", "digits"], "unknown command 'distil'; accepted: distill, train-zoo, test, evaluate"),
+    # seeds derived from it (offsets times seed + 1) must stay in the range torch.manual_seed takes
+    (["distill", "--dataset", "digits", "--seed", "-1"], "--seed must be in 0..4294967295, got -1"),
+    (["test", "--dataset", "digits", "--seed", str(2**64)], f"--seed must be in 0..4294967295, got {2**64}"),
+    (["evaluate", "missing.pt", "--seed", str(2**32)], "--seed must be in 0..4294967295, got 4294967296"),
 ])
 def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
     out = tmp_path / "r"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from .scoring import EvalConfig, MethodConfig, TestPhaseConfig
 from .sections import (CONV_BACKENDS, MODES, PHASES, DataConfig, ModelConfig, NetsConfig, OuterConfig, SyntheticConfig,
-                       _choice, _positive)
+                       _choice, _positive, _seed)
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class RunConfig:
                               f"it applies to --mode distill_basic, not {self.mode}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval_every must be >= 0, got {self.eval_every}")
+        _seed("--seed", self.seed)
 
     @property
     def setting(self) -> str:

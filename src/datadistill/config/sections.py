@@ -29,6 +29,16 @@ def _choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
 
 
+# every seed the run derives (networks, candidates: offsets times seed + 1) then stays inside the
+# 64-bit range torch.manual_seed takes
+SEED_LIMIT = 2**32
+
+
+def _seed(what: str, value: int) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{what} must be in 0..{SEED_LIMIT - 1}, got {value}")
+
+
 def _positive(what: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{what} must be positive, got {value}")

@@ -11,7 +11,7 @@ import torch
 
 from .. import artifacts
 from ..augment import augmenter
-from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive
+from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive, _seed
 from ..data import Dataset, Split, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic, scratch_chunk
@@ -66,6 +66,8 @@ class EvaluateConfig:
         for flag in ("test_n_nets", "width", "scratch_epochs", "scratch_batch_size", "scratch_lr"):
             if getattr(self, flag) is not None:
                 _positive(f"--{flag}", getattr(self, flag))
+        if self.seed is not None:
+            _seed("--seed", self.seed)
 
 
 def from_file(cfg: EvaluateConfig, meta: dict, same_arch: bool) -> EvaluateConfig:
