@@ -143,7 +143,8 @@ def add_run(p, seed: bool = True) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--results_dir", help=f"where files go (default {D.results_dir})")
     if seed:
-        g.add_argument("--seed", "--base_seed", dest="seed", type=int, help=f"the run's seed, 0..2^32-1 (default {D.seed})")
+        g.add_argument("--seed", "--base_seed", dest="seed", type=int,
+                       help=f"the run's seed, 0..2^32-1 (default {D.seed})")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu; cuda:LOCAL_RANK when launched on GPUs)")
     g.add_argument("--device_id", type=int, help="the original's device flag: N for cuda:N, negative for CPU")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
