@@ -272,6 +272,33 @@ def test_fixed_networks_of_another_arch_or_init_are_refused(tmp_path, capsys, kn
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags", [["--test_n_nets", "5"], ["--init_param", "2"], ["--seed", "5"],
+                                   ["--nets", "fixed", "--test_n_nets", "3"]])
+def test_flags_that_would_draw_or_count_fresh_networks_are_refused_with_fixed_ones(tmp_path, capsys, known_init_run,
+                                                                                   flags):
+    path, _ = known_init_run
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert _run(["evaluate", str(path), *flags, "--results_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    flag = flags[-2]
+    assert err == (f"datadistill: error: {flag} has nothing to change here: the file's 2 fixed networks are scored "
+                   f"as they are (--nets fresh for new ones)\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags", [["--width", "64"], ["--arch", "LeNet", "--width", "64"],
+                                   ["--arch", "LeNet,AlexCifarNet", "--width", "64"]])
+def test_a_width_no_scored_arch_takes_is_refused(tmp_path, capsys, known_init_run, flags):
+    path, _ = known_init_run  # LeNet
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert _run(["evaluate", str(path), *flags, "--results_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datadistill: error: --width applies to ConvNet, MLP, not LeNet") and err.count("\n") == 1
+    assert not out.exists()
+
+
 class PlainLeNet(nn.Module):
     """LeNet as datadistill's models.py defines it for 28-pixel images, written out here in plain
     PyTorch (in the textbook order, ReLU then pooling) so that the replay below shares no code with it."""

@@ -42,6 +42,13 @@ def has_width(cls: type) -> bool:
     return "width" in inspect.signature(cls).parameters
 
 
+def check_takes_width(*classes: type) -> None:
+    """Raise ``ConfigError`` unless one of the architecture classes takes ``--width``."""
+    if not any(has_width(cls) for cls in classes):
+        widths = ", ".join(n for n, c in sorted(ARCHS.items()) if has_width(c))
+        raise ConfigError(f"--width applies to {widths}, not {', '.join(cls.__name__ for cls in classes)}")
+
+
 def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
                 pretrained_weights: str | None = None, width: int | None = None) -> nn.Module:
     """An instance of ``arch`` for inputs of shape (in_channels, image_size, image_size).
@@ -52,9 +59,8 @@ def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
     None keeps the class's default.
     """
     cls = arch_class(arch)
-    if width is not None and not has_width(cls):
-        widths = ", ".join(n for n, c in sorted(ARCHS.items()) if has_width(c))
-        raise ConfigError(f"--width applies to {widths}, not {cls.__name__}")
+    if width is not None:
+        check_takes_width(cls)
     if width is not None and width < 1:
         raise ConfigError(f"--width must be positive, got {width}")
     sizes = cls.supported_sizes

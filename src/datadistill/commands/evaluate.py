@@ -32,7 +32,8 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
                                   "(default: fixed when the file holds them and arch and init match)")
     p.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units, for each listed arch that has "
                                              "them (default: the file's, when --arch is the file's; else the class's)")
-    p.add_argument("--test_n_nets", type=int, help="fresh networks to train and score (default 10)")
+    p.add_argument("--test_n_nets", type=int, help="fresh networks to train and score (default 10; not with the "
+                                                   "file's fixed networks, which are all scored)")
     p.add_argument("--protocol", help=f"{' or '.join(PROTOCOLS)}: the set's batches and learned step sizes, as "
                                       "distilled; or SGD (momentum 0.9, weight decay 5e-4) on all images pooled "
                                       "(default: the run's; wang2018 unrolled, the later methods from_scratch)")

@@ -15,7 +15,7 @@ from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive, _seed
 from ..data import Dataset, Split, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic, scratch_chunk
-from ..models import arch_class, build_model, has_width
+from ..models import arch_class, build_model, check_takes_width, has_width
 from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
@@ -24,6 +24,7 @@ from .common import check_writable_folder, resolve_device
 PROTOCOLS = ("unrolled", "from_scratch")
 NETS = ("fixed", "fresh")
 RESULTS = "results.json"
+DEFAULT_N_NETS = 10  # fresh networks a set is scored on, as a distill run scores it
 Progress = Callable[[str, int], Callable[[], None]] | None
 
 
@@ -41,7 +42,7 @@ class EvaluateConfig:
     pretrained_weights: str | None = None
     nets: str | None = None  # fixed: the file's init_params; fresh: new networks; None: fixed if the file has them
     width: int | None = None  # ConvNet channels / MLP units; None: the file's when the arch is the file's
-    test_n_nets: int = 10
+    test_n_nets: int | None = None  # fresh networks to score; None: DEFAULT_N_NETS (fixed ones: all the file's)
     # None below: what the run that wrote the file used (its config), else EvalConfig's default
     protocol: str | None = None  # the run's (its method's: wang2018 unrolled, the others from_scratch)
     scratch_epochs: int | None = None
@@ -90,7 +91,8 @@ def from_file(cfg: EvaluateConfig, meta: dict, same_arch: bool) -> EvaluateConfi
         scratch_lr=pick(cfg.scratch_lr, "scratch_lr"),
         scratch_batch_size=pick(cfg.scratch_batch_size, "scratch_batch_size"),
         eval_augment=pick(cfg.eval_augment, "augment"),
-        seed=cfg.seed if cfg.seed is not None else run.get("seed", 0))
+        seed=cfg.seed if cfg.seed is not None else run.get("seed", 0),
+        test_n_nets=cfg.test_n_nets if cfg.test_n_nets is not None else DEFAULT_N_NETS)
 
 
 def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalResult, dict]:
@@ -106,6 +108,8 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     init = cfg.init or meta.get("init") or "xavier"
     init_param = cfg.init_param if cfg.init_param is not None else meta.get("init_param", 1.0)
     same_nets = arch_cls.__name__ == meta.get("arch") and init == meta.get("init", init)
+    if cfg.width is not None:
+        check_takes_width(arch_cls)
     given = cfg
     cfg = from_file(cfg, meta, arch_cls.__name__ == meta.get("arch"))
     if cfg.protocol == "unrolled":  # the from-scratch settings would be ignored: refuse them
@@ -119,11 +123,18 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     nets_kind = cfg.nets or ("fixed" if fixed is not None and same_nets and cfg.width == file_width else "fresh")
     if nets_kind == "fixed" and fixed is None:
         raise ConfigError(f"{cfg.distilled} holds no fixed networks (init_params); use --nets fresh")
-    if nets_kind == "fixed" and cfg.width != file_width:
-        raise ConfigError(f"the file's fixed networks have width {file_width}; --width {cfg.width} needs --nets fresh")
     if nets_kind == "fixed" and not same_nets:
         raise ConfigError(f"the file's fixed networks are {meta.get('arch')} with {meta.get('init')} init; "
                           f"--arch/--init ask for {arch_cls.__name__} with {init}; use --nets fresh")
+    if nets_kind == "fixed" and cfg.width != file_width:
+        raise ConfigError(f"the file's fixed networks have width {file_width}; --width {cfg.width} needs --nets fresh")
+    if nets_kind == "fixed":  # scored as they are, all of them: what draws or counts fresh ones is refused
+        stray = [f"--{f}" for f in ("test_n_nets", "init_param") if getattr(given, f) is not None]
+        if cfg.protocol == "unrolled" and given.seed is not None:  # fixed batches too: nothing to seed
+            stray.append("--seed")
+        if stray:
+            raise ConfigError(f"{stray[0]} has nothing to change here: the file's {next(iter(fixed.values())).shape[0]} "
+                              f"fixed networks are scored as they are (--nets fresh for new ones)")
     size = synthetic.images.shape[-1]
     pad = padding_for(size, arch_cls)
     name = canonical_name(cfg.dataset or meta["dataset"])
@@ -218,6 +229,8 @@ def evaluate_command(cfg: EvaluateConfig, command: str, progress: Progress = Non
     if cfg.results_dir is not None:
         check_writable_folder(cfg.results_dir, "--results_dir")
     archs = archs_of(cfg)
+    if cfg.width is not None and None not in archs:  # else checked against the file's arch
+        check_takes_width(*(arch_class(arch) for arch in archs))
     scored = []
     for arch in archs:
         takes_width = arch is None or has_width(arch_class(arch))
