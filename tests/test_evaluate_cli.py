@@ -272,6 +272,24 @@ def test_fixed_networks_of_another_arch_or_init_are_refused(tmp_path, capsys, kn
     assert not out.exists()
 
 
+def test_the_test_phase_scores_a_known_init_set_on_the_files_fixed_networks(tmp_path, capsys, known_init_run):
+    path, metrics = known_init_run
+    base = ["test", "--dataset", "digits", "--distilled", str(path), "--train_nets_type", "known_init",
+            "--test_nets_type", "same_as_train", "--no_progress"]
+    capsys.readouterr()
+    assert main([*base, "--results_dir", str(tmp_path / "t")]) == 0
+    row, = json.loads((tmp_path / "t" / "results.json").read_text())["rows"]
+    # the run's own two networks, trained on the set as the run scored them: its very figures
+    assert (row["runs"], row["nets"]) == (1, 2)
+    assert row["accuracies"] == metrics["final_accuracy"]["accuracies"]
+    out = tmp_path / "mlp"
+    assert _run([*base, "--arch", "MLP", "--results_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("datadistill: error: the file's fixed networks are LeNet with xavier init; --arch/--init/--width "
+                   "ask for MLP with xavier init; give the file's, or --test_nets_type unknown_init\n")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("flags", [["--test_n_nets", "5"], ["--init_param", "2"], ["--seed", "5"],
                                    ["--nets", "fixed", "--test_n_nets", "3"]])
 def test_flags_that_would_draw_or_count_fresh_networks_are_refused_with_fixed_ones(tmp_path, capsys, known_init_run,

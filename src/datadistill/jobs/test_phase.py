@@ -61,6 +61,11 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         if fixed is None:
             raise ConfigError("--test_nets_type same_as_train with known_init needs the distilled file's "
                               "fixed networks (init_params), and it has none; use unknown_init or loaded")
+        meta, m = loaded.meta, config.model
+        file_nets = (meta.get("arch"), meta.get("init"), meta.get("config", {}).get("model", {}).get("width"))
+        if file_nets != (m.arch, m.init, m.width):
+            raise ConfigError(f"the file's fixed networks are {_networks(*file_nets)}; --arch/--init/--width ask for "
+                              f"{_networks(m.arch, m.init, m.width)}; give the file's, or --test_nets_type unknown_init")
     train_zoo = test_zoo = shape = None
     if nets_cfg.train_nets_type == "loaded" and (selecting or same_as_train):
         train_zoo, shape, _ = load_zoo_nets(config, "train", nets_cfg.n_nets)
@@ -94,7 +99,9 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
     model = model_for(config, dataset)
 
     n_test = nets_cfg.test_n_nets
-    zoo_nets = test_zoo if test_zoo is not None else train_zoo if same_as_train else fixed
+    # same_as_train: the networks the set was distilled for, a train zoo's or the file's fixed ones
+    zoo_nets = test_zoo if test_zoo is not None else (train_zoo if train_zoo is not None else fixed) \
+        if same_as_train else None
     if zoo_nets is not None:
         fixed = {k: v.to(device) for k, v in zoo_nets.items()}
         test_nets = lambda run: fixed  # noqa: E731 -- a zoo has one set of networks for every run
@@ -149,3 +156,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
 
 
 test_phase.__test__ = False  # a library function, not a pytest test
+
+
+def _networks(arch: str, init: str, width: int | None) -> str:
+    return f"{arch} with {init} init" + (f", width {width}" if width else "")
