@@ -32,16 +32,17 @@ def main():
     root = require_mnist()
     nets = (["--arch", "ConvNet", "--width", "32", "--init", "default", "--protocol", "from_scratch",
              "--test_n_nets", "10"] if args.from_scratch else ["--arch", "LeNet", "--test_n_nets", "20"])
-    base = ["--mode", "distill_basic", "--dataset", "MNIST", *nets, "--phase", "test",
-            "--train_nets_type", "unknown_init", "--test_nets_type", "unknown_init",
-            "--distilled", args.distilled, "--dataset_root", root]
+    # the networks' flags are refused where no network trains (nearest_neighbor): only --arch stays
+    base = ["--mode", "distill_basic", "--dataset", "MNIST", *nets[:2], "--phase", "test",
+            "--train_nets_type", "unknown_init", "--distilled", args.distilled, "--dataset_root", root]
     rows = {}
     total = 0.0
     with tempfile.TemporaryDirectory() as d:
         def score(images, lrs, runs="1", split="test"):
             nonlocal total
-            seconds, _ = timed(datadistill(*base, "--test_distilled_images", images, "--test_distilled_lrs", *lrs,
-                                           "--test_n_runs", runs, "--results_dir", d, "--score_on", split))
+            trained = [] if lrs[0] == "nearest_neighbor" else [*nets[2:], "--test_nets_type", "unknown_init"]
+            seconds, _ = timed(datadistill(*base, *trained, "--test_distilled_images", images, "--test_distilled_lrs",
+                                           *lrs, "--test_n_runs", runs, "--results_dir", d, "--score_on", split))
             total += seconds
             row = json.loads((Path(d) / "results.json").read_text())["rows"][0]
             print(f"{images:>14} {' '.join(lrs):>22} on {split:>4}: {100 * row['mean']:6.2f}% +- "

@@ -224,6 +224,14 @@ def _run(argv):
     (["--test_nets_type", "same_as_train", "--test_n_nets", "2"], "--test_n_nets does not apply with --test_nets_type same_as_train"),
     (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix", "0.1", "--protocol", "from_scratch"],
      "--protocol from_scratch uses none"),
+    # flags nothing would read: refused, not ignored
+    (["--test_distilled_lrs", "nearest_neighbor", "1", "2", "--test_n_nets", "4"],
+     "--test_n_nets does not apply with --test_distilled_lrs nearest_neighbor (no network trains"),
+    (["--test_distilled_lrs", "nearest_neighbor", "1", "2", "--protocol", "from_scratch"],
+     "--protocol does not apply with --test_distilled_lrs nearest_neighbor"),
+    (["--protocol", "from_scratch", "--test_distill_epochs", "5"], "--test_distill_epochs applies to --protocol unrolled"),
+    (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix", "0.3", "--batch_size", "64"],
+     "--batch_size applies with --test_optimize_n_runs only"),
 ])
 def test_bad_combinations_are_one_line_and_exit_2(tmp_path, capsys, flags, message):
     out = tmp_path / "r"

@@ -63,6 +63,7 @@ def build_parser(prog: str = "datadistill test") -> Parser:
 
 def run(args, argv: list[str], session) -> int:
     from ..jobs import test_phase
+    from ..jobs.test_phase import SHAPE_FLAGS
     from ..runtime import apply_process_switches
     from ..testphase import format_table
 
@@ -76,10 +77,18 @@ def run(args, argv: list[str], session) -> int:
             refuse(args, flag, f"applies to --mode distill_attack only, not {mode}")
     if getattr(args, "test_nets_type", D.nets.test_nets_type) == "same_as_train":
         refuse(args, "test_n_nets", "does not apply with --test_nets_type same_as_train (the training networks score)")
-    refuse_scratch_flags(args, getattr(args, "protocol", "unrolled"))
+    protocol = getattr(args, "protocol", "unrolled")
+    refuse_scratch_flags(args, protocol)
     if "test_optimize_n_runs" not in vars(args):
-        for flag in ("test_optimize_n_nets", "test_niter"):
+        for flag in ("test_optimize_n_nets", "test_niter", "batch_size"):
             refuse(args, flag, "applies with --test_optimize_n_runs only (the search among random draws)")
+    if (getattr(args, "test_distilled_lrs", None) or ["loaded"])[0] == "nearest_neighbor":
+        for flag in ("protocol", "test_distill_epochs", "test_n_nets", "init", "init_param"):
+            refuse(args, flag, "does not apply with --test_distilled_lrs nearest_neighbor (no network trains: "
+                               "the set is the memory of a nearest-neighbour classifier)")
+    if protocol == "from_scratch":
+        refuse(args, "test_distill_epochs", "applies to --protocol unrolled (from_scratch trains --scratch_epochs "
+                                            "epochs of SGD)")
     label_mode = getattr(args, "label_mode", None)
     if label_mode not in (None, "teacher"):
         raise ConfigError(f"datadistill test takes --label_mode teacher only (relabel the sets scored), not "
@@ -93,7 +102,8 @@ def run(args, argv: list[str], session) -> int:
     apply_process_switches()  # training networks from scratch allocates large blocks every step
     quiet = getattr(args, "no_progress", False)
     results = test_phase(config, command=shlex.join(["datadistill", *argv]),
-                         progress=(lambda what: None) if quiet else (lambda what: print(what + " ...", file=sys.stderr)))
+                         progress=(lambda what: None) if quiet else (lambda what: print(what + " ...", file=sys.stderr)),
+                         shape_given={field: given[field] for _, field in SHAPE_FLAGS if field in given})
     print(format_table(results["rows"]))
     print(f"test phase: {results['wall_seconds']:.0f} s wall; {results['command']}; results in "
           f"{config.results_dir}/results.md")

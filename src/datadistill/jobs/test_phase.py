@@ -34,10 +34,18 @@ def _read_distilled(config: RunConfig) -> SyntheticSet:
     return artifacts.load_distilled(path)
 
 
+# the shape flags a loaded file fixes: (flag, dotted field)
+SHAPE_FLAGS = (("--distill_steps", "synthetic.steps"),
+               ("--distilled_images_per_class_per_step", "synthetic.images_per_class_per_step"),
+               ("--distill_epochs", "synthetic.epochs"))
+
+
 def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset | None = None,
-               progress=lambda what: None) -> dict:
+               progress=lambda what: None, shape_given: dict[str, int] | None = None) -> dict:
     """Score the distilled set of a run, or baselines of its shape (``config.test``), and write
     results.json and results.md under ``config.results_dir``; returns what results.json holds.
+    ``shape_given``: the shape fields (``SHAPE_FLAGS``) typed on the command line; a loaded file
+    fixes the shape, so one that disagrees with it is refused rather than ignored.
 
     Everything that can be wrong with the input (files, zoos, shapes) is checked before any
     scoring, and nothing is written unless the whole run succeeds.
@@ -86,6 +94,12 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
             raise ConfigError(f"distilled set has {loaded.num_classes} classes, {dataset.name} has "
                               f"{dataset.num_classes}")
         steps, per_class = loaded.steps, loaded.images.shape[1] // loaded.num_classes
+        for (flag, field), have in zip(SHAPE_FLAGS, (steps, per_class, loaded.epochs)):
+            value = (shape_given or {}).get(field)
+            if value is not None and value != have:
+                hint = "; --test_distill_epochs sets the passes scored" if field == "synthetic.epochs" else ""
+                raise ConfigError(f"{flag} {value} disagrees with {distilled_path(config)}, which holds {have}; a "
+                                  f"loaded set is scored in its own shape{hint}")
         if loaded.epochs == 0 and not from_scratch and test.lrs == "loaded":
             raise ConfigError(f"{distilled_path(config)} has no step sizes (a set of a method scored from "
                               f"scratch); score it with --protocol from_scratch, or give --test_distilled_lrs fix LR")
