@@ -244,6 +244,13 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     (["distill", "--dataset", "digits", "--seed", "-1"], "--seed must be in 0..4294967295, got -1"),
     (["test", "--dataset", "digits", "--seed", str(2**64)], f"--seed must be in 0..4294967295, got {2**64}"),
     (["evaluate", "missing.pt", "--seed", str(2**32)], "--seed must be in 0..4294967295, got 4294967296"),
+    (["distill", "--dataset", "digits", "--lr_schedule", "cosine", "--decay_epochs", "2"],
+     "--decay_epochs applies to --lr_schedule step, not cosine"),
+    (["distill", "--dataset", "digits", "--val_size", "0", "--eval_every", "1"],
+     "--eval_every validates on the validation split, and --val_size 0 holds none out"),
+    (["distill", "--method", "dm", "--dataset", "digits", "--conv_backend", "mkldnn"],
+     "--conv_backend applies to --method wang2018 or mtt, not dm"),
+    (["distill", "--method", "bogus", "--embed_batch", "3"], "unknown method 'bogus'; accepted: dm, gm, mtt, wang2018"),
 ])
 def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
     out = tmp_path / "r"
@@ -469,6 +476,11 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     named = re.search(r"checkpoint was made with ([\w.]+)=", err)
     assert err.count("\n") == 1 and named and named.group(1) in differ, err
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1  # refused: nothing ran
+    # more epochs extend a run; fewer than the checkpoint has run cannot continue it
+    torch.save({**saved, "epoch": 3}, tmp_path / "checkpoint.pt")
+    assert main(resume) == 2
+    assert capsys.readouterr().err == (f"datadistill: error: checkpoint {tmp_path / 'checkpoint.pt'} is at epoch 3, "
+                                       f"past --epochs 2; give --epochs 3 or more, or run without --resume\n")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import torch
 from . import artifacts
 from .config import RunConfig
 from .distill import Callback, Distillation, History
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 from .synthetic import SyntheticSet
 
 # config fields a resumed run may change; anything else must match the checkpoint
@@ -101,6 +101,9 @@ def read_checkpoint(path: Path, config: RunConfig) -> dict:
     if not all(isinstance(t, torch.Tensor) for t in state["learned"]):
         raise ArtifactError(f"checkpoint {path} holds learned values that are not tensors: {damaged}")
     check_resumable(state["config"], config.to_dict())
+    if isinstance(state["epoch"], int) and state["epoch"] > config.outer.epochs:  # more epochs extend a run
+        raise ConfigError(f"checkpoint {path} is at epoch {state['epoch']}, past --epochs {config.outer.epochs}; "
+                          f"give --epochs {state['epoch']} or more, or run without --resume")
     return state
 
 

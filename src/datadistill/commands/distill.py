@@ -118,9 +118,17 @@ def check_applies(args) -> None:
     """Refuse flags the chosen setting would ignore."""
     mode = getattr(args, "mode", D.mode)
     method = getattr(args, "method", D.method)
+    from ..methods import method_class  # here, not at import: it loads torch, which --help does not need
+
+    method_cls = method_class(method)  # an unknown method is named before its flags are judged
     for flag, methods in METHOD_FLAGS.items():
         if method not in methods:
             refuse(args, flag, f"applies to --method {' or '.join(methods)}, not {method}")
+    if getattr(args, "lr_schedule", None) == "cosine":
+        for flag in ("decay_epochs", "decay_factor"):
+            refuse(args, flag, "applies to --lr_schedule step, not cosine")
+    if getattr(args, "val_size", None) == 0:
+        refuse(args, "eval_every", "validates on the validation split, and --val_size 0 holds none out")
     if "init_from" in vars(args):
         refuse(args, "image_init", "does not apply with --init_from: the set starts from that file's images")
     if "ipc" in vars(args) and "distill_steps" in vars(args):
@@ -129,9 +137,6 @@ def check_applies(args) -> None:
             raise ConfigError(f"--ipc {args.ipc} is not --distill_steps {args.distill_steps} x "
                               f"--distilled_images_per_class_per_step {per_step}; give one of --ipc and "
                               f"--distill_steps")
-    from ..methods import method_class  # here, not at import: it loads torch, which --help does not need
-
-    method_cls = method_class(method)
     protocol = getattr(args, "protocol", None) or method_cls.protocol
     refuse_scratch_flags(args, protocol)
     if protocol == "unrolled" and not method_cls.learns_step_sizes:

@@ -58,7 +58,8 @@ METHOD_FLAGS = {"outer_loop": ("gm",), "inner_steps": ("gm",), "inner_lr": ("gm"
                 "attack_weight": ("wang2018",), "distill_epochs": ("wang2018",),
                 "distilled_images_per_class_per_step": ("wang2018",), "sample_n_nets": ("wang2018", "mtt"),
                 "step_size_param": ("wang2018", "mtt"), "distill_steps": ("wang2018",),
-                "distill_lr": ("wang2018", "mtt"), "step_size_lr": ("wang2018", "mtt")}
+                "distill_lr": ("wang2018", "mtt"), "step_size_lr": ("wang2018", "mtt"),
+                "conv_backend": ("wang2018", "mtt")}  # the backend of unrolled steps: dm and gm unroll none
 
 
 class Parser(argparse.ArgumentParser):
