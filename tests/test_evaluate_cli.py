@@ -282,6 +282,10 @@ def test_the_test_phase_scores_a_known_init_set_on_the_files_fixed_networks(tmp_
     # the run's own two networks, trained on the set as the run scored them: its very figures
     assert (row["runs"], row["nets"]) == (1, 2)
     assert row["accuracies"] == metrics["final_accuracy"]["accuracies"]
+    # without --dataset, the file's own (digits), not the default MNIST: the same figures
+    assert main([*base[:1], *base[3:], "--results_dir", str(tmp_path / "own")]) == 0
+    own = json.loads((tmp_path / "own" / "results.json").read_text())
+    assert own["config"]["data"]["dataset"] == "digits" and own["rows"][0]["accuracies"] == row["accuracies"]
     # the file fixes the shape: a step count that disagrees with it is refused, not ignored
     assert _run([*base, "--distill_steps", "3", "--results_dir", str(tmp_path / "steps")]) == 2
     assert capsys.readouterr().err == (f"datadistill: error: --distill_steps 3 disagrees with {path}, which holds 2; "

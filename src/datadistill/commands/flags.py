@@ -88,10 +88,10 @@ def preset_note(field: str, otherwise: str | None = None) -> str:
     return f"by preset: {', '.join(values)}; else {base}" if values else f"default {base}"
 
 
-def add_data(p, source: bool = True) -> None:
+def add_data(p, source: bool = True, default: str = D.data.dataset) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"MNIST, FashionMNIST, Cifar10, SVHN, USPS, PASCAL_VOC, CUB200, or digits "
-                                     f"(bundled, offline); any case (default {D.data.dataset})")
+                                     f"(bundled, offline); any case (default {default})")
     if source:
         g.add_argument("--source_dataset", help="distill_adapt: the domain the loaded networks were trained on")
     g.add_argument("--dataset_root", help="folder holding the dataset files (default ./data)")

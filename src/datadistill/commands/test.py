@@ -19,7 +19,7 @@ def build_parser(prog: str = "datadistill test") -> Parser:
                                       "networks; any selection among random draws is made on the validation "
                                       "split, and the test split scores the kept sets.")
     add_mode(p)
-    add_data(p)
+    add_data(p, default=f"the loaded set's, else {D.data.dataset}")
     add_model(p)
     add_shape(p)
     add_nets(p, sampling=False)
@@ -63,7 +63,6 @@ def build_parser(prog: str = "datadistill test") -> Parser:
 
 def run(args, argv: list[str], session) -> int:
     from ..jobs import test_phase
-    from ..jobs.test_phase import SHAPE_FLAGS
     from ..runtime import apply_process_switches
     from ..testphase import format_table
 
@@ -103,7 +102,7 @@ def run(args, argv: list[str], session) -> int:
     quiet = getattr(args, "no_progress", False)
     results = test_phase(config, command=shlex.join(["datadistill", *argv]),
                          progress=(lambda what: None) if quiet else (lambda what: print(what + " ...", file=sys.stderr)),
-                         shape_given={field: given[field] for _, field in SHAPE_FLAGS if field in given})
+                         typed=given)
     print(format_table(results["rows"]))
     print(f"test phase: {results['wall_seconds']:.0f} s wall; {results['command']}; results in "
           f"{config.results_dir}/results.md")

@@ -1,6 +1,7 @@
 """The test phase job: score a distilled set, or baselines of its shape, and write a table."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 
 from .. import artifacts
 from ..config import RunConfig
-from ..data import Dataset
+from ..data import Dataset, canonical_name
 from ..errors import ArtifactError, ConfigError
 from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
 from ..synthetic import SyntheticSet
@@ -41,11 +42,12 @@ SHAPE_FLAGS = (("--distill_steps", "synthetic.steps"),
 
 
 def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset | None = None,
-               progress=lambda what: None, shape_given: dict[str, int] | None = None) -> dict:
+               progress=lambda what: None, typed: dict[str, object] | None = None) -> dict:
     """Score the distilled set of a run, or baselines of its shape (``config.test``), and write
     results.json and results.md under ``config.results_dir``; returns what results.json holds.
-    ``shape_given``: the shape fields (``SHAPE_FLAGS``) typed on the command line; a loaded file
-    fixes the shape, so one that disagrees with it is refused rather than ignored.
+    ``typed``: the fields typed on the command line (dotted, as ``build_config`` takes them). A
+    loaded file fixes the shape, so a shape field (``SHAPE_FLAGS``) that disagrees with it is
+    refused rather than ignored; without ``data.dataset`` the file's own dataset is scored.
 
     Everything that can be wrong with the input (files, zoos, shapes) is checked before any
     scoring, and nothing is written unless the whole run succeeds.
@@ -61,6 +63,11 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
                           "trains with SGD at --scratch_lr); leave it out, or use --protocol unrolled")
     needs_file = test.needs_distilled and not (from_scratch and test.images != "loaded" and test.distilled is None)
     loaded = _read_distilled(config) if needs_file else None
+    typed = {} if typed is None else typed
+    if loaded is not None and "data.dataset" not in typed and loaded.meta.get("dataset") and dataset is None:
+        # the set's own dataset, as evaluate does, rather than the default MNIST
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, dataset=canonical_name(loaded.meta["dataset"])))
     selecting = test.optimize_n_runs is not None and not knn
     same_as_train = not knn and nets_cfg.test_nets_type == "same_as_train"
     fixed = None
@@ -95,7 +102,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
                               f"{dataset.num_classes}")
         steps, per_class = loaded.steps, loaded.images.shape[1] // loaded.num_classes
         for (flag, field), have in zip(SHAPE_FLAGS, (steps, per_class, loaded.epochs)):
-            value = (shape_given or {}).get(field)
+            value = typed.get(field)
             if value is not None and value != have:
                 hint = "; --test_distill_epochs sets the passes scored" if field == "synthetic.epochs" else ""
                 raise ConfigError(f"{flag} {value} disagrees with {distilled_path(config)}, which holds {have}; a "
