@@ -182,7 +182,9 @@ def _run(argv):
     ("n_nets", "--test_n_nets must be positive, got 0"),
     ("epochs", "--scratch_epochs must be positive, got 0"),
     ("protocol", "unknown --protocol 'bogus'; accepted: unrolled, from_scratch"),
-    ("shape", "distilled images are (3, 16, 16) (C, H, W), digits images are (1, 28, 28)"),
+    ("shape", "distilled images are (3, 28, 28) (C, H, W), digits images are (1, 28, 28)"),
+    # said before the dataset is loaded at the arch's own size
+    ("size", "LeNet takes 28, 32-pixel images, {tmp}/small.pt's images have 16"),
     ("arch", "unknown arch 'ResNet'"),
     ("flag", "--bogus does not apply to `datadistill evaluate`"),
     ("fixed", "holds no fixed networks (init_params); use --nets fresh"),
@@ -206,9 +208,12 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, saved, case, message):
         d = torch.load(saved, weights_only=True)
         torch.save({**d, "labels": d["labels"][:, :7]}, path)
     elif case == "shape":
-        s = SyntheticSet(torch.zeros(1, 10, 3, 16, 16), torch.arange(10)[None], fixed_lrs(1, 0.1),
+        s = SyntheticSet(torch.zeros(1, 10, 3, 28, 28), torch.arange(10)[None], fixed_lrs(1, 0.1),
                          (0.5,) * 3, (0.2,) * 3, 10)
         path = str(artifacts.save_distilled(tmp_path / "rgb.pt", s))
+    elif case == "size":
+        s = SyntheticSet(torch.zeros(1, 10, 1, 16, 16), torch.arange(10)[None], fixed_lrs(1, 0.1), (0.5,), (0.2,), 10)
+        path = str(artifacts.save_distilled(tmp_path / "small.pt", s))
     else:
         flags += {"n_nets": ["--test_n_nets", "0"], "epochs": ["--scratch_epochs", "0"],
                   "protocol": ["--protocol", "bogus"], "arch": ["--arch", "ResNet"],

@@ -260,9 +260,9 @@ def test_cli_test_phase_prints_the_table_and_writes_both_files(tmp_path, capsys)
     results = json.loads((out / RESULTS_JSON).read_text())
     assert results["command"].startswith("datadistill --dataset digits --phase test")
     assert testphase.parse_table((out / RESULTS_MD).read_text())[0]["runs"] == 3
-    # under --protocol from_scratch a nearest-neighbour row is still named by its k and p
-    assert main([*argv, "--arch", "ConvNet", "--width", "8", "--protocol", "from_scratch"]) == 0
-    assert "| random_train | nearest_neighbor 1 2 |" in capsys.readouterr().out
+    # no network trains for a nearest-neighbour row: a protocol for training them is refused
+    assert main([*argv, "--arch", "ConvNet", "--width", "8", "--protocol", "from_scratch"]) == 2
+    assert "--protocol does not apply with --test_distilled_lrs nearest_neighbor" in capsys.readouterr().err
 
 def test_test_phase_scores_from_scratch_with_dsa_when_asked(tmp_path):
     # random real images scored from scratch under DSA (the protocol a --augment dsa run is scored

@@ -42,6 +42,15 @@ def has_width(cls: type) -> bool:
     return "width" in inspect.signature(cls).parameters
 
 
+def check_image_size(cls: type, image_size: int, whose: str = "this dataset has") -> None:
+    """Raise ``ConfigError`` unless architecture class ``cls`` takes ``image_size``-pixel images."""
+    sizes = cls.supported_sizes
+    if image_size not in sizes:
+        takes = (f"images of at least {sizes.start} pixels" if isinstance(sizes, range)
+                 else f"{', '.join(str(s) for s in sorted(sizes))}-pixel images")
+        raise ConfigError(f"{cls.__name__} takes {takes}, {whose} {image_size}")
+
+
 def check_takes_width(*classes: type) -> None:
     """Raise ``ConfigError`` unless one of the architecture classes takes ``--width``."""
     if not any(has_width(cls) for cls in classes):
@@ -63,11 +72,7 @@ def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
         check_takes_width(cls)
     if width is not None and width < 1:
         raise ConfigError(f"--width must be positive, got {width}")
-    sizes = cls.supported_sizes
-    if image_size not in sizes:
-        takes = (f"images of at least {sizes.start} pixels" if isinstance(sizes, range)
-                 else f"{', '.join(str(s) for s in sorted(sizes))}-pixel images")
-        raise ConfigError(f"{cls.__name__} takes {takes}, this dataset has {image_size}")
+    check_image_size(cls, image_size)
     if pretrained_weights is not None and not hasattr(cls, "pretrained_weights"):
         raise ConfigError(f"--pretrained_weights is for --arch {', '.join(pretrained_archs())}, "
                           f"not {cls.__name__}")

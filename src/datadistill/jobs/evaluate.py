@@ -15,7 +15,7 @@ from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive, _seed
 from ..data import Dataset, Split, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic, scratch_chunk
-from ..models import arch_class, build_model, check_takes_width, has_width
+from ..models import arch_class, build_model, check_image_size, check_takes_width, has_width
 from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
@@ -137,6 +137,8 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
                               f"fixed networks are scored as they are (--nets fresh for new ones)")
     size = synthetic.images.shape[-1]
     pad = padding_for(size, arch_cls)
+    if not pad:  # before the dataset is loaded at a size the set could not match
+        check_image_size(arch_cls, size, f"{cfg.distilled}'s images have")
     name = canonical_name(cfg.dataset or meta["dataset"])
     # the run's own validation hold-out, so the test split is normalised as the set was distilled
     val_size = meta.get("config", {}).get("data", {}).get("val_size") if name == meta.get("dataset") else None

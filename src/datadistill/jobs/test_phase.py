@@ -11,6 +11,7 @@ from .. import artifacts
 from ..config import RunConfig
 from ..data import Dataset, canonical_name
 from ..errors import ArtifactError, ConfigError
+from ..models import arch_class, check_image_size
 from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
 from ..synthetic import SyntheticSet
 from ..teacher import relabelled
@@ -64,6 +65,8 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
     needs_file = test.needs_distilled and not (from_scratch and test.images != "loaded" and test.distilled is None)
     loaded = _read_distilled(config) if needs_file else None
     typed = {} if typed is None else typed
+    if loaded is not None:  # before the dataset is loaded at a size the set could not match
+        check_image_size(arch_class(m.arch), loaded.images.shape[-1], f"{distilled_path(config)}'s images have")
     if loaded is not None and "data.dataset" not in typed and loaded.meta.get("dataset") and dataset is None:
         # the set's own dataset, as evaluate does, rather than the default MNIST
         config = dataclasses.replace(config, data=dataclasses.replace(
