@@ -130,7 +130,8 @@ def test_knn_tie_goes_to_the_class_of_the_nearest():
 @pytest.mark.parametrize("k,p,message", [(0, 2.0, "k must be at least 1, got 0"),
                                          (1, 0.0, "p must be positive, got 0.0"),
                                          (1, -1.0, "p must be positive"),
-                                         (121, 2.0, "k=121 neighbours asked for, the memory holds 120")])
+                                         (121, 2.0, r"k=121 neighbours asked for \(nearest_neighbor K P\), the "
+                                                    r"memory holds 120 images; accepted: K in 1..120")])
 def test_knn_bad_arguments(blobs, k, p, message):
     with pytest.raises(ConfigError, match=message) as e:
         knn_accuracy(blobs.train.x, blobs.train.y, blobs.test.x, blobs.test.y, k, p)

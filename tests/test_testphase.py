@@ -224,6 +224,8 @@ def _run(argv):
     (["--test_nets_type", "same_as_train", "--test_n_nets", "2"], "--test_n_nets does not apply with --test_nets_type same_as_train"),
     (["--test_distilled_images", "random_train", "--test_distilled_lrs", "fix", "0.1", "--protocol", "from_scratch"],
      "--protocol from_scratch uses none"),
+    (["--test_distilled_lrs", "nearest_neighbor", "1.5", "2"], "K of --test_distilled_lrs nearest_neighbor must be "
+                                                                "a whole number, got '1.5'"),
     # flags nothing would read: refused, not ignored
     (["--test_distilled_lrs", "nearest_neighbor", "1", "2", "--test_n_nets", "4"],
      "--test_n_nets does not apply with --test_distilled_lrs nearest_neighbor (no network trains"),

@@ -68,6 +68,10 @@ def test_a_single_process_needs_no_group_and_passes_values_through(monkeypatch):
         world.agree(lambda: (_ for _ in ()).throw(ConfigError("boom")))
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launched_size(None) == 2
+    monkeypatch.setenv("WORLD_SIZE", "0")
+    with pytest.raises(ConfigError, match="WORLD_SIZE must be >= 1, got 0"):
+        launched_size(None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="--world_size 3 but the launcher set WORLD_SIZE=2"):
         launched_size(3)
 

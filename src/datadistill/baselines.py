@@ -148,7 +148,8 @@ def knn_predict(memory_x: torch.Tensor, memory_y: torch.Tensor, test_x: torch.Te
         raise ConfigError(f"p must be positive, got {p}")
     memory = memory_x.detach().flatten(1)  # (M, D)
     if k > memory.shape[0]:
-        raise ConfigError(f"k={k} neighbours asked for, the memory holds {memory.shape[0]} images")
+        raise ConfigError(f"k={k} neighbours asked for (nearest_neighbor K P), the memory holds {memory.shape[0]} "
+                          f"images; accepted: K in 1..{memory.shape[0]}")
     labels = memory_y.to(memory.device)
     num_classes = int(labels.max()) + 1
     rank = torch.arange(k, device=memory.device)

@@ -188,6 +188,8 @@ def launched_size(world_size: int | None = None) -> int:
             raise ConfigError(f"--world_size {world_size} but the launcher set WORLD_SIZE={env}; "
                               f"give one of them")
         return world_size
+    if env is not None and env < 1:
+        raise ConfigError(f"WORLD_SIZE must be >= 1, got {env}")
     return env or 1
 
 

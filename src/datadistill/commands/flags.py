@@ -230,7 +230,7 @@ def _number(kind, text: str, what: str):
     try:
         return kind(text)
     except ValueError:
-        raise ConfigError(f"{what} must be a number, got {text!r}") from None
+        raise ConfigError(f"{what} must be {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
 
 
 def test_phase_config(args) -> TestPhaseConfig:
