@@ -277,6 +277,16 @@ def test_fixed_networks_of_another_arch_or_init_are_refused(tmp_path, capsys, kn
     assert not out.exists()
 
 
+def test_a_files_seed_out_of_range_asks_for_a_seed_rather_than_blaming_the_flag(tmp_path, capsys, saved):
+    d = torch.load(saved, weights_only=True)
+    path = tmp_path / "old.pt"
+    torch.save({**d, "config": {**d.get("config", {}), "seed": -1}}, path)  # as written before seeds were checked
+    assert _run(["evaluate", str(path), "--dataset", "digits"]) == 2
+    assert capsys.readouterr().err == (f"datadistill: error: {path} was distilled with seed -1, outside "
+                                       f"0..4294967295 (written before seeds were checked); pass --seed\n")
+    assert _run(["evaluate", str(path), "--dataset", "digits", "--test_n_nets", "1", "--seed", "3"]) == 0
+
+
 def test_the_test_phase_scores_a_known_init_set_on_the_files_fixed_networks(tmp_path, capsys, known_init_run):
     path, metrics = known_init_run
     base = ["test", "--dataset", "digits", "--distilled", str(path), "--train_nets_type", "known_init",

@@ -12,6 +12,7 @@ import torch
 from .. import artifacts
 from ..augment import augmenter
 from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive, _seed
+from ..config.sections import SEED_LIMIT
 from ..data import Dataset, Split, canonical_name, load_dataset
 from ..errors import ConfigError
 from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic, scratch_chunk
@@ -83,6 +84,10 @@ def from_file(cfg: EvaluateConfig, meta: dict, same_arch: bool) -> EvaluateConfi
     scoring.setdefault("protocol", method_class(method).protocol if method in METHODS else "unrolled")
     scoring.setdefault("augment", run.get("methods", {}).get("augment", "none"))
     pick = lambda given, key: scoring[key] if given is None else given  # noqa: E731
+    seed = cfg.seed if cfg.seed is not None else run.get("seed", 0)
+    if cfg.seed is None and not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
+        raise ConfigError(f"{cfg.distilled} was distilled with seed {seed!r}, outside 0..{SEED_LIMIT - 1} (written "
+                          f"before seeds were checked); pass --seed")
     return replace(
         cfg,
         width=cfg.width if cfg.width is not None or not same_arch else run.get("model", {}).get("width"),
@@ -91,7 +96,7 @@ def from_file(cfg: EvaluateConfig, meta: dict, same_arch: bool) -> EvaluateConfi
         scratch_lr=pick(cfg.scratch_lr, "scratch_lr"),
         scratch_batch_size=pick(cfg.scratch_batch_size, "scratch_batch_size"),
         eval_augment=pick(cfg.eval_augment, "augment"),
-        seed=cfg.seed if cfg.seed is not None else run.get("seed", 0),
+        seed=seed,
         test_n_nets=cfg.test_n_nets if cfg.test_n_nets is not None else DEFAULT_N_NETS)
 
 
