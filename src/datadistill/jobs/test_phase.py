@@ -9,7 +9,7 @@ import torch
 
 from .. import artifacts
 from ..config import RunConfig
-from ..data import Dataset, canonical_name
+from ..data import Dataset, canonical_name, dataset_names
 from ..errors import ArtifactError, ConfigError
 from ..models import arch_class, check_image_size
 from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
@@ -67,7 +67,8 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
     typed = {} if typed is None else typed
     if loaded is not None:  # before the dataset is loaded at a size the set could not match
         check_image_size(arch_class(m.arch), loaded.images.shape[-1], f"{distilled_path(config)}'s images have")
-    if loaded is not None and "data.dataset" not in typed and loaded.meta.get("dataset") and dataset is None:
+    if loaded is not None and "data.dataset" not in typed and loaded.meta.get("dataset") in dataset_names() \
+            and dataset is None:
         # the set's own dataset, as evaluate does, rather than the default MNIST
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, dataset=canonical_name(loaded.meta["dataset"])))
@@ -79,7 +80,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         if fixed is None:
             raise ConfigError("--test_nets_type same_as_train with known_init needs the distilled file's "
                               "fixed networks (init_params), and it has none; use unknown_init or loaded")
-        meta, m = loaded.meta, config.model
+        meta = loaded.meta
         file_nets = (meta.get("arch"), meta.get("init"), meta.get("config", {}).get("model", {}).get("width"))
         if file_nets != (m.arch, m.init, m.width):
             raise ConfigError(f"the file's fixed networks are {_networks(*file_nets)}; --arch/--init/--width ask for "
