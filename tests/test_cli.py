@@ -11,6 +11,7 @@ import torch
 from datadistill import PRESETS, RunConfig, evaluate, load_dataset, load_distilled
 from datadistill.commands import main, route
 from datadistill.data import Dataset
+from datadistill.errors import ConfigError
 
 FAST = ["--dataset", "digits", "--arch", "LeNet", "--distill_steps", "2", "--distill_epochs", "1",
         "--batch_size", "256", "--no_progress"]
@@ -82,7 +83,8 @@ def test_the_originals_decay_flags_select_a_step_schedule():
 
     assert outer().schedule == "cosine"
     assert outer("--decay_epochs", "40").schedule == "step" and outer("--decay_epochs", "40").decay_epochs == 40
-    assert outer("--decay_factor", "0.5", "--lr_schedule", "cosine").schedule == "cosine"
+    with pytest.raises(ConfigError, match="--decay_factor applies to --lr_schedule step, not cosine"):
+        outer("--decay_factor", "0.5", "--lr_schedule", "cosine")  # a decay the schedule would ignore
 
 
 def test_defaults_are_the_fresh_preset():

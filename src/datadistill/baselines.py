@@ -37,7 +37,8 @@ def _check_shape(steps: int, per_class: int, num_classes: int, lrs: torch.Tensor
 def _class_images(train: Split, c: int, need: int) -> torch.Tensor:
     x = train.x[train.y == c]
     if x.shape[0] < need:
-        raise ConfigError(f"class {c} has {x.shape[0]} training images, {need} asked for")
+        raise ConfigError(f"{need} real images per class asked for (the set's images per class: --distill_steps x "
+                          f"--distilled_images_per_class_per_step), but class {c} has {x.shape[0]} training images")
     return x
 
 
