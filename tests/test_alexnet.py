@@ -157,6 +157,10 @@ def test_imagenet_pretrained_is_only_for_rgb_alexnet(weights_file):
         ModelConfig("AlexNet", "xavier", pretrained_weights=str(weights_file))
     config = ModelConfig("alexnet", "imagenet_pretrained", 1.0, str(weights_file))
     assert config.pretrained_weights == str(weights_file)
+    from datadistill.jobs.evaluate import EvaluateConfig  # evaluate's init defaults to the file's: None here
+
+    with pytest.raises(ConfigError, match=r"only read with --init imagenet_pretrained, add it$"):
+        EvaluateConfig("set.pt", pretrained_weights=str(weights_file))
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -64,7 +64,8 @@ class EvaluateConfig:
         if self.nets is not None:
             _choice("--nets", self.nets, NETS)
         if self.pretrained_weights is not None and self.init != "imagenet_pretrained":
-            raise ConfigError(f"--pretrained_weights is only read with --init imagenet_pretrained, not --init {self.init}")
+            raise ConfigError("--pretrained_weights is only read with --init imagenet_pretrained, "
+                              + ("add it" if self.init is None else f"not --init {self.init}"))
         for flag in ("test_n_nets", "width", "scratch_epochs", "scratch_batch_size", "scratch_lr"):
             if getattr(self, flag) is not None:
                 _positive(f"--{flag}", getattr(self, flag))
