@@ -124,9 +124,9 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
     model = model_for(config, dataset)
 
     n_test = nets_cfg.test_n_nets
-    # same_as_train: the networks the set was distilled for, a train zoo's or the file's fixed ones
-    zoo_nets = test_zoo if test_zoo is not None else (train_zoo if train_zoo is not None else fixed) \
-        if same_as_train else None
+    zoo_nets = test_zoo
+    if zoo_nets is None and same_as_train:  # the networks the set was distilled for
+        zoo_nets = train_zoo if train_zoo is not None else fixed
     if zoo_nets is not None:
         fixed = {k: v.to(device) for k, v in zoo_nets.items()}
         test_nets = lambda run: fixed  # noqa: E731 -- a zoo has one set of networks for every run
