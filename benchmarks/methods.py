@@ -136,7 +136,8 @@ class Row(NamedTuple):
 
 def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> Row:
     """One cell on one dataset: distil, then random real images under the run's own protocol."""
-    arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, "--dataset_root", root, "--no_progress",
+    source = [] if dataset == "digits" else ["--dataset_root", root]  # digits are bundled: no root to read
+    arch = ["--dataset", dataset, "--arch", "ConvNet", "--width", args.width, *source, "--no_progress",
             *(["--device", args.device] if args.device else [])]
     method, ipc, *variants = cell.split(":")
     flags = list((PAPER_SETTINGS if args.paper else SETTINGS)[(method, int(ipc))])

@@ -422,8 +422,25 @@ def test_evaluate_reads_the_dataset_from_where_the_run_read_it(monkeypatch, tmp_
         return real_load(name, root, *args, **kwargs)
     monkeypatch.setattr(evaluate_job, "load_dataset", recording)
     evaluate_job.evaluate_file(evaluate_job.EvaluateConfig(str(path)))
+    # a typed root wins over the run's; digits refuse one (test below), so that check steps aside here
+    monkeypatch.setattr(evaluate_job, "check_source_flags", lambda *a: None)
     evaluate_job.evaluate_file(evaluate_job.EvaluateConfig(str(path), dataset_root="elsewhere"))
     assert roots == ["where-the-run-read", "elsewhere"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "test", "distill", "train-zoo"])
+@pytest.mark.parametrize("flag", [["--dataset_root", "somewhere"], ["--download"]])
+def test_digits_refuse_a_dataset_root_and_download(tmp_path, capsys, known_init_run, command, flag):
+    # the bundled digits read neither: each command says so before reading anything or writing a file
+    out = tmp_path / "out"
+    argv = {"evaluate": [str(known_init_run[0])], "test": ["--distilled", str(known_init_run[0])],
+            "distill": ["--dataset", "digits"], "train-zoo": ["--dataset", "digits"]}[command]
+    assert main([command, *argv, *flag, "--results_dir", str(out), "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"datadistill: error: {flag[0]} does not apply to digits: "
+                   + ("its images come with the installed packages (leave it out)" if flag[0] == "--dataset_root"
+                      else "datadistill downloads only Cifar10, FashionMNIST, MNIST, SVHN, USPS")), err
+    assert not out.exists()
 
 
 def test_plain_evaluate_scores_a_later_method_as_its_run_did(tmp_path, capsys):

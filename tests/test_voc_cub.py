@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from datadistill import data, datasets
+from datadistill.commands import main
 from datadistill.errors import ConfigError, DatasetError
 
 # RGB, one per VOC object / CUB class
@@ -155,7 +156,7 @@ def test_cub_split_and_zero_based_labels(tmp_path):
     colours = torch.tensor(COLOURS, dtype=torch.float32)
     torch.testing.assert_close(_mean_rgb(xtr), colours[ytr], atol=1.0, rtol=0)
     torch.testing.assert_close(_mean_rgb(xte), colours[yte], atol=1.0, rtol=0)
-    # files present: --download is not an error, there is simply nothing to fetch
+    # the loader itself lets download=True pass (nothing to fetch); the commands refuse --download for it
     ds = data.load_dataset("cub200", str(tmp_path), download=True, image_size=20)
     assert ds.name == "CUB200" and ds.num_classes == 3 and len(ds.train) == 5 and len(ds.test) == 2
 
@@ -183,3 +184,13 @@ def test_cub_missing_files_name_the_folder(tmp_path):
 def test_new_datasets_are_registered():
     assert {"PASCAL_VOC", "CUB200"} <= set(datasets.dataset_names())
     assert datasets.canonical_name("cub200") == "CUB200" and datasets.canonical_name("Pascal_VOC") == "PASCAL_VOC"
+
+
+@pytest.mark.parametrize("name", ["PASCAL_VOC", "CUB200"])
+def test_download_is_refused_for_the_folders_datadistill_never_fetches(tmp_path, capsys, name):
+    out = tmp_path / "out"
+    assert main(["distill", "--dataset", name, "--arch", "AlexNet", "--download", "--dataset_root",
+                 str(tmp_path / "data"), "--results_dir", str(out), "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"datadistill: error: --download does not apply to {name}: datadistill downloads only ")
+    assert not out.exists() and not (tmp_path / "data").exists()

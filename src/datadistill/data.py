@@ -13,8 +13,8 @@ from typing import Iterator
 
 import torch
 
-from .datasets import (_DOWNLOADABLE, _LOADERS, canonical_name, dataset_channels,  # noqa: F401 (re-exported)
-                       dataset_names)
+from .datasets import (_DOWNLOADABLE, _LOADERS, canonical_name, check_source_flags,  # noqa: F401 (re-exported)
+                       dataset_channels, dataset_names)
 from .errors import ConfigError, DatasetError
 
 

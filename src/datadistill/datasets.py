@@ -20,17 +20,31 @@ from .errors import ConfigError, DatasetError
 # name -> loader(root, download, image_size) returning raw ([0,1] float (N,C,H,W), labels) per split
 _LOADERS: dict[str, Callable] = {}
 _DOWNLOADABLE: set[str] = set()  # what --download fetches; the others need no root or explain it
+_BUNDLED: set[str] = set()  # read from inside the installed packages: no root, nothing to fetch
 _CHANNELS: dict[str, int] = {}  # known before loading, for checks made ahead of minutes of it
 
 
-def _loader(name: str, channels: int, downloadable: bool = True):
+def _loader(name: str, channels: int, downloadable: bool = True, bundled: bool = False):
     def deco(fn):
         _LOADERS[name] = fn
         _CHANNELS[name] = channels
         if downloadable:
             _DOWNLOADABLE.add(name)
+        if bundled:
+            _BUNDLED.add(name)
         return fn
     return deco
+
+
+def check_source_flags(names: list[str], root: str | None, download: bool) -> None:
+    """Refuse ``--dataset_root`` (``root`` not None) and ``--download`` where none of the datasets
+    read (canonical ``names``) would use them, rather than ignore them."""
+    if root is not None and all(n in _BUNDLED for n in names):
+        raise ConfigError(f"--dataset_root does not apply to {' and '.join(names)}: its images come with the "
+                          f"installed packages (leave it out)")
+    if download and not any(n in _DOWNLOADABLE for n in names):
+        raise ConfigError(f"--download does not apply to {' and '.join(names)}: datadistill downloads only "
+                          f"{', '.join(sorted(_DOWNLOADABLE))}")
 
 
 def dataset_names() -> list[str]:
@@ -112,7 +126,7 @@ def _usps(root, download, image_size):
     return _torchvision("USPS", root, download, lambda t: {"train": t}, False)
 
 
-@_loader("digits", channels=1, downloadable=False)
+@_loader("digits", channels=1, downloadable=False, bundled=True)
 def _digits(root, download, image_size):
     """scikit-learn's 1797 8x8 handwritten digits (shipped inside the package, no file, no network),
     upsampled bilinearly to ``image_size``, split 70/30 per class with a fixed seed."""

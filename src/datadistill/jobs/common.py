@@ -9,7 +9,7 @@ import torch
 
 from .. import artifacts
 from ..config import RunConfig
-from ..data import Dataset, canonical_name, dataset_channels, load_dataset
+from ..data import Dataset, canonical_name, check_source_flags, dataset_channels, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..models import Params, arch_class, build_model
 from ..pretrained import weights_file
@@ -68,6 +68,8 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
     arch = arch_class(config.model.arch).__name__
     dataset = config.data.dataset if dataset_given else canonical_name(config.data.dataset)
     source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
+    if not dataset_given:
+        check_source_flags([dataset] + ([source] if source else []), config.data.root, config.data.download)
     resolve_device(config.device)
     if config.zoo_dir and os.path.exists(config.zoo_dir) and not os.path.isdir(config.zoo_dir):
         raise ConfigError(f"--zoo_dir {config.zoo_dir} is a file; give a folder")

@@ -13,7 +13,7 @@ from .. import artifacts
 from ..augment import augmenter
 from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive, _seed
 from ..config.sections import SEED_LIMIT
-from ..data import Dataset, Split, canonical_name, load_dataset
+from ..data import Dataset, Split, canonical_name, check_source_flags, load_dataset
 from ..errors import ConfigError
 from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic, scratch_chunk
 from ..models import arch_class, build_model, check_image_size, check_takes_width, has_width
@@ -146,6 +146,7 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     if not pad:  # before the dataset is loaded at a size the set could not match
         check_image_size(arch_cls, size, f"{cfg.distilled}'s images have")
     name = canonical_name(cfg.dataset or meta["dataset"])
+    check_source_flags([name], cfg.dataset_root, cfg.download)
     # the run's own validation hold-out, so the test split is normalised as the set was distilled
     val_size = meta.get("config", {}).get("data", {}).get("val_size") if name == meta.get("dataset") else None
     # only the bundled digits and JPEG folders are resized; load them at the set's size when the arch takes it

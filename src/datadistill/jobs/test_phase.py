@@ -9,7 +9,7 @@ import torch
 
 from .. import artifacts
 from ..config import RunConfig
-from ..data import Dataset, canonical_name, dataset_names
+from ..data import Dataset, canonical_name, check_source_flags, dataset_names
 from ..errors import ArtifactError, ConfigError
 from ..models import arch_class, check_image_size
 from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
@@ -72,6 +72,8 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         # the set's own dataset, as evaluate does, rather than the default MNIST
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, dataset=canonical_name(loaded.meta["dataset"])))
+        check_source_flags([config.data.dataset] + ([config.data.source_dataset] if config.data.source_dataset else []),
+                           config.data.root, config.data.download)
     selecting = test.optimize_n_runs is not None and not knn
     same_as_train = not knn and nets_cfg.test_nets_type == "same_as_train"
     fixed = None
