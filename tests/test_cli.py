@@ -538,6 +538,16 @@ def test_metrics_record_peak_memory_in_bytes(tmp_path):
     assert 100 * 2**20 < peak["host_rss"] < 64 * 2**30 and peak["device"] is None
 
 
+def test_metrics_record_the_real_batch_as_run(tmp_path):
+    # a --batch_size past the training split reads the whole split each iteration: one per epoch
+    argv = FAST[:FAST.index("--batch_size")] + ["--batch_size", "100000", "--no_progress"]
+    assert main(["distill", *argv, "--epochs", "2", "--skip_test", "--results_dir", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    n_train = len(load_dataset("digits", val_size=metrics["config"]["data"]["val_size"]).train)
+    assert metrics["real_batch_size"] == n_train and metrics["iterations"] == 2
+    assert metrics["config"]["outer"]["batch_size"] == 100000  # as asked: a resume compares it
+
+
 def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(tmp_path, capsys):
     # fields added to the tool after a checkpoint was written count as their defaults (the
     # behaviour the older code had built in); a saved value that differs is still refused

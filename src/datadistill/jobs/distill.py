@@ -156,6 +156,8 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         "validation_seconds": sum(e.get("seconds", 0.0) for e in run.history.evaluations),
         "wall_seconds": time.perf_counter() - start,
         "iterations": run.iteration,
+        # what each iteration read: --batch_size, capped at the training split (config keeps the typed value)
+        "real_batch_size": min(config.outer.batch_size, len(dataset.train)),
         "conv_backend": backend,
         "processes": world.size,
         "peak_memory": peak_memory(synthetic.images.device),
