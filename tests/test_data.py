@@ -1,3 +1,7 @@
+import os
+import urllib.error
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -65,6 +69,26 @@ def test_missing_root_says_what_to_do(tmp_path):
     (tmp_path / "usps.bz2").write_bytes(b"not bzip2")
     with pytest.raises(DatasetError, match="could not read USPS's files"):
         data.load_dataset("USPS", str(tmp_path))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_download_leaves_the_folders_as_it_found_them(tmp_path, monkeypatch, existing):
+    # no network: torchvision's download writes a partial file, then fails; nothing it made remains
+    import torchvision.datasets.usps as usps
+
+    def offline(url, root, filename, md5=None):
+        os.makedirs(root, exist_ok=True)
+        (Path(root) / (filename + ".part")).write_bytes(b"half")
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(usps, "download_url", offline)
+    base = tmp_path / "data"
+    if existing:
+        base.mkdir()
+        (base / "kept.txt").write_text("the user's")
+    root = base / "usps" / "raw"
+    with pytest.raises(DatasetError, match=f"could not download USPS into {root}: .*no network"):
+        data.load_dataset("USPS", str(root), download=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["data", "kept.txt"] if existing else [])
 
 
 def test_shuffled_batches_cover_each_image_once(blobs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 from typing import Callable
 
 import numpy as np
@@ -74,11 +75,34 @@ def _as_float_nchw(images, channels_last: bool) -> torch.Tensor:
     return t / 255.0 if t.max() > 1.5 else t
 
 
+def _entries(root: str) -> tuple[str, set[str] | None]:
+    """The topmost missing folder on ``root``'s path (``root`` itself when it exists) and what it
+    holds now (None: missing): what a failed download must leave as it found it."""
+    top = os.path.abspath(root)
+    while not os.path.exists(os.path.dirname(top)):
+        top = os.path.dirname(top)
+    return top, set(os.listdir(top)) if os.path.isdir(top) else None
+
+
+def _remove_new(root: str, before: tuple[str, set[str] | None]) -> None:
+    """Remove the folders and partial files a failed download made (``before`` from ``_entries``)."""
+    top, held = before
+    if not os.path.exists(top):
+        return
+    new = [top] if held is None else [os.path.join(top, n) for n in set(os.listdir(top)) - held]
+    for path in new:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
 def _torchvision(cls_name: str, root: str, download: bool, split_kw: Callable[[bool], dict],
                  channels_last: bool, label_attr: str = "targets"):
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
+    before = _entries(root)
     out = []
     for train in (True, False):
         try:
@@ -89,6 +113,7 @@ def _torchvision(cls_name: str, root: str, download: bool, split_kw: Callable[[b
             # with --download, network failures surface as URLError / OSError; without it a missing
             # file is a RuntimeError from most classes and a FileNotFoundError from USPS's
             if download:
+                _remove_new(root, before)
                 raise DatasetError(f"could not download {cls_name} into {root}: {e}") from None
             if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
                 raise DatasetError(f"could not read {cls_name}'s files under {root}: {e}") from None
