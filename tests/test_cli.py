@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from datadistill import PRESETS, RunConfig, evaluate, load_dataset, load_distilled
+from datadistill import nets as nets_module
 from datadistill.commands import main, route
 from datadistill.data import Dataset
 from datadistill.errors import ConfigError
@@ -383,6 +384,19 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys, 
     printed = capsys.readouterr().err
     assert printed.startswith("datadistill: error: out of memory") and printed.count("\n") == 1
     assert said in printed and "--batch_size" in printed
+
+
+@pytest.mark.parametrize("nets", [["--n_nets", "1000000000"], ["--train_nets_type", "known_init", "--n_nets", "1000000000"]])
+def test_networks_that_cannot_fit_fail_before_any_is_drawn(tmp_path, capsys, monkeypatch, nets):
+    # 10^9 LeNets are ~240 TB of weights: said before a seed is drawn (it drew for minutes, then ran out)
+    def drawn(*args):
+        raise AssertionError("seeds were drawn for networks that cannot fit")
+    monkeypatch.setattr(nets_module, "draw_seeds", drawn)
+    assert exit_code(["distill", *FAST, *nets, "--epochs", "1", "--results_dir", str(tmp_path / "r")]) == 1
+    printed = capsys.readouterr().err
+    assert re.fullmatch(r"datadistill: error: out of memory \(tried to allocate \d+\.\d GiB\): ask for .*\n",
+                        printed), printed
+    assert not (tmp_path / "r" / "distilled.pt").exists()
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):

@@ -12,6 +12,8 @@ the images and no zoo network ever scores them.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -29,7 +31,24 @@ _ZOO_SEED_BASE = {"train": 2**40, "test": 2**40 + 2**32}
 
 def fresh_nets(model: nn.Module, init: str, init_param: float, seeds: list[int], device) -> Params:
     """Stacked (len(seeds), ...) weights, network i drawn from ``seeds[i]``."""
+    check_room(model, len(seeds), device)
     return stack_params([init_params(model, init, init_param, s, device) for s in seeds])
+
+
+def check_room(model: nn.Module, n: int, device) -> None:
+    """Raise MemoryError at once when the weights of ``n`` networks alone exceed the whole memory of
+    ``device``, rather than after minutes of drawing them one by one (training needs more still)."""
+    need = n * sum(p.numel() * p.element_size() for p in model.parameters())
+    device = torch.device(device)
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    else:  # no way to ask: let the allocator say
+        return
+    if need > have:
+        raise MemoryError(f"{n} networks' weights need more than the device's {have / 2**30:.1f} GiB; "
+                          f"tried to allocate {need / 2**30:.1f} GiB")
 
 
 def eval_seeds(run_seed: int, n: int) -> list[int]:
@@ -77,6 +96,7 @@ class FreshNets(NetSource):
         self.total = n
 
     def sample(self, generator: torch.Generator) -> Params:
+        check_room(self.model, self.total // self.world.size, self.device)
         seeds = draw_seeds(generator, self.total)
         return fresh_nets(self.model, self.init, self.init_param, seeds[self.world.block(self.total)], self.device)
 
@@ -89,6 +109,7 @@ class FixedNets(NetSource):
                  generator: torch.Generator, world: World = World()):
         self.model, self.init, self.init_param, self.device, self.world = model, init, init_param, device, world
         self.total = n
+        check_room(model, n, device)  # before drawing the seeds
         self._set(draw_seeds(generator, n))
 
     def _set(self, seeds: list[int]) -> None:
