@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import artifacts
-from ..config import RunConfig
+from ..config import DataConfig, RunConfig
 from ..data import Dataset, canonical_name, check_source_flags, dataset_channels, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..models import Params, arch_class, build_model
@@ -69,7 +69,7 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
     dataset = config.data.dataset if dataset_given else canonical_name(config.data.dataset)
     source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
     if not dataset_given:
-        check_source_flags([dataset] + ([source] if source else []), config.data.root, config.data.download)
+        check_data_flags(dataclasses.replace(config.data, dataset=dataset, source_dataset=source))
     resolve_device(config.device)
     if config.zoo_dir and os.path.exists(config.zoo_dir) and not os.path.isdir(config.zoo_dir):
         raise ConfigError(f"--zoo_dir {config.zoo_dir} is a file; give a folder")
@@ -80,6 +80,13 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
         weights_file(config.model.pretrained_weights)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch),
                                data=dataclasses.replace(config.data, dataset=dataset, source_dataset=source))
+
+
+def check_data_flags(data: DataConfig) -> None:
+    """``--dataset_root`` and ``--download`` refused where none of the datasets the run reads (the
+    dataset, and the source when adapting; canonical names) would use them."""
+    check_source_flags([data.dataset, *([data.source_dataset] if data.source_dataset else [])], data.root,
+                       data.download)
 
 
 def load_for(config: RunConfig, shape: tuple[int, int, int] | None = None) -> Dataset:

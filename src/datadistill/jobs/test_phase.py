@@ -9,15 +9,15 @@ import torch
 
 from .. import artifacts
 from ..config import RunConfig
-from ..data import Dataset, canonical_name, check_source_flags, dataset_names
+from ..data import Dataset, canonical_name, dataset_names
 from ..errors import ArtifactError, ConfigError
 from ..models import arch_class, check_image_size
 from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
 from ..synthetic import SyntheticSet
 from ..teacher import relabelled
 from ..testphase import TestPhaseInputs, format_markdown, run_test_phase
-from .common import (check_writable_folder, dataset_for, load_for, load_zoo_nets, model_for, normalise_config,
-                     resolve_device, teacher_nets, teachers_report)
+from .common import (check_data_flags, check_writable_folder, dataset_for, load_for, load_zoo_nets, model_for,
+                     normalise_config, resolve_device, teacher_nets, teachers_report)
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -72,8 +72,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         # the set's own dataset, as evaluate does, rather than the default MNIST
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, dataset=canonical_name(loaded.meta["dataset"])))
-        check_source_flags([config.data.dataset] + ([config.data.source_dataset] if config.data.source_dataset else []),
-                           config.data.root, config.data.download)
+        check_data_flags(config.data)
     selecting = test.optimize_n_runs is not None and not knn
     same_as_train = not knn and nets_cfg.test_nets_type == "same_as_train"
     fixed = None
