@@ -155,6 +155,11 @@ def _checkpoint_state():
     ({"config": [1]}, "holds a list as config: damaged"),
     ({"learned": {"images": torch.zeros(2)}}, "holds a dict as learned"),
     ({"learned": [[0.0, 1.0]]}, "holds learned values that are not tensors"),
+    ({"history": {"losses": []}}, "history lacks evaluations, seconds: damaged"),
+    ({"epoch": "two"}, "holds 'two' as epoch, not a whole number >= 0: damaged"),
+    ({"iteration": -1}, "holds -1 as iteration, not a whole number >= 0"),
+    ({"world_size": 0}, "holds 0 as world_size, not a whole number >= 1"),
+    ({"conv_backend": "bogus"}, "holds an unknown conv_backend 'bogus': damaged"),
 ])
 def test_a_checkpoint_with_a_missing_or_malformed_entry_is_refused_in_one_line(tmp_path, change, problem):
     state = _checkpoint_state()

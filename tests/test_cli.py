@@ -460,6 +460,23 @@ def test_garbage_checkpoint_is_refused(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+@pytest.mark.parametrize("part, value", [("optimizer", {"state": {}, "param_groups": []}),
+                                         ("generator", torch.zeros(3, dtype=torch.uint8))])
+def test_a_checkpoint_whose_state_cannot_be_restored_is_refused_in_one_line(tmp_path, capsys, part, value):
+    # whole in its keys and types, but a part torch will not take back (hand-edited or damaged)
+    assert main(["distill", *FAST, "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state[part] = value
+    torch.save(state, tmp_path / "checkpoint.pt")
+    before = (tmp_path / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["distill", *FAST, "--epochs", "2", "--resume", "--results_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datadistill: error: the checkpoint's state cannot be restored (") and err.count("\n") == 1
+    assert err.rstrip().endswith("run without --resume to start afresh")
+    assert (tmp_path / "metrics.json").read_bytes() == before
+
+
 def test_a_checkpoint_of_the_first_format_is_refused_in_one_line(tmp_path, capsys):
     """Format 1 (datadistill 0.1) is not migrated: resuming it says so and writes nothing."""
     config = distill_config(*FAST, "--results_dir", str(tmp_path)).to_dict()

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from . import artifacts
+from .backends import BACKENDS
 from .config import RunConfig
 from .distill import Callback, Distillation, History
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, DatadistillError
 from .synthetic import SyntheticSet
 
 # config fields a resumed run may change; anything else must match the checkpoint
@@ -21,6 +22,7 @@ RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_
                      ("data", "download"), ("test",), ("preset",), ("skip_test",),
                      ("evaluation",)}
 # what load_state_dict and the resume read (averaged and best only with the settings that write them)
+DAMAGED = "damaged, or written by another version of datadistill; run without --resume to start afresh"
 REQUIRED_KEYS = ("config", "learned", "optimizer", "scheduler", "generator", "nets", "method", "world_size",
                  "conv_backend", "epoch", "iteration", "history")
 
@@ -47,6 +49,20 @@ def state_dict(run: Distillation, world_size: int, backend: str | None) -> dict:
 
 
 def load_state_dict(run: Distillation, state: dict, world_size: int) -> None:
+    """Restore ``run`` from ``state`` (checked by ``read_checkpoint``); a part torch or the run's
+    pieces cannot take back (a hand-edited or damaged file) is an ``ArtifactError``."""
+    try:
+        _restore(run, state, world_size)
+    except DatadistillError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and type(e).__name__ == "OutOfMemoryError":
+            raise
+        raise ArtifactError(f"the checkpoint's state cannot be restored ({type(e).__name__}: {e}): "
+                            f"{DAMAGED}") from None
+
+
+def _restore(run: Distillation, state: dict, world_size: int) -> None:
     if state["world_size"] != world_size:
         raise ArtifactError(f"checkpoint was made by {state['world_size']} process(es), this run has "
                             f"{world_size}; resume with the same number")
@@ -91,15 +107,23 @@ class Checkpointer(Callback):
 def read_checkpoint(path: Path, config: RunConfig) -> dict:
     """The checkpoint at ``path``, checked to be whole and one this config may continue."""
     state = artifacts.load_checkpoint(path)
-    damaged = "damaged, or written by another version of datadistill; run without --resume to start afresh"
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise ArtifactError(f"checkpoint {path} lacks {', '.join(missing)}: {damaged}")
+        raise ArtifactError(f"checkpoint {path} lacks {', '.join(missing)}: {DAMAGED}")
     for key, kind in (("config", dict), ("history", dict), ("learned", (list, tuple))):
         if not isinstance(state[key], kind):
-            raise ArtifactError(f"checkpoint {path} holds a {type(state[key]).__name__} as {key}: {damaged}")
+            raise ArtifactError(f"checkpoint {path} holds a {type(state[key]).__name__} as {key}: {DAMAGED}")
     if not all(isinstance(t, torch.Tensor) for t in state["learned"]):
-        raise ArtifactError(f"checkpoint {path} holds learned values that are not tensors: {damaged}")
+        raise ArtifactError(f"checkpoint {path} holds learned values that are not tensors: {DAMAGED}")
+    lost = [k for k in ("evaluations", "losses", "seconds") if k not in state["history"]]
+    if lost:
+        raise ArtifactError(f"checkpoint {path}'s history lacks {', '.join(lost)}: {DAMAGED}")
+    for key, least in (("epoch", 0), ("iteration", 0), ("world_size", 1)):
+        value = state[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ArtifactError(f"checkpoint {path} holds {value!r} as {key}, not a whole number >= {least}: {DAMAGED}")
+    if state["conv_backend"] is not None and state["conv_backend"] not in BACKENDS:
+        raise ArtifactError(f"checkpoint {path} holds an unknown conv_backend {state['conv_backend']!r}: {DAMAGED}")
     check_resumable(state["config"], config.to_dict())
     if isinstance(state["epoch"], int) and state["epoch"] > config.outer.epochs:  # more epochs extend a run
         raise ConfigError(f"checkpoint {path} is at epoch {state['epoch']}, past --epochs {config.outer.epochs}; "
