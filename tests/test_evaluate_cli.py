@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from datadistill import artifacts
 from datadistill.baselines import fixed_lrs, random_train
 from datadistill.commands import main
+from datadistill.config import INITS
 from datadistill.data import load_dataset
 from datadistill.evaluate import (CHUNK_NETS, EvalResult, accuracy, evaluate_from_scratch, scratch_chunk,
                                  train_from_scratch)
@@ -510,3 +511,24 @@ def test_cross_architecture_scores_each_arch_as_it_would_alone(tmp_path, capsys,
     assert main(["evaluate", saved, "--arch", "MLP,,LeNet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "unknown arch 'ResNet'" in err[-2] and "comma-separated list" in err[-1]
+
+
+def test_a_file_in_double_precision_scores_as_in_single(tmp_path, capsys, known_init_run):
+    # a set written by hand in float64 (images, step sizes, fixed networks) replays as the float32 one
+    d = torch.load(known_init_run[0], weights_only=True)
+    d["images"], d["lrs"] = d["images"].double(), d["lrs"].double()
+    d["init_params"] = {k: v.double() for k, v in d["init_params"].items()}
+    torch.save(d, tmp_path / "double.pt")
+    for name in (str(known_init_run[0]), str(tmp_path / "double.pt")):
+        assert main(["evaluate", name, "--results_dir", str(tmp_path / "r"), "--no_progress"]) == 0
+    single, double = capsys.readouterr().out.splitlines()[-2:]
+    assert single == double and "fixed nets" in single, (single, double)
+
+
+def test_a_file_naming_an_unknown_init_asks_for_one(tmp_path, capsys, known_init_run):
+    d = torch.load(known_init_run[0], weights_only=True)
+    d["init"] = "weird"
+    torch.save(d, tmp_path / "weird.pt")
+    assert main(["evaluate", str(tmp_path / "weird.pt"), "--no_progress"]) == 2
+    assert capsys.readouterr().err == (f"datadistill: error: {tmp_path / 'weird.pt'} names the init 'weird'; pass "
+                                       f"--init, one of {', '.join(INITS)}\n")

@@ -101,6 +101,12 @@ class SyntheticSet:
                 raise ArtifactError(f"{key} is {_shown(d[key])}, but images and lrs make it {value}")
         meta = {k: v for k, v in d.items() if k not in REQUIRED_KEYS + ("format", "steps", "epochs")}
         _check_meta(meta, images.shape)
+        # float32 throughout, whatever float precision the file holds (the networks compute in float32)
+        if meta.get("stored_images") is not None:
+            meta["stored_images"] = meta["stored_images"].float()
+        if meta.get("init_params") is not None:
+            meta["init_params"] = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                                   for k, v in meta["init_params"].items()}
         return cls(images, labels, lrs, mean, std, num_classes, meta)
 
 
@@ -125,7 +131,7 @@ def _checked_images(images) -> torch.Tensor:
     bad = int((~torch.isfinite(images)).sum())
     if bad:
         raise ArtifactError(f"images holds {bad} NaN or infinite value(s); expected finite values")
-    return images
+    return images.float()
 
 
 def _checked_num_classes(value) -> int:
@@ -149,7 +155,7 @@ def _checked_labels(labels, steps: int, per_step: int, num_classes: int) -> torc
                 and ((labels.sum(-1) - 1).abs() <= SOFT_LABEL_TOLERANCE).all()):
             raise ArtifactError("labels holds float rows that are not probability vectors; expected "
                                 "non-negative, finite values summing to 1 over the last dimension")
-        return labels
+        return labels.float()
     outside = labels[(labels < 0) | (labels >= num_classes)]
     if outside.numel():
         raise ArtifactError(f"labels holds class {int(outside[0])}; expected classes 0 to {num_classes - 1} "
@@ -165,7 +171,7 @@ def _checked_lrs(lrs, steps: int) -> torch.Tensor:
     bad = lrs[~(torch.isfinite(lrs) & (lrs > 0))]
     if bad.numel():
         raise ArtifactError(f"lrs holds the step size {float(bad[0]):g}; expected positive, finite ones")
-    return lrs
+    return lrs.float()
 
 
 def _checked_per_channel(values, key: str, channels: int, positive: bool) -> tuple[float, ...]:

@@ -14,7 +14,7 @@ from ..augment import augmenter
 from ..config import AUGMENTS, INITS, EvalConfig, _choice, _positive, _seed
 from ..config.sections import SEED_LIMIT
 from ..data import Dataset, Split, canonical_name, check_source_flags, load_dataset
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 from ..evaluate import EvalResult, evaluate_from_scratch, evaluate_synthetic, scratch_chunk
 from ..models import arch_class, build_model, check_image_size, check_takes_width, has_width
 from ..methods import METHODS, method_class
@@ -112,6 +112,8 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         raise ConfigError(f"{cfg.distilled} does not name its dataset; pass --dataset")
     arch_cls = arch_class(cfg.arch or meta.get("arch") or "LeNet")
     init = cfg.init or meta.get("init") or "xavier"
+    if init not in INITS:  # the file's own (a typed --init is checked with the flags)
+        raise ArtifactError(f"{cfg.distilled} names the init {init!r}; pass --init, one of {', '.join(INITS)}")
     init_param = cfg.init_param if cfg.init_param is not None else meta.get("init_param", 1.0)
     same_nets = arch_cls.__name__ == meta.get("arch") and init == meta.get("init", init)
     if cfg.width is not None:
