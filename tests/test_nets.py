@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from datadistill import models
-from datadistill.nets import (FixedNets, FreshNets, ZooNets, draw_seeds, eval_seeds,
+from datadistill.errors import ConfigError
+from datadistill.nets import (SEEDS_PER_FAMILY, FixedNets, FreshNets, ZooNets, draw_seeds, eval_seeds,
                               fresh_nets, selection_seeds, zoo_seeds)
 from datadistill.world import World
 
@@ -158,29 +159,55 @@ def test_zoo_shares_are_disjoint_blocks_drawn_in_step():
 
 
 # -- seeds ------------------------------------------------------------------------------------------
+def _drawn(seeds: list[int]) -> set[int]:
+    """The seeds as torch's CPU generator uses them: it keeps the low 32 bits."""
+    return {s % 2**32 for s in seeds}
+
+
+def test_torch_keeps_the_low_32_bits_of_a_seed():
+    # why the families below must differ in their low 32 bits: 2**32 + i draws what i draws
+    same = [torch.rand(3, generator=torch.Generator().manual_seed(s)) for s in (7, 2**32 + 7, 2**40 + 7)]
+    assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+
+
 def test_seed_families_are_disjoint_for_sensible_sizes():
     draws = draw_seeds(_gen(0), 10_000)
     assert all(0 <= s < 2**31 - 1 for s in draws)
     assert draws != draw_seeds(_gen(1), 10_000) and draws == draw_seeds(_gen(0), 10_000)
-    zoo_train, zoo_test = set(zoo_seeds("train", 0, 100_000)), set(zoo_seeds("test", 0, 100_000))
+    zoo_train, zoo_test = _drawn(zoo_seeds("train", 0, 100_000)), _drawn(zoo_seeds("test", 0, 100_000))
     assert len(zoo_train) == len(zoo_test) == 100_000 and not zoo_train & zoo_test
     assert zoo_seeds("train", 10, 12) == sorted(zoo_train)[10:12]  # a range of the same family
-    for run_seed in (0, 1, 2, 5, 42):
-        scoring = set(eval_seeds(run_seed, 1000))
-        choosing = set(selection_seeds(run_seed, 1000))
+    for run_seed in (0, 1, 2, 5, 42, 2**32 - 1):
+        scoring = _drawn(eval_seeds(run_seed, 1000))
+        choosing = _drawn(selection_seeds(run_seed, 1000))
         assert len(scoring) == len(choosing) == 1000
         assert not scoring & choosing
-        assert not scoring & set(eval_seeds(run_seed + 1, 1000))  # another run, other scorers
+        assert not scoring & _drawn(eval_seeds(run_seed + 1, 1000))  # another run, other scorers
         for family in (zoo_train, zoo_test):
             assert not scoring & family and not choosing & family
         assert not (scoring | choosing) & set(draws)
     assert eval_seeds(1, 3) == eval_seeds(1, 5)[:3]  # the first networks do not depend on how many
 
 
-def test_scoring_seeds_are_outside_every_training_family_by_construction():
-    """The nets.py docstring: evaluation seeds are "above" the training draws, so no scoring
-    network can ever be a training one, whatever the run seed."""
-    for run_seed in range(0, 1000):
-        scoring = eval_seeds(run_seed, 100)
-        assert min(scoring) >= 2**31 - 1  # outside any draw_seeds value
-        assert not set(scoring) & set(zoo_seeds("train", 0, 1000))
+def test_seed_families_lie_in_disjoint_ranges_below_2_32_by_construction():
+    """The nets.py docstring: every family in its own 32-bit range above the training draws (below
+    2**31), so no scoring network can ever be a training one, whatever the run seed or the counts."""
+    n = SEEDS_PER_FAMILY
+    train = (zoo_seeds("train", 0, 1)[0], zoo_seeds("train", n - 1, n)[0])
+    test = (zoo_seeds("test", 0, 1)[0], zoo_seeds("test", n - 1, n)[0])
+    scoring = (test[1] + 1, test[1] + n)  # the ranges the two families below must keep to
+    choosing = (scoring[1] + 1, scoring[1] + n)
+    assert 2**31 - 1 <= train[0] < train[1] < test[0] < test[1] and choosing[1] < 2**32
+    for run_seed in (0, 1, 4293, 4294, 2**31, 2**32 - 1):  # past 2**32 / EVAL_SEED_OFFSET a plain sum wraps
+        for seeds, (low, high) in ((eval_seeds(run_seed, 1000), scoring), (selection_seeds(run_seed, 1000), choosing)):
+            assert len(set(seeds)) == 1000 and all(low <= s <= high for s in seeds)
+    with pytest.raises(ConfigError, match=f"at most {n} networks of one kind"):
+        zoo_seeds("test", 0, n + 1)
+
+
+def test_train_and_test_zoo_networks_start_apart():
+    # the networks themselves, not only their seeds: test-phase network i is not train-phase network i
+    model = models.build_model("LeNet", 1, 28, 10)
+    train = fresh_nets(model, "xavier", 1.0, zoo_seeds("train", 0, 2), "cpu")
+    test = fresh_nets(model, "xavier", 1.0, zoo_seeds("test", 0, 2), "cpu")
+    assert all(not torch.equal(train[k][i], test[k][i]) for k in train if k.endswith("weight") for i in range(2))

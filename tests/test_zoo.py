@@ -68,7 +68,8 @@ def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, mon
 
 
 def test_train_and_test_zoos_never_share_an_initialisation():
-    train, test = set(zoo_seeds("train", 0, 5000)), set(zoo_seeds("test", 0, 5000))
+    # as torch's CPU generator reads a seed: its low 32 bits
+    train, test = {s % 2**32 for s in zoo_seeds("train", 0, 5000)}, {s % 2**32 for s in zoo_seeds("test", 0, 5000)}
     assert len(train) == len(test) == 5000 and not train & test
     assert zoo_seeds("train", 3, 5) == sorted(train)[3:5]  # a slice of the phase's range
 
@@ -211,3 +212,21 @@ def test_zoo_parts_give_every_process_a_part_and_keep_each_chunks_batch_order():
     # two chunks, four processes: each chunk in two
     assert zoo_parts(0, 14, 4) == [(0, 5, 0), (5, 10, 0), (10, 12, 10), (12, 14, 10)]
     assert zoo_parts(7, 7, 2) == []
+
+
+def test_a_zoo_of_the_earlier_seed_layout_is_not_extended_nor_read_as_a_test_zoo(tmp_path, blobs_zoo):
+    # zoos written before the seed layout was recorded drew their test-phase networks from the
+    # train phase's seeds (the same networks); a test zoo of them must not score anything
+    from datadistill.jobs.common import load_zoo_nets
+    for phase in ("train", "test"):
+        _, path = blobs_zoo(_zoo_config(tmp_path, 2, phase=phase))
+        old = artifacts.load_zoo(path)
+        assert old.config["seed_layout"] == 2
+        del old.config["seed_layout"]
+        artifacts.save_zoo(path, old)
+    with pytest.raises(ArtifactError, match="drawn by an earlier datadistill .*delete it and train it again"):
+        blobs_zoo(_zoo_config(tmp_path, 3))
+    reading = build_config({"data.dataset": "blobs", "model.arch": "MLP", "results_dir": str(tmp_path)})
+    assert next(iter(load_zoo_nets(reading, "train", 2)[0].values())).shape[0] == 2  # a train zoo still reads
+    with pytest.raises(ArtifactError, match="test zoo .* drawn by an earlier datadistill.*train-zoo --phase test"):
+        load_zoo_nets(reading, "test", 2)

@@ -5,10 +5,12 @@ share of one outer iteration's networks. Every process draws the same random num
 permutations) from the run's generator and keeps its own block of them, so the random stream
 stays in step across a group of processes and the shares stay disjoint.
 
-Seeds are disjoint by construction: training draws come from the run's generator (below 2**31),
-evaluation and selection networks from ``eval_seeds`` / ``selection_seeds`` (from 2**32), zoo
-networks from ``zoo_seeds`` (from 2**40, a base per phase), so no evaluation network ever trained
-the images and no zoo network ever scores them.
+Seeds are disjoint by construction. torch's CPU generator (mt19937) keeps only the low 32 bits
+of a seed (2**40 + i draws what i draws), so every family lives in its own range below 2**32:
+training draws from the run's generator in [0, 2**31); then ``SEEDS_PER_FAMILY`` each for
+train-phase zoo networks, test-phase zoo networks, evaluation networks and selection networks
+(``zoo_seeds``, ``eval_seeds``, ``selection_seeds``). So no evaluation network ever trained the
+images, no zoo network ever scores them, and no test-phase zoo network repeats a train-phase one.
 """
 from __future__ import annotations
 
@@ -17,16 +19,18 @@ import os
 import torch
 import torch.nn as nn
 
+from .errors import ConfigError
 from .models import Params
 from .weights import init_params, stack_params
 from .world import World
 
-EVAL_SEED_BASE = 2**32  # past every training draw (below 2**31)
+# recorded in every zoo: zoos without it were drawn by an earlier layout whose test-phase networks
+# were the train phase's (their seeds differed above the low 32 bits only)
+SEED_LAYOUT = 2
+SEEDS_PER_FAMILY = 2**29  # networks of one kind (a zoo phase, a run's scorers) with distinct seeds
+_FAMILY_BASE = {"train": 2**31, "test": 2**31 + SEEDS_PER_FAMILY,  # zoo phases
+                "eval": 2**31 + 2 * SEEDS_PER_FAMILY, "selection": 2**31 + 3 * SEEDS_PER_FAMILY}
 EVAL_SEED_OFFSET = 1_000_003  # between the evaluation networks of consecutive run seeds
-SELECTION_SEED_SHIFT = 500_000  # networks that choose among candidates: past any evaluation network
-# past every evaluation seed, and far apart, so no train-phase seed is a test-phase seed for any
-# zoo size that fits on disk
-_ZOO_SEED_BASE = {"train": 2**40, "test": 2**40 + 2**32}
 
 
 def fresh_nets(model: nn.Module, init: str, init_param: float, seeds: list[int], device) -> Params:
@@ -51,20 +55,28 @@ def check_room(model: nn.Module, n: int, device) -> None:
                           f"tried to allocate {need / 2**30:.1f} GiB")
 
 
+def _family(kind: str, start: int, stop: int) -> list[int]:
+    """Seeds ``start..stop-1`` of a family, wrapping within it (``stop - start`` of them distinct)."""
+    if stop - start > SEEDS_PER_FAMILY:
+        raise ConfigError(f"at most {SEEDS_PER_FAMILY} networks of one kind, asked for {stop - start}")
+    return [_FAMILY_BASE[kind] + i % SEEDS_PER_FAMILY for i in range(start, stop)]
+
+
 def eval_seeds(run_seed: int, n: int) -> list[int]:
     """Seeds of the ``n`` networks that score a run seeded ``run_seed``."""
-    return [EVAL_SEED_BASE + EVAL_SEED_OFFSET * (run_seed + 1) + i for i in range(n)]
+    start = EVAL_SEED_OFFSET * (run_seed + 1)
+    return _family("eval", start, start + n)
 
 
 def selection_seeds(run_seed: int, n: int) -> list[int]:
     """Seeds of networks that choose among candidate sets, never among the scoring ones."""
-    base = eval_seeds(run_seed, 1)[0] + SELECTION_SEED_SHIFT
-    return list(range(base, base + n))
+    start = EVAL_SEED_OFFSET * (run_seed + 1)
+    return _family("selection", start, start + n)
 
 
 def zoo_seeds(phase: str, start: int, stop: int) -> list[int]:
     """Seeds of zoo networks ``start..stop-1`` of ``phase`` (train and test zoos are disjoint)."""
-    return [_ZOO_SEED_BASE[phase] + i for i in range(start, stop)]
+    return _family(phase, start, stop)
 
 
 def draw_seeds(generator: torch.Generator, n: int) -> list[int]:

@@ -12,6 +12,7 @@ from ..config import DataConfig, RunConfig
 from ..data import Dataset, canonical_name, check_source_flags, dataset_channels, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..models import Params, arch_class, build_model
+from ..nets import SEED_LAYOUT
 from ..pretrained import weights_file
 from ..weights import check_pretrained_fits
 from ..zoo import Zoo, zoo_dir_for
@@ -126,6 +127,10 @@ def checked_zoo(config: RunConfig, phase: str, n: int) -> Zoo:
     path = zoo_file(config, phase, config.zoo_dataset)
     zoo = artifacts.load_zoo(path)
     zoo.check(config.zoo_dataset, config.model.arch, n, phase)
+    if phase == "test" and zoo.config.get("seed_layout", 1) != SEED_LAYOUT:
+        raise ArtifactError(f"the test zoo {path} was drawn by an earlier datadistill, whose test-phase networks "
+                            f"started from the train phase's weights; delete it and train it again "
+                            f"(datadistill train-zoo --phase test)")
     c, h, _ = zoo.input_shape
     zoo.check_layout(build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width),
                      f"the {phase} zoo in {path}", "it again with datadistill train-zoo")

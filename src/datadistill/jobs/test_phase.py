@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..data import Dataset, canonical_name, dataset_names
 from ..errors import ArtifactError, ConfigError
 from ..models import arch_class, check_image_size
-from ..nets import SELECTION_SEED_SHIFT, eval_seeds, fresh_nets, selection_seeds
+from ..nets import eval_seeds, fresh_nets, selection_seeds
 from ..synthetic import SyntheticSet
 from ..teacher import relabelled
 from ..testphase import TestPhaseInputs, format_markdown, run_test_phase
@@ -146,8 +146,6 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
             optimize_nets = [{name: v[torch.arange(i * k, (i + 1) * k) % n].to(device)
                               for name, v in train_zoo.items()} for i in range(test.niter)]
         else:
-            if test.n_runs * n_test > SELECTION_SEED_SHIFT:
-                raise ConfigError(f"at most {SELECTION_SEED_SHIFT} test networks per test phase")
             chooser_seeds = selection_seeds(config.seed, k * test.niter)
             optimize_nets = [fresh_nets(model, m.init, m.init_param, chooser_seeds[i * k:(i + 1) * k], device)
                              for i in range(test.niter)]

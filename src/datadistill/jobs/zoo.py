@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data import Dataset
 from ..errors import ArtifactError
 from ..evaluate import accuracy
-from ..nets import fresh_nets, zoo_seeds
+from ..nets import SEED_LAYOUT, fresh_nets, zoo_seeds
 from ..world import World
 from ..zoo import Zoo, train_networks, train_trajectories, zoo_dir_for
 from .common import (ZOO_FILE, check_writable_folder, load_for, model_for, normalise_config, resolve_device,
@@ -35,7 +35,7 @@ def _zoo_training(config: RunConfig, trajectories: bool = False) -> dict:
     """The settings that make two zoos interchangeable; an expert zoo says so (and how it trained)."""
     d = config.to_dict()
     wanted = {"dataset": config.data.dataset, "arch": config.model.arch, "model": d["model"],
-              "outer": d["outer"], "phase": config.phase}
+              "outer": d["outer"], "phase": config.phase, "seed_layout": SEED_LAYOUT}
     return {**wanted, **EXPERT_TRAINING, "augment": config.methods.augment} if trajectories else wanted
 
 
@@ -137,6 +137,7 @@ ZOO_OUTER = ("epochs", "schedule", "decay_epochs", "decay_factor", "lr", "batch_
 
 
 def _comparable(settings: dict) -> dict:
+    settings = {"seed_layout": 1, **settings}  # zoos written before the layout was recorded
     if settings.get("trajectories"):  # experts written before --augment trained on plain batches
         settings = {"augment": "none", **settings}
     outer = settings.get("outer")
@@ -145,6 +146,9 @@ def _comparable(settings: dict) -> dict:
 
 def _matching(zoo: Zoo, wanted: dict, path: Path) -> Zoo:
     have, want = _comparable(zoo.config), _comparable(wanted)
+    if have["seed_layout"] != want["seed_layout"]:  # its networks and new ones would come from two layouts
+        raise ArtifactError(f"zoo {path} was drawn by an earlier datadistill (seed layout {have['seed_layout']}, "
+                            f"whose test-phase networks repeated the train phase's); delete it and train it again")
     if have != want:
         diff = "; ".join(f"{key}: {old} there, {new} here" for key, old, new in _differences(have, want))
         raise ArtifactError(f"zoo {path} was trained with other settings ({diff}); "
