@@ -64,6 +64,14 @@ def test_from_scratch_on_a_separable_set_beats_chance(blobs):
     assert all(torch.equal(before[k], v) for k, v in nets.items()), "the initial weights are left alone"
 
 
+def test_from_scratch_networks_that_diverge_are_an_error_not_chance(blobs):
+    model = build_model("MLP", 1, 8, 3)
+    nets = fresh_nets(model, "xavier", 1.0, [0, 1], "cpu")
+    with pytest.raises(FloatingPointError, match="diverged .* at rate inf; try a smaller --scratch_lr"):
+        evaluate_from_scratch(model, _blobs_set(blobs), nets, blobs.test, epochs=2, lr=float("inf"), batch_size=4,
+                              generator=torch.Generator().manual_seed(0))
+
+
 def test_from_scratch_on_a_cpu_trains_one_network_after_another(blobs):
     """On a CPU each network is its own chunk: network i trains on the batches that follow network
     i - 1's draws from the one generator, exactly as separate ``train_from_scratch`` calls would."""

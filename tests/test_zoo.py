@@ -179,6 +179,29 @@ def test_zoo_refusals_are_one_line_exit_2(tmp_path, capsys, flags, message):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--trajectories", "--lr_schedule", "step"], "--lr_schedule does not apply with --trajectories: experts train "
+                                                  "with SGD at a constant --lr"),
+    (["--trajectories", "--decay_factor", "0.5"], "--decay_factor does not apply with --trajectories"),
+    (["--trajectories", "--phase", "test"], "--phase test does not apply with --trajectories: mtt reads train-phase "
+                                            "experts only"),
+    (["--lr_schedule", "cosine", "--decay_epochs", "1"], "--decay_epochs applies to --lr_schedule step, not cosine"),
+])
+def test_train_zoo_refuses_flags_its_training_would_ignore(tmp_path, capsys, flags, message):
+    code = main(["train-zoo", "--dataset", "digits", "--zoo_dir", str(tmp_path / "z"), "--no_progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "z").exists()
+
+
+def test_a_zoo_whose_networks_diverge_is_not_written(tmp_path, capsys):
+    code = main(["train-zoo", "--dataset", "digits", "--zoo_dir", str(tmp_path / "z"), "--n_nets", "1",
+                 "--epochs", "1", "--lr", "1e9", "--no_progress"])
+    assert code == 1 and capsys.readouterr().err == (
+        "datadistill: error: zoo networks diverged (weights NaN or infinite) at --lr 1e+09; try a smaller --lr\n")
+    assert not (tmp_path / "z").exists()
+
+
 def test_a_zoo_is_matched_by_the_settings_that_train_it(tmp_path, blobs_zoo):
     first, path = blobs_zoo(_zoo_config(tmp_path, 10))
     # as written before the distillation's Adam beta1 existed, and with another step-size rate:

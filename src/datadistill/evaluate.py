@@ -16,6 +16,7 @@ import torch.nn as nn
 from .data import Split
 from .inner import batched_logits, batched_train, mean_loss_per_net_summed
 from .models import Params
+from .weights import check_finite
 from .synthetic import SyntheticSet
 
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (B, C, H, W) -> same shape
@@ -134,6 +135,8 @@ def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_ini
         part = {k: v[i:i + chunk_nets] for k, v in stacked_init.items()}
         trained = train_from_scratch(model, part, synthetic, epochs, lr, batch_size,
                                      generator=generator, augment=augment, on_epoch=on_epoch, **sgd)
+        check_finite(trained, f"networks trained from scratch on the set diverged (weights NaN or infinite) at "
+                              f"rate {lr:g}; try a smaller --scratch_lr")
         accs.append(accuracy(model, trained, test))
     return EvalResult(tuple(torch.cat(accs).tolist()))
 

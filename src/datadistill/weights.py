@@ -120,3 +120,10 @@ def unstack_params(stacked: Params) -> list[Params]:
 
 def count_params(params: Params) -> int:
     return sum(math.prod(v.shape) for v in params.values())
+
+
+def check_finite(params: Params, diverged: str) -> None:
+    """Raise FloatingPointError (exit 1, one line) saying ``diverged`` when any trained weight is
+    NaN or infinite: such networks score chance and must not pass for a result or a zoo."""
+    if not all(bool(torch.isfinite(v).all()) for v in params.values()):
+        raise FloatingPointError(diverged)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..config import PHASES, build_config
 from ..errors import ConfigError
 from ..zoo import EXPERT_LR
-from .flags import D, Parser, add_data, add_model, add_outer, add_run, add_world, given_fields
+from .flags import D, Parser, add_data, add_model, add_outer, add_run, add_world, given_fields, refuse
 
 NAME = "train-zoo"
 HELP = "train a zoo of networks (for loaded networks: adaptation, attack, zoo distillation)"
@@ -37,6 +37,14 @@ def run(args, argv: list[str], session) -> int:
     from ..progress import zoo_progress
 
     trajectories = getattr(args, "trajectories", False)
+    if trajectories:  # experts train with constant SGD, and mtt reads train-phase ones only
+        for flag in ("lr_schedule", "decay_epochs", "decay_factor"):
+            refuse(args, flag, "does not apply with --trajectories: experts train with SGD at a constant --lr")
+        if getattr(args, "phase", "train") == "test":
+            raise ConfigError("--phase test does not apply with --trajectories: mtt reads train-phase experts only")
+    elif getattr(args, "lr_schedule", None) == "cosine":
+        for flag in ("decay_epochs", "decay_factor"):
+            refuse(args, flag, "applies to --lr_schedule step, not cosine")
     given = given_fields(args)
     if "methods.augment" in given and not trajectories:
         raise ConfigError("--augment applies to train-zoo --trajectories only (expert trajectories for mtt)")
@@ -49,7 +57,7 @@ def run(args, argv: list[str], session) -> int:
     with zoo_progress(config.nets.n_nets, disable=quiet) as progress:
         zoo, path = train_zoo(config, progress, world=world, trajectories=trajectories)
     if world.is_main:
-        acc = zoo.accuracies[:config.nets.n_nets]
+        acc = zoo.accuracies  # the whole zoo's, which an --n_nets below its size leaves as it is
         std = float(acc.std()) if acc.numel() > 1 else 0.0
         kind = "expert trajectories" if trajectories else "zoo"
         print(f"{kind} of {len(zoo)} {zoo.arch} networks on {zoo.dataset} ({zoo.phase} phase): test accuracy "

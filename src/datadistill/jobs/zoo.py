@@ -14,6 +14,7 @@ from ..data import Dataset
 from ..errors import ArtifactError
 from ..evaluate import accuracy
 from ..nets import SEED_LAYOUT, fresh_nets, zoo_seeds
+from ..weights import check_finite
 from ..world import World
 from ..zoo import Zoo, train_networks, train_trajectories, zoo_dir_for
 from .common import (ZOO_FILE, check_writable_folder, load_for, model_for, normalise_config, resolve_device,
@@ -94,6 +95,8 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
                     config.outer.lr, augment=augment, augment_generator=torch.Generator().manual_seed(chunk_seed))
             else:
                 trained = train_networks(model, init, dataset.train, config.outer, generator)
+            check_finite(trained, f"zoo networks diverged (weights NaN or infinite) at --lr {config.outer.lr:g}; "
+                                  f"try a smaller --lr")
             part = Zoo({k: v.cpu() for k, v in trained.items()}, accuracy(model, trained, dataset.test).cpu(),
                        config.data.dataset, config.model.arch, m.init, config.phase,
                        (dataset.in_channels, dataset.image_size, dataset.image_size),
