@@ -145,3 +145,5 @@ def test_adapt_needs_a_source_and_loaded_nets():
         RunConfig(mode="distill_adapt", nets=NetsConfig("loaded", 2))
     with pytest.raises(ConfigError, match="needs --train_nets_type loaded"):
         RunConfig(mode="distill_adapt", data=DataConfig("USPS", source_dataset="MNIST"))
+    with pytest.raises(ConfigError, match="give --test_nets_type loaded .* or same_as_train"):
+        RunConfig(mode="distill_adapt", data=DataConfig("USPS", source_dataset="MNIST"), nets=NetsConfig("loaded", 2))

@@ -99,7 +99,8 @@ def test_defaults_are_the_fresh_preset():
     ([], "fresh"),
     (["--train_nets_type", "known_init"], "fixed"),
     (["--train_nets_type", "loaded"], "zoo"),
-    (["--mode", "distill_adapt", "--source_dataset", "MNIST", "--train_nets_type", "loaded"], "zoo"),
+    (["--mode", "distill_adapt", "--source_dataset", "MNIST", "--train_nets_type", "loaded", "--test_nets_type",
+      "loaded"], "zoo"),
     (["--mode", "distill_attack", "--train_nets_type", "loaded", "--attack_class", "0", "--target_class", "1"],
      "attack"),
 ])

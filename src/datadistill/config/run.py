@@ -65,6 +65,9 @@ class RunConfig:
             if self.nets.train_nets_type != "loaded":
                 raise ConfigError("--mode distill_adapt needs --train_nets_type loaded (networks "
                                   "trained on --source_dataset with train-zoo)")
+            if self.nets.test_nets_type == "unknown_init":  # fresh, untrained networks have nothing to adapt
+                raise ConfigError("--mode distill_adapt scores networks trained on --source_dataset: give "
+                                  "--test_nets_type loaded (a test zoo) or same_as_train")
         if self.synthetic.teacher_labels and self.mode in ("distill_adapt", "distill_attack"):
             # adaptation's zoo is another dataset's; an attack's labels are the attack
             raise ConfigError(f"--label_mode teacher labels a set by networks trained on its own dataset; "
