@@ -400,6 +400,21 @@ def test_networks_that_cannot_fit_fail_before_any_is_drawn(tmp_path, capsys, mon
     assert not (tmp_path / "r" / "distilled.pt").exists()
 
 
+@pytest.mark.parametrize("command, said", [("distill", "rerun with --resume to continue"),
+                                           ("train-zoo", "rerun the same command to continue (finished parts of the "
+                                                         "zoo are kept)"),
+                                           ("test", "nothing was written"), ("evaluate", "nothing was written")])
+def test_an_interrupt_says_how_each_command_carries_on(monkeypatch, capsys, command, said):
+    # only distill takes --resume; train-zoo keeps its finished parts; test and evaluate write at the end
+    from datadistill.commands import COMMANDS
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(COMMANDS[command], "run", interrupted)
+    assert exit_code([command, *(["x.pt"] if command == "evaluate" else [])]) == 130
+    assert capsys.readouterr().err == f"datadistill: interrupted; {said}\n"
+
+
 def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
     from datadistill.commands import distill
 
@@ -570,10 +585,11 @@ def test_metrics_record_peak_memory_in_bytes(tmp_path):
     assert 100 * 2**20 < peak["host_rss"] < 64 * 2**30 and peak["device"] is None
 
 
-def test_metrics_record_the_real_batch_as_run(tmp_path):
+def test_metrics_record_the_real_batch_as_run(tmp_path, capsys):
     # a --batch_size past the training split reads the whole split each iteration: one per epoch
     argv = FAST[:FAST.index("--batch_size")] + ["--batch_size", "100000", "--no_progress"]
     assert main(["distill", *argv, "--epochs", "2", "--skip_test", "--results_dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("test split not read (--skip_test); validation ")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     n_train = len(load_dataset("digits", val_size=metrics["config"]["data"]["val_size"]).train)
     assert metrics["real_batch_size"] == n_train and metrics["iterations"] == 2

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             return e.code if isinstance(e.code, int) else EXIT_USAGE
         return 0
     session = Session()
+    name = None
     try:
         name, rest = route(argv)
         module = COMMANDS[name]
@@ -115,10 +116,15 @@ def main(argv: list[str] | None = None) -> int:
                               f"fewer or smaller images, a smaller --batch_size, or fewer networks at once")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("datadistill: interrupted; rerun with --resume to continue\n")
+        sys.stderr.write(f"datadistill: interrupted; {AFTER_INTERRUPT.get(name, 'nothing was written')}\n")
         return 130
     finally:
         stop(session.world)
+
+
+# how each command carries on after an interrupt (the others write nothing until they finish)
+AFTER_INTERRUPT = {"distill": "rerun with --resume to continue",
+                   "train-zoo": "rerun the same command to continue (finished parts of the zoo are kept)"}
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -194,5 +194,6 @@ def print_result(result) -> None:
         print(format_attack_table(result.metrics["attack"]))
     val = result.metrics.get("validation")
     val_text = f"; validation {100 * val['mean']:.2f}%" if val else ""
-    print(f"test accuracy: {result.final}{val_text} ({result.metrics['wall_seconds']:.0f} s wall); "
+    test = "test split not read (--skip_test)" if result.final is None else f"test accuracy: {result.final}"
+    print(f"{test}{val_text} ({result.metrics['wall_seconds']:.0f} s wall); "
           f"results in {result.results_dir}")

@@ -123,6 +123,9 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
         if config.keep_best and not validated and not PRESETS[config.preset].get("keep_best"):
             raise ConfigError("--keep_best picks the snapshot that validates best, and this run has no validation "
                               "(--val_size 0, or a zoo without held-out networks: see --val_n_nets)")
+        if config.eval_every and not validated and not PRESETS[config.preset].get("eval_every"):
+            raise ConfigError("--eval_every sets how often the set is validated, and this run has no validation "
+                              "(--val_size 0, or a zoo without held-out networks: see --val_n_nets)")
         run = Distillation(method, learned, source, config.outer, dataset.train, generator, config.eval_every,
                            validate if validated else None, world, config.keep_best and validated)
         if state is not None:
