@@ -1,4 +1,5 @@
 import importlib
+import json
 
 import pytest
 import torch
@@ -229,3 +230,22 @@ def test_an_attack_is_validated_by_its_own_objective(monkeypatch, tmp_path):
     assert not torch.equal(wanted, val.y)
     for split in seen["distill_attack"]:  # at the start and at the end
         assert torch.equal(split.x, val.x) and torch.equal(split.y, wanted)
+
+
+def test_an_attack_on_fresh_networks_reports_and_its_test_phase_keeps_its_classes(tmp_path, capsys):
+    # fresh networks hold no weights to choose the baseline's step size on: networks of their own do
+    out = tmp_path / "r"
+    assert main(["--mode", "distill_attack", "--dataset", "digits", "--attack_class", "0", "--target_class", "1",
+                 "--distill_steps", "1", "--distill_epochs", "1", "--epochs", "1", "--test_n_nets", "1",
+                 "--results_dir", str(out), "--no_progress"]) == 0
+    report = json.loads((out / "metrics.json").read_text())["attack"]
+    assert (report["attack_class"], report["target_class"]) == (0, 1) and report["baseline"]["lr"] in FIXED_LR_GRID
+    capsys.readouterr()
+    test = ["test", "--mode", "distill_attack", "--dataset", "digits", "--distilled", str(out / "distilled.pt"),
+            "--test_n_nets", "1", "--results_dir", str(tmp_path / "t"), "--no_progress"]
+    assert main([*test, "--attack_class", "3", "--target_class", "1"]) == 2
+    assert capsys.readouterr().err == (f"datadistill: error: --attack_class 3 disagrees with {out / 'distilled.pt'}, "
+                                       f"distilled with attack_class 0; the test phase scores the set as it was "
+                                       f"distilled\n")
+    assert not (tmp_path / "t").exists()
+    assert main([*test, "--attack_class", "0", "--target_class", "1"]) == 0  # the paper's flags, as distilled

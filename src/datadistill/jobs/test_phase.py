@@ -112,6 +112,12 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
                 hint = "; --test_distill_epochs sets the passes scored" if field == "synthetic.epochs" else ""
                 raise ConfigError(f"{flag} {value} disagrees with {distilled_path(config)}, which holds {have}; a "
                                   f"loaded set is scored in its own shape{hint}")
+        run = loaded.meta.get("config", {})
+        for field in ("attack_class", "target_class"):  # read by no row: the file's attack is the one scored
+            value = typed.get(field)
+            if value is not None and run.get(field) is not None and value != run[field]:
+                raise ConfigError(f"--{field} {value} disagrees with {distilled_path(config)}, distilled with "
+                                  f"{field} {run[field]}; the test phase scores the set as it was distilled")
         if loaded.epochs == 0 and not from_scratch and test.lrs == "loaded":
             raise ConfigError(f"{distilled_path(config)} has no step sizes (a set of a method scored from "
                               f"scratch); score it with --protocol from_scratch, or give --test_distilled_lrs fix LR")
