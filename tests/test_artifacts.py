@@ -156,6 +156,7 @@ def _checkpoint_state():
     ({"learned": {"images": torch.zeros(2)}}, "holds a dict as learned"),
     ({"learned": [[0.0, 1.0]]}, "holds learned values that are not tensors"),
     ({"history": {"losses": []}}, "history lacks evaluations, seconds: damaged"),
+    ({"learned": [torch.tensor([0.0, float("nan")])]}, "holds NaN or infinite learned values: damaged"),
     ({"epoch": "two"}, "holds 'two' as epoch, not a whole number >= 0: damaged"),
     ({"iteration": -1}, "holds -1 as iteration, not a whole number >= 0"),
     ({"world_size": 0}, "holds 0 as world_size, not a whole number >= 1"),

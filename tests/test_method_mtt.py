@@ -271,8 +271,14 @@ def test_the_set_is_one_batch_of_real_images_and_one_step_size(blobs):
 def test_missing_experts_say_how_to_train_them(tmp_path):
     config = build_config({"method": "mtt", "data.dataset": "blobs", "model.arch": "MLP", "results_dir": str(tmp_path)})
     model = models.build_model("MLP", 1, 8, 3)
-    with pytest.raises(ArtifactError, match="train-zoo --trajectories --dataset blobs --arch MLP"):
+    with pytest.raises(ArtifactError, match="train-zoo --trajectories --dataset blobs --arch MLP") as err:
         load_experts(config, model)
+    assert str(err.value).endswith(f"--results_dir {tmp_path} (or --zoo_dir {tmp_path / 'zoo'})")
+    # a --zoo_dir given is the one place this run reads: the only one named
+    zoo_dir = dataclasses.replace(config, zoo_dir=str(tmp_path / "z"))
+    with pytest.raises(ArtifactError) as err:
+        load_experts(zoo_dir, model)
+    assert str(err.value).endswith(f"--init xavier --zoo_dir {tmp_path / 'z'}") and "--results_dir" not in str(err.value)
 
 
 # -- end to end ----------------------------------------------------------------------------------

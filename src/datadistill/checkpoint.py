@@ -115,6 +115,8 @@ def read_checkpoint(path: Path, config: RunConfig) -> dict:
             raise ArtifactError(f"checkpoint {path} holds a {type(state[key]).__name__} as {key}: {DAMAGED}")
     if not all(isinstance(t, torch.Tensor) for t in state["learned"]):
         raise ArtifactError(f"checkpoint {path} holds learned values that are not tensors: {DAMAGED}")
+    if not all(bool(torch.isfinite(t).all()) for t in state["learned"] if t.is_floating_point()):
+        raise ArtifactError(f"checkpoint {path} holds NaN or infinite learned values: {DAMAGED}")
     lost = [k for k in ("evaluations", "losses", "seconds") if k not in state["history"]]
     if lost:
         raise ArtifactError(f"checkpoint {path}'s history lacks {', '.join(lost)}: {DAMAGED}")

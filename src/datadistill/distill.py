@@ -125,8 +125,8 @@ class Distillation:
             self.epoch += 1
             mean_loss = float(total / count)  # one host sync per epoch
             if mean_loss != mean_loss:
-                raise FloatingPointError(f"outer loss became NaN in epoch {self.epoch}; "
-                                         f"try a smaller --lr or --distill_lr")
+                raise FloatingPointError(f"outer loss became NaN in epoch {self.epoch}; try a smaller --lr, "
+                                         f"--distill_lr or --step_size_lr, or a smaller --init_param")
             self.history.losses.append({"epoch": self.epoch, "loss": mean_loss})
             self.history.seconds += time.perf_counter() - t0
             for cb in callbacks:

@@ -10,7 +10,7 @@ import re
 import sys
 
 from .. import __version__
-from ..errors import DatadistillError
+from ..errors import ConfigError, DatadistillError
 from ..world import DEFAULT_TIMEOUT, DistributedError, World, start, stop
 from . import distill, evaluate, test, train_zoo
 from .flags import EXIT_USAGE
@@ -51,7 +51,9 @@ def _flag_value(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
     value, rest, i = None, [], 0
     while i < len(argv):
         word = argv[i]
-        if word == flag and i + 1 < len(argv):
+        if word == flag:
+            if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"{flag} needs a value")
             value, i = argv[i + 1], i + 2
             continue
         if word.startswith(flag + "="):

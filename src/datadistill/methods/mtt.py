@@ -102,8 +102,9 @@ def load_experts(config: RunConfig, model: nn.Module) -> tuple[Params, "Zoo"]:
         flags += "" if config.methods.augment == "none" else f" --augment {config.methods.augment}"
         raise ArtifactError(f"no expert trajectories at {path}; train them first: datadistill train-zoo "
                             f"--trajectories --dataset {config.data.dataset} --arch {config.model.arch}{flags} "
-                            f"--init {config.model.init} --results_dir {config.results_dir} "
-                            f"(or --zoo_dir {config.zoo_root})")
+                            f"--init {config.model.init} "
+                            + (f"--zoo_dir {config.zoo_dir}" if config.zoo_dir else
+                               f"--results_dir {config.results_dir} (or --zoo_dir {config.zoo_root})"))
     zoo = artifacts.load_zoo(path)
     zoo.check(config.data.dataset, config.model.arch, 1, "expert")
     if zoo.trajectories is None:
