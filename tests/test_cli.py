@@ -629,3 +629,16 @@ def test_the_fixed_preset_validates_every_epoch_and_keeps_the_best_snapshot(tmp_
     err = capsys.readouterr().err
     assert "--keep_best picks the snapshot that validates best" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c" / "metrics.json").exists()
+
+
+def test_a_run_in_another_runs_folder_leaves_no_picture_of_the_other_set(tmp_path):
+    # three steps with learned step sizes and validation, then a dm run without validation there
+    assert main(["distill", *FAST, "--distill_steps", "3", "--epochs", "1", "--results_dir", str(tmp_path)]) == 0
+    (tmp_path / "notes.txt").write_text("the user's")
+    assert {"step_sizes.png", "accuracy.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert main(["distill", "--method", "dm", "--dataset", "digits", "--arch", "ConvNet", "--width", "8", "--ipc", "1",
+                 "--epochs", "1", "--val_size", "0", "--scratch_epochs", "1", "--test_n_nets", "1", "--no_progress",
+                 "--results_dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["step000.png"]
+    assert not (tmp_path / "step_sizes.png").exists() and not (tmp_path / "accuracy.png").exists()
+    assert (tmp_path / "notes.txt").read_text() == "the user's"

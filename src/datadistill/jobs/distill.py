@@ -186,15 +186,27 @@ def file_meta(config: RunConfig, source: NetSource) -> dict:
     return meta
 
 
+PLOTS = ("attack_per_class.png", "step_sizes.png", "accuracy.png")  # each written only where it applies
+
+
 def write_results(results: Path, synthetic: SyntheticSet, metrics: dict, evaluations: list[dict]) -> None:
+    """The run's files; pictures an earlier run left in the folder that this one does not draw
+    (another set's steps, its plots) are removed, so that none describes another set."""
+    written = set(artifacts.save_image_grids(results / "images", synthetic))
     if "attack" in metrics:
         artifacts.plot_per_class(results / "attack_per_class.png", metrics["attack"])
+        written.add(results / "attack_per_class.png")
     artifacts.save_distilled(results / artifacts.DISTILLED, synthetic)
-    artifacts.save_image_grids(results / "images", synthetic)
     if synthetic.lrs.numel():
         artifacts.plot_step_sizes(results / "step_sizes.png", synthetic.lrs, synthetic.steps)
+        written.add(results / "step_sizes.png")
     if evaluations:
         artifacts.plot_accuracy(results / "accuracy.png", evaluations)
+        written.add(results / "accuracy.png")
+    ours = {*(results / name for name in PLOTS), results / "images" / "stored.png",
+            *(results / "images").glob("step*.png")}
+    for stale in ours - written:
+        stale.unlink(missing_ok=True)
     artifacts.write_json(results / artifacts.METRICS, metrics)
 
 
