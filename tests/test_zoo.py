@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -255,3 +256,19 @@ def test_a_zoo_of_the_earlier_seed_layout_is_not_extended_nor_read_as_a_test_zoo
     assert next(iter(load_zoo_nets(reading, "train", 2)[0].values())).shape[0] == 2  # a train zoo still reads
     with pytest.raises(ArtifactError, match="test zoo .* drawn by an earlier datadistill.*train-zoo --phase test"):
         load_zoo_nets(reading, "test", 2)
+
+
+def test_a_zoo_keeps_its_validation_hold_out(tmp_path, blobs_zoo):
+    # networks trained with another --val_size may have seen the run's validation images: a zoo is
+    # neither extended by such a run nor read by one
+    from datadistill.jobs.common import load_zoo_nets
+    blobs_zoo(_zoo_config(tmp_path, 2))
+    other = dataclasses.replace(_zoo_config(tmp_path, 3), data=dataclasses.replace(_zoo_config(tmp_path, 3).data,
+                                                                                    val_size=0))
+    with pytest.raises(ArtifactError, match=r"other settings \(val_size: None there, 0 here\)"):
+        blobs_zoo(other)
+    reading = build_config({"data.dataset": "blobs", "model.arch": "MLP", "results_dir": str(tmp_path)})
+    assert next(iter(load_zoo_nets(reading, "train", 2)[0].values())).shape[0] == 2
+    with pytest.raises(ArtifactError, match="trained with --val_size the default, this run holds out 0: its networks "
+                                            "may have trained on this run's validation images"):
+        load_zoo_nets(dataclasses.replace(reading, data=dataclasses.replace(reading.data, val_size=0)), "train", 2)

@@ -131,6 +131,12 @@ def checked_zoo(config: RunConfig, phase: str, n: int) -> Zoo:
         raise ArtifactError(f"the test zoo {path} was drawn by an earlier datadistill, whose test-phase networks "
                             f"started from the train phase's weights; delete it and train it again "
                             f"(datadistill train-zoo --phase test)")
+    held_out = zoo.config.get("val_size")
+    if "val_size" in zoo.config and config.zoo_dataset == config.data.dataset and held_out != config.data.val_size:
+        shown = lambda v: "the default" if v is None else v  # noqa: E731
+        raise ArtifactError(f"the {phase} zoo {path} trained with --val_size {shown(held_out)}, this run holds out "
+                            f"{shown(config.data.val_size)}: its networks may have trained on this run's validation "
+                            f"images; give the zoo's --val_size, or train a zoo with this one")
     c, h, _ = zoo.input_shape
     zoo.check_layout(build_model(config.model.arch, c, h, zoo.num_classes, width=config.model.width),
                      f"the {phase} zoo in {path}", "it again with datadistill train-zoo")

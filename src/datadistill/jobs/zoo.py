@@ -36,7 +36,8 @@ def _zoo_training(config: RunConfig, trajectories: bool = False) -> dict:
     """The settings that make two zoos interchangeable; an expert zoo says so (and how it trained)."""
     d = config.to_dict()
     wanted = {"dataset": config.data.dataset, "arch": config.model.arch, "model": d["model"],
-              "outer": d["outer"], "phase": config.phase, "seed_layout": SEED_LAYOUT}
+              "outer": d["outer"], "phase": config.phase, "seed_layout": SEED_LAYOUT,
+              "val_size": config.data.val_size}  # the images held out of the networks' training
     return {**wanted, **EXPERT_TRAINING, "augment": config.methods.augment} if trajectories else wanted
 
 
@@ -140,7 +141,8 @@ ZOO_OUTER = ("epochs", "schedule", "decay_epochs", "decay_factor", "lr", "batch_
 
 
 def _comparable(settings: dict) -> dict:
-    settings = {"seed_layout": 1, **settings}  # zoos written before the layout was recorded
+    # zoos written before the layout (and val_size) were recorded: layout 1, the default hold-out
+    settings = {"seed_layout": 1, "val_size": None, **settings}
     if settings.get("trajectories"):  # experts written before --augment trained on plain batches
         settings = {"augment": "none", **settings}
     outer = settings.get("outer")
