@@ -272,3 +272,14 @@ def test_a_zoo_keeps_its_validation_hold_out(tmp_path, blobs_zoo):
     with pytest.raises(ArtifactError, match="trained with --val_size the default, this run holds out 0: its networks "
                                             "may have trained on this run's validation images"):
         load_zoo_nets(dataclasses.replace(reading, data=dataclasses.replace(reading.data, val_size=0)), "train", 2)
+
+
+def test_a_damaged_zoo_that_train_zoo_would_extend_asks_to_delete_it(tmp_path, capsys):
+    folder = tmp_path / "z" / "digits-LeNet-xavier-train"
+    folder.mkdir(parents=True)
+    (folder / "zoo.pt").write_text("garbage")
+    assert main(["train-zoo", "--dataset", "digits", "--zoo_dir", str(tmp_path / "z"), "--n_nets", "1",
+                 "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"datadistill: error: cannot read model zoo {folder / 'zoo.pt'}: ") and err.count("\n") == 1
+    assert err.endswith("; delete it, or give another --zoo_dir\n") and "train one with" not in err

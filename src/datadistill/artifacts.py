@@ -121,11 +121,11 @@ def save_zoo(path, zoo) -> Path:
     return _torch_save(path, zoo.to_dict())
 
 
-def load_zoo(path):
-    """Read a zoo file; ``ArtifactError`` if missing or not a zoo."""
+def load_zoo(path, hint: str = "train one with datadistill train-zoo (and --phase test for the test zoo), or "
+                               "pass --zoo_dir"):
+    """Read a zoo file; ``ArtifactError`` if missing or not a zoo, ending with ``hint`` (what to do)."""
     from .zoo import Zoo
 
-    hint = "train one with datadistill train-zoo (and --phase test for the test zoo), or pass --zoo_dir"
     d = _torch_load(path, "model zoo", hint)
     try:
         return Zoo.from_dict(d)

@@ -22,6 +22,7 @@ from .common import (ZOO_FILE, check_writable_folder, load_for, model_for, norma
 
 ZOO_CHUNK = 10  # networks trained at once (vmapped) and stored per part file
 # what an expert zoo's settings add to an ordinary zoo's: a zoo of one kind never matches the other
+DAMAGED_HINT = "delete it, or give another --zoo_dir"  # what to do with a damaged zoo file train-zoo would extend
 EXPERT_TRAINING = {"trajectories": True, "optimizer": "sgd", "momentum": 0.0, "schedule": "constant"}
 
 
@@ -64,7 +65,8 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     world.agree(lambda: check_writable_folder(config.zoo_root, "--zoo_dir") if world.is_main else None)
     path = expert_zoo_file(config, config.phase) if trajectories else zoo_file(config, config.phase)
     folder, n, wanted = path.parent, config.nets.n_nets, _zoo_training(config, trajectories)
-    existing = world.agree(lambda: _matching(artifacts.load_zoo(path), wanted, path) if path.exists() else None)
+    existing = world.agree(lambda: _matching(artifacts.load_zoo(path, DAMAGED_HINT), wanted, path)
+                           if path.exists() else None)
     if existing is not None and len(existing) >= n:
         return existing, path
     dataset = world.agree(lambda: dataset if dataset is not None else load_for(config))
@@ -75,7 +77,7 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     parts = zoo_parts(done, n, world.size)
     # parts left by an interrupted run are checked by every process up front: a collective inside
     # the loop below would pair up differently on processes with different numbers of parts
-    world.agree(lambda: [_matching(artifacts.load_zoo(p), wanted, p)
+    world.agree(lambda: [_matching(artifacts.load_zoo(p, DAMAGED_HINT), wanted, p)
                          for p in (_part_path(folder, a, b) for a, b, _ in parts) if p.exists()])
     augment = augmenter(config.methods.augment, siamese=False) if trajectories else None  # experts only
     for start, stop, chunk in parts[world.rank::world.size]:
@@ -113,7 +115,7 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
         for stale in folder.glob("part-*.pt"):
             stale.unlink()
     world.barrier()  # the zoo is on disk
-    return artifacts.load_zoo(path), path
+    return artifacts.load_zoo(path, DAMAGED_HINT), path
 
 
 def zoo_parts(done: int, n: int, processes: int) -> list[tuple[int, int, int]]:
