@@ -516,6 +516,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     resume = [*FAST, "--train_nets_type", "known_init", "--epochs", "2", "--results_dir", str(tmp_path), "--resume"]
     assert main([*resume, "--distill_steps", "3"]) == 2
     assert "synthetic.steps=2, this run has 3" in capsys.readouterr().err
+    assert main([*resume, "--val_size", "125"]) == 2  # a value where the run took the default: said so
+    assert "data.val_size=the default, this run has 125;" in capsys.readouterr().err
     # a preset is checked by the values it gives, not by its name
     fresh = distill_config("--train_nets_type", "known_init", "--preset", "fresh")
     differ = {k for k, v in PRESETS["fixed"].items() if field(fresh, k) != v} - {"outer.epochs"}  # may change

@@ -68,6 +68,22 @@ def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, mon
         blobs_zoo(_zoo_config(tmp_path, 40, epochs=4))
 
 
+def test_a_finished_part_outlives_a_smaller_n_nets(tmp_path, blobs_zoo, monkeypatch):
+    # an interrupted run of 25 left networks 0-9; asking for 5 keeps those ten rather than
+    # deleting them and training five again
+    calls = []
+    real_train = zoo_job.train_networks
+    monkeypatch.setattr(zoo_job, "train_networks", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+
+    def stop_after_first(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        blobs_zoo(_zoo_config(tmp_path, 25), progress=stop_after_first)
+    zoo, path = blobs_zoo(_zoo_config(tmp_path, 5))
+    assert len(calls) == 1 and len(zoo) == 10 and not list(path.parent.glob("part-*"))
+
+
 def test_train_and_test_zoos_never_share_an_initialisation():
     # as torch's CPU generator reads a seed: its low 32 bits
     train, test = {s % 2**32 for s in zoo_seeds("train", 0, 5000)}, {s % 2**32 for s in zoo_seeds("test", 0, 5000)}

@@ -146,5 +146,6 @@ def check_resumable(saved: dict, current: dict, prefix: tuple = (), defaults: di
         if isinstance(value, dict) and isinstance(old, dict):
             check_resumable(old, value, path, defaults.get(key) or {})
         elif old != value:
-            raise ArtifactError(f"checkpoint was made with {'.'.join(path)}={old!r}, this run has "
-                                f"{value!r}; rerun with the same settings or without --resume")
+            shown = lambda v: "the default" if v is None else repr(v)  # noqa: E731 (None: the flag not given)
+            raise ArtifactError(f"checkpoint was made with {'.'.join(path)}={shown(old)}, this run has "
+                                f"{shown(value)}; rerun with the same settings or without --resume")

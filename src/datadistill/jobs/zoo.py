@@ -74,6 +74,13 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
     model = model_for(config, dataset)
     m = config.model
     done = len(existing) if existing is not None else 0
+    reach = done  # finished parts an interrupted run left from here on are kept, whatever --n_nets
+    while True:
+        after = sorted(folder.glob(f"part-{reach:06d}-*.pt"))
+        if not after:
+            break
+        reach = int(after[-1].stem.split("-")[2])
+    n = max(n, reach)
     parts = zoo_parts(done, n, world.size)
     # parts left by an interrupted run are checked by every process up front: a collective inside
     # the loop below would pair up differently on processes with different numbers of parts
