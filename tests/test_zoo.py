@@ -48,7 +48,9 @@ def test_zoo_round_trips_with_the_same_predictions(tmp_path, blobs, blobs_zoo):
         torch.testing.assert_close(loaded.params[k][:10], v, rtol=0, atol=0)
 
 
-def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, monkeypatch):
+def _interrupted_after_one_part(tmp_path, blobs_zoo, monkeypatch) -> list:
+    """A zoo of 25 interrupted after its first part (networks 0-9); the calls to train_networks,
+    this one's and later ones'."""
     calls = []
     real_train = zoo_job.train_networks
     monkeypatch.setattr(zoo_job, "train_networks", lambda *a, **k: calls.append(1) or real_train(*a, **k))
@@ -58,6 +60,11 @@ def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, mon
 
     with pytest.raises(KeyboardInterrupt):
         blobs_zoo(_zoo_config(tmp_path, 25), progress=stop_after_first)
+    return calls
+
+
+def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, monkeypatch):
+    calls = _interrupted_after_one_part(tmp_path, blobs_zoo, monkeypatch)
     assert len(calls) == 1 and len(list((tmp_path / "zoo" / "blobs-MLP-xavier-train").glob("part-*"))) == 1
     first, _ = blobs_zoo(_zoo_config(tmp_path, 25))
     assert len(calls) == 3 and len(first) == 25  # the finished part was reused
@@ -71,15 +78,7 @@ def test_interrupted_training_resumes_and_a_zoo_extends(tmp_path, blobs_zoo, mon
 def test_a_finished_part_outlives_a_smaller_n_nets(tmp_path, blobs_zoo, monkeypatch):
     # an interrupted run of 25 left networks 0-9; asking for 5 keeps those ten rather than
     # deleting them and training five again
-    calls = []
-    real_train = zoo_job.train_networks
-    monkeypatch.setattr(zoo_job, "train_networks", lambda *a, **k: calls.append(1) or real_train(*a, **k))
-
-    def stop_after_first(done, total):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        blobs_zoo(_zoo_config(tmp_path, 25), progress=stop_after_first)
+    calls = _interrupted_after_one_part(tmp_path, blobs_zoo, monkeypatch)
     zoo, path = blobs_zoo(_zoo_config(tmp_path, 5))
     assert len(calls) == 1 and len(zoo) == 10 and not list(path.parent.glob("part-*"))
 
