@@ -21,8 +21,8 @@ from .synthetic import SyntheticSet
 RESUMABLE_CHANGES = {("outer", "epochs"), ("device",), ("results_dir",), ("eval_every",), ("data", "root"),
                      ("data", "download"), ("test",), ("preset",), ("skip_test",),
                      ("evaluation",)}
-# what load_state_dict and the resume read (averaged and best only with the settings that write them)
 DAMAGED = "damaged, or written by another version of datadistill; run without --resume to start afresh"
+# what load_state_dict and the resume read (averaged and best only with the settings that write them)
 REQUIRED_KEYS = ("config", "learned", "optimizer", "scheduler", "generator", "nets", "method", "world_size",
                  "conv_backend", "epoch", "iteration", "history")
 
