@@ -16,8 +16,8 @@ import torch.nn as nn
 from .data import Split
 from .inner import batched_logits, batched_train, mean_loss_per_net_summed
 from .models import Params
-from .weights import check_finite
 from .synthetic import SyntheticSet
+from .weights import check_finite
 
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (B, C, H, W) -> same shape
 CHUNK_NETS = 25  # networks trained together (vmap) by the scoring functions: bounds memory
