@@ -106,9 +106,9 @@ class FreshNets(NetSource):
                  world: World = World()):
         self.model, self.init, self.init_param, self.device, self.world = model, init, init_param, device, world
         self.total = n
+        check_room(model, n // world.size, device)  # once, before any iteration draws seeds
 
     def sample(self, generator: torch.Generator) -> Params:
-        check_room(self.model, self.total // self.world.size, self.device)
         seeds = draw_seeds(generator, self.total)
         return fresh_nets(self.model, self.init, self.init_param, seeds[self.world.block(self.total)], self.device)
 

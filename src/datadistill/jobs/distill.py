@@ -18,7 +18,7 @@ from ..augment import augmenter
 from ..evaluate import EvalResult, score_set
 from ..methods import Setup, method_class
 from ..models import Params
-from ..nets import FixedNets, FreshNets, NetSource, ZooNets, fresh_nets, selection_seeds
+from ..nets import FixedNets, FreshNets, NetSource, ZooNets
 from ..runtime import Runtime
 from ..synthetic import SyntheticSet
 from ..world import World
@@ -142,10 +142,6 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
             world.barrier()  # rank 0 writes the results; wait, so a failure there fails every process
             return RunResult(synthetic, final, {}, results)
         train_all = zoo_train if zoo_train is not None else getattr(source, "params", None)
-        if train_all is None and config.mode == "distill_attack":  # fresh networks: the real-image
-            # baseline's step size is chosen on networks of their own, never the scoring ones
-            m = config.model
-            train_all = fresh_nets(model, m.init, m.init_param, selection_seeds(config.seed, 10), device)
         report = {} if config.skip_test else method.report(synthetic, setup, dataset.test, train_all, score(True),
                                                            progress)
         backend = runtime.backend

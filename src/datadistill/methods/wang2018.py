@@ -29,7 +29,7 @@ from ..data import Dataset, Split, class_balanced_sample
 from ..errors import ConfigError
 from ..inner import batched_unroll, summed_loss_grad
 from ..models import Params
-from ..nets import fresh_nets
+from ..nets import fresh_nets, selection_seeds
 from ..parallel import ChunkPool
 from ..runtime import Runtime
 from ..synthetic import LearnableSet, SyntheticSet, class_major_labels, noise_images
@@ -157,6 +157,9 @@ class Wang2018(Method):
             return {"adaptation": adaptation_report(self.model, synthetic, train_nets, test_nets, target,
                                                     generator, progress=progress)}
         if self.setting == "attack":
+            if train_nets is None:  # fresh networks: the real-image baseline's step size is chosen on
+                # networks of its own, never the scoring ones
+                train_nets = fresh_nets(self.model, *self.init, selection_seeds(setup.seed, 10), setup.device)
             return {"attack": attack_report(self.model, synthetic, train_nets, test_nets, setup.train,
                                             setup.val, test, self.relabel.attack_class,
                                             self.relabel.target_class, generator, progress=progress)}
