@@ -19,12 +19,13 @@ read apart from what the labels add.
 
     python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,mtt:1,mtt:50,gm:1:f2,dm:1:teacher]
         [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"]
-        [--keep DIR] [--device cuda] [--paper [--fraction F]]
+        [--keep DIR] [--device cuda] [--paper [--fraction F | --budget_s S]]
 
 ``--paper`` runs dm:10, gm:10 and mtt:10 at the papers' iteration counts and loop shapes
 (``PAPER_SETTINGS``), the rest as each preset; with ``--device cuda --width 128`` these are issue
 20's GPU rows, and ``--fraction F`` runs F of the papers' iterations to fit a device window (each
-cell's line gives the iterations run and the seconds each, to size the next window).
+cell's line gives the iterations run and the seconds each, to size the next window); ``--budget_s S``
+instead sizes each cell from a short probe run to about S seconds of distillation.
 
 MNIST is read from ../shared/data (or $DATADISTILL_DATA), never downloaded; ``digits`` is bundled;
 another torchvision dataset must already lie in that folder in torchvision's layout.
@@ -110,11 +111,13 @@ INITS = {"dm": "default", "gm": "default", "mtt": "xavier"}  # each preset's, wh
 # --inner_steps); mtt: 5000 segments of 50 steps covering 2 expert epochs from starts before epoch
 # 20 (Cazenavette et al. 2022, MNIST), on 10 experts of the 21 epochs those starts need (the paper
 # trains 100 for 50 epochs, of which its starts read the first 22). PAPER_ITERATIONS counts outer
-# steps, image updates, segments.
+# steps, image updates, segments. mtt reads no real batch, so its batch size only sets the segments
+# in an epoch: 2500 makes an epoch of MNIST 20 of them, as dm's and gm's 2560 make 20 steps, so
+# that runs cut to a device window (--fraction, --budget_s) end near the count asked for.
 PAPER_SETTINGS = {
     ("dm", 10): ["--batch_size", "2560"],
     ("gm", 10): ["--image_init", "real", "--augment", "dsa", "--batch_size", "2560"],
-    ("mtt", 10): ["--syn_steps", "50", "--expert_epochs", "2", "--max_start_epoch", "20"],
+    ("mtt", 10): ["--syn_steps", "50", "--expert_epochs", "2", "--max_start_epoch", "20", "--batch_size", "2500"],
 }
 PAPER_ITERATIONS = {"dm": 20000, "gm": 10000, "mtt": 5000}
 PAPER_EXPERTS = ["--n_nets", "10", "--epochs", "21"]
@@ -134,6 +137,16 @@ class Row(NamedTuple):
     peak_mib: float
 
 
+def probe_seconds(distill: list[str], out: Path, env: dict) -> float:
+    """Seconds of one outer iteration of ``distill`` here, from a run of one epoch of its batches,
+    scored for one epoch on one network, not tested. Its first iterations carry the warm-up (kernel
+    choice, caches), so the figure errs long."""
+    timed([*distill, "--epochs", "1", "--eval_every", "1", "--scratch_epochs", "1",
+           "--test_n_nets", "1", "--skip_test", "--results_dir", str(out)], env=env)
+    m = json.loads((out / "metrics.json").read_text())
+    return (m["distill_seconds"] - m["validation_seconds"]) / max(1, m["iterations"])
+
+
 def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> Row:
     """One cell on one dataset: distil, then random real images under the run's own protocol."""
     source = [] if dataset == "digits" else ["--dataset_root", root]  # digits are bundled: no root to read
@@ -148,10 +161,7 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
         batch = int(flags[flags.index("--batch_size") + 1]) if "--batch_size" in flags else preset_batch
         return str(-(-iterations // batches_per_epoch(len(load_dataset(dataset, root).train.y), batch)))
 
-    if args.paper:
-        epochs = epochs_for(max(1, round(args.fraction * PAPER_ITERATIONS[method])))
-        flags += ["--epochs", epochs, "--eval_every", epochs]
-    elif method == "mtt":
+    if method == "mtt" and not args.paper:
         epochs = epochs_for(MTT_SEGMENTS[int(ipc)])
         flags += ["--epochs", epochs, "--eval_every", epochs]
         if dataset in MTT_SYN_STEPS and "--syn_steps" not in flags:
@@ -179,8 +189,17 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
                                        "--results_dir", str(folder)), env=env)
         print(f"{dataset} teachers ({init} init): {seconds:.0f} s wall", flush=True)
     out = folder / cell.replace(":", "-")
-    cmd = datadistill("distill", "--method", method, "--ipc", ipc, *arch, "--test_n_nets", args.test_n_nets,
-                      "--results_dir", str(out), *flags, *extra, *shlex.split(args.extra))
+    distill = datadistill("distill", "--method", method, "--ipc", ipc, *arch, *flags, *extra, *shlex.split(args.extra))
+    fraction = args.fraction
+    if args.budget_s:
+        each = probe_seconds(distill, out.with_name(out.name + "-probe"), env)
+        fraction = min(1.0, args.budget_s / each / PAPER_ITERATIONS[method])
+        print(f"{dataset} {cell} probe: {each:.4f} s an iteration, so {fraction:.4f} of the paper's "
+              f"{PAPER_ITERATIONS[method]} in {args.budget_s:.0f} s", flush=True)
+    if args.paper:
+        epochs = epochs_for(max(1, round(fraction * PAPER_ITERATIONS[method])))
+        distill += ["--epochs", epochs, "--eval_every", epochs]
+    cmd = [*distill, "--test_n_nets", args.test_n_nets, "--results_dir", str(out)]
     seconds, _ = timed(cmd, env=env)
     m = json.loads((out / "metrics.json").read_text())
     peak = m["peak_memory"]["host_rss"] / 2 ** 20  # the distilling process's own peak
@@ -228,9 +247,16 @@ def main():
     p.add_argument("--extra", default="", help="more flags for every distill run")
     p.add_argument("--keep", help="write the runs (and the experts) under this folder and keep them (default: a "
                                    "temporary folder)")
+    p.add_argument("--budget_s", type=float,
+                   help="with --paper, instead of --fraction: seconds of distillation for each cell here; a "
+                        "probe (one epoch of the cell's batches, validated on one network, not tested) times "
+                        "an iteration, and the cell runs the fraction of the papers' iterations that fits, "
+                        "at most all")
     args = p.parse_args()
     if not 0 < args.fraction <= 1 or (args.fraction != 1 and not args.paper):
         p.error("--fraction takes a number in (0, 1], and only with --paper")
+    if args.budget_s is not None and (not args.paper or args.fraction != 1 or not args.budget_s > 0):
+        p.error("--budget_s takes a positive number of seconds, only with --paper and without --fraction")
     settings = PAPER_SETTINGS if args.paper else SETTINGS
     cells = (args.cells or ("dm:10,gm:10,mtt:10" if args.paper else "dm:10,gm:10,gm:1,mtt:10")).split(",")
     accepted = [f"{m}:{n}" for m, n in settings]
