@@ -147,3 +147,14 @@ def test_adapt_needs_a_source_and_loaded_nets():
         RunConfig(mode="distill_adapt", data=DataConfig("USPS", source_dataset="MNIST"))
     with pytest.raises(ConfigError, match="give --test_nets_type loaded .* or same_as_train"):
         RunConfig(mode="distill_adapt", data=DataConfig("USPS", source_dataset="MNIST"), nets=NetsConfig("loaded", 2))
+
+
+def test_adapting_a_dataset_to_itself_is_refused_in_one_line(tmp_path, capsys):
+    from datadistill.commands import main
+
+    code = main(["distill", "--mode", "distill_adapt", "--dataset", "digits", "--source_dataset", "digits",
+                 "--train_nets_type", "loaded", "--test_nets_type", "loaded", "--results_dir", str(tmp_path / "r"),
+                 "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--source_dataset digits is the --dataset itself" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()

@@ -71,6 +71,10 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
     source = None if config.data.source_dataset is None else canonical_name(config.data.source_dataset)
     if not dataset_given:
         check_data_flags(dataclasses.replace(config.data, dataset=dataset, source_dataset=source))
+        if config.mode == "distill_adapt" and source == dataset:
+            raise ConfigError(f"--source_dataset {source} is the --dataset itself; adaptation distils for networks "
+                              f"of another dataset (e.g. --dataset USPS --source_dataset MNIST); for networks "
+                              f"trained on {dataset}, use --mode distill_basic --train_nets_type loaded")
     resolve_device(config.device)
     if config.zoo_dir and os.path.exists(config.zoo_dir) and not os.path.isdir(config.zoo_dir):
         raise ConfigError(f"--zoo_dir {config.zoo_dir} is a file; give a folder")
