@@ -143,8 +143,12 @@ def probe_seconds(distill: list[str], out: Path, env: dict) -> float:
     choice, caches), so the figure errs long."""
     timed([*distill, "--epochs", "1", "--eval_every", "1", "--scratch_epochs", "1",
            "--test_n_nets", "1", "--skip_test", "--results_dir", str(out)], env=env)
-    m = json.loads((out / "metrics.json").read_text())
-    return (m["distill_seconds"] - m["validation_seconds"]) / max(1, m["iterations"])
+    return seconds_per_iteration(json.loads((out / "metrics.json").read_text()))
+
+
+def seconds_per_iteration(metrics: dict) -> float:
+    """A run's distillation seconds, its validation left out, per outer iteration (its metrics.json)."""
+    return (metrics["distill_seconds"] - metrics["validation_seconds"]) / max(1, metrics["iterations"])
 
 
 def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) -> Row:
@@ -225,7 +229,7 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
           f"(validation {100 * val['mean']:.2f}; random real {100 * real['mean']:.2f}"
           f"{taught_note}); "
           f"{seconds:.0f} s wall; peak {peak:.0f} MiB; {m['iterations']} iterations{paper_note}, "
-          f"{(m['distill_seconds'] - m['validation_seconds']) / max(1, m['iterations']):.3f} s each", flush=True)
+          f"{seconds_per_iteration(m):.3f} s each", flush=True)
     return Row(dataset, method, ":".join([ipc, *variants]), acc, val, real, taught, seconds, m["distill_seconds"], peak)
 
 
