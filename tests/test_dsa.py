@@ -12,10 +12,30 @@ def _batch(n=3, c=2, h=9, w=8, seed=0, dtype=torch.float32):
 
 
 def test_augmenter_names_dsa():
-    assert augmenter("dsa") is dsa.dsa and augmenter("none") is None and augmenter("none", siamese=False) is None
+    assert augmenter("none") is None and augmenter("none", siamese=False) is None
     x = _batch(n=4)
+    torch.testing.assert_close(augmenter("dsa")(x, torch.Generator().manual_seed(1)),
+                               dsa.dsa(x, torch.Generator().manual_seed(1)))
     per_image = augmenter("dsa", siamese=False)(x, torch.Generator().manual_seed(1))
     torch.testing.assert_close(per_image, dsa.dsa(x, torch.Generator().manual_seed(1), siamese=False))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_apply_by_group_equals_each_group_on_its_own(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = _batch(n=11, seed=seed, dtype=torch.float64).requires_grad_()
+    groups = torch.randint(4, (11,), generator=g)
+    groups[:4] = torch.arange(4)  # every group has an image
+    draws = [dsa.sample_params(g) for _ in range(4)]
+    out = dsa.apply_by_group(x, groups, draws)
+    for i, d in enumerate(draws):
+        torch.testing.assert_close(out[groups == i], dsa.apply(x[groups == i], d), rtol=1e-12, atol=1e-12)
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((weights * out).sum(), x)
+    for i, d in enumerate(draws):
+        part = x.detach()[groups == i].requires_grad_()
+        (direct,) = torch.autograd.grad((weights[groups == i] * dsa.apply(part, d)).sum(), part)
+        torch.testing.assert_close(grad[groups == i], direct, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -15,15 +15,25 @@ import torch
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 
+def dsa_families(name: str) -> tuple[str, ...] | None:
+    """The DSA families the augmentation called ``name`` draws from; None for ``none``."""
+    if name == "none":
+        return None
+    from .dsa import FAMILIES, NO_FLIP
+
+    if name == "dsa":
+        return FAMILIES
+    if name == "dsa-noflip":
+        return NO_FLIP
+    raise ValueError(f"unknown augmentation {name!r}")
+
+
 def augmenter(name: str, siamese: bool = True) -> Augment | None:
     """The batch transform ``(x, generator) -> x'`` called ``name``; None for ``none``.
     ``siamese``: one random transform per batch (matching losses), else one per image (training)."""
-    if name == "none":
+    families = dsa_families(name)
+    if families is None:
         return None
-    if name in ("dsa", "dsa-noflip"):
-        from .dsa import NO_FLIP, dsa
+    from .dsa import dsa
 
-        if name == "dsa-noflip":
-            return functools.partial(dsa, siamese=siamese, families=NO_FLIP)
-        return dsa if siamese else functools.partial(dsa, siamese=False)
-    raise ValueError(f"unknown augmentation {name!r}")
+    return functools.partial(dsa, siamese=siamese, families=families)

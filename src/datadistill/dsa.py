@@ -27,6 +27,7 @@ normalised space, which is why zeros are what is shifted in and cut out.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,23 @@ def apply(x: torch.Tensor, params: DsaParams) -> torch.Tensor:
     if u.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"DSA parameters for {u.shape[0]} images, a batch of {x.shape[0]}")
     return _APPLY[params.family](x, u).contiguous()
+
+
+def apply_by_group(x: torch.Tensor, groups: torch.Tensor, draws: Sequence[DsaParams]) -> torch.Tensor:
+    """Image b of x (B, C, H, W) under the one-row transform ``draws[groups[b]]``; same shape and
+    order. ``groups`` (B,) int64 on the CPU. Images whose draws share a family go through one call
+    with a row per image, so G groups cost at most six calls instead of G: what a matching loss with
+    one Siamese draw per class needs on a device where each call's launches, not its arithmetic,
+    take the time. The result equals ``apply`` group by group."""
+    rows = torch.cat([d.table() for d in draws])  # (G, 3)
+    parts, order = [], []
+    for family in dict.fromkeys(d.family for d in draws):
+        mine = torch.tensor([d.family == family for d in draws])[groups].nonzero().squeeze(1)  # (n_f,)
+        parts.append(_APPLY[family](x[mine.to(x.device)], rows[groups[mine]]))
+        order.append(mine)
+    inverse = torch.empty(x.shape[0], dtype=torch.long)
+    inverse[torch.cat(order)] = torch.arange(x.shape[0])
+    return torch.cat(parts)[inverse.to(x.device)].contiguous()
 
 
 def dsa(x: torch.Tensor, generator: torch.Generator | None = None, siamese: bool = True,

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..augment import augmenter
+from ..augment import dsa_families
+from ..dsa import apply_by_group, sample_params
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..models import Params
@@ -93,7 +94,7 @@ class Dm(Method):
         self.model, self.ipc, self.image_init, self.learn_labels = model, ipc, image_init, learn_labels
         self.factor, self.init_from = factor, init_from
         self.embed_batch = embed_batch
-        self.dsa = augmenter(augment)
+        self.families = dsa_families(augment)  # None: no augmentation
         self.embed = Embedder(model)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -123,7 +124,7 @@ class Dm(Method):
         total = syn.new_zeros(())
         for i in range(n):
             params = {name: v[i].detach() for name, v in nets.items()}
-            total = total + (self._matched(params, syn, weights, real_x, real_y, k) if self.dsa is None
+            total = total + (self._matched(params, syn, weights, real_x, real_y, k) if self.families is None
                              else self._matched_augmented(params, syn, weights, real_x, real_y, k))
         objective = total / total_nets
         return MethodLoss(objective, objective.detach())
@@ -143,26 +144,33 @@ class Dm(Method):
 
     def _matched_augmented(self, params: Params, syn: torch.Tensor, weights: torch.Tensor | None,
                            real_x: torch.Tensor, real_y: torch.Tensor, k: int) -> torch.Tensor:
-        """As ``_matched``, class by class, each class's real and synthetic images through the same
-        DSA transform: two generators seeded alike, the seed drawn once per class. With soft
-        labels every synthetic image enters every class's mean, so all of them pass each class's
-        transform."""
-        total = syn.new_zeros(())
-        for c in torch.unique(real_y).tolist():
-            seed = int(torch.randint(0, 2**31 - 1, (), generator=self.generator))
-            with torch.no_grad():
-                real = self.dsa(real_x[real_y == c], torch.Generator().manual_seed(seed))
-                real_mean = self.embed(params, real).mean(0)
-            if weights is not None:
-                w = weights[:, c]
-                mine = self.dsa(syn, torch.Generator().manual_seed(seed))
-                syn_mean = w @ self.embed(params, mine) / w.sum()
-            else:
-                per_class = syn.shape[0] // k
-                mine = self.dsa(syn[c * per_class:(c + 1) * per_class], torch.Generator().manual_seed(seed))
-                syn_mean = self.embed(params, mine).mean(0)
-            total = total + ((real_mean - syn_mean) ** 2).sum()
-        return total
+        """As ``_matched``, each class's real and synthetic images through the same DSA transform,
+        one draw per class present (a seed from the method's stream, in class order; the draw is
+        ``sample_params`` of a generator so seeded). The classes' transforms run together
+        (``apply_by_group``) and each side is embedded in one pass: the same loss as class by
+        class, in a handful of calls. With soft labels every synthetic image enters every class's
+        mean, so all of them pass each class's transform."""
+        classes = torch.unique(real_y).tolist()
+        draws = [sample_params(torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=self.generator))),
+                             self.families) for _ in classes]
+        group_of_class = torch.full((k,), -1, dtype=torch.long)
+        group_of_class[classes] = torch.arange(len(classes))
+        present = torch.tensor(classes, device=real_y.device)
+        with torch.no_grad():
+            real = apply_by_group(real_x, group_of_class[real_y.cpu()], draws)
+            real_mean = class_means(self.embed(params, real), real_y, k)[0][present]  # (G, D)
+        n, g = syn.shape[0], len(classes)
+        if weights is not None:  # (G * N) images: every synthetic image under each present class's transform
+            mine = apply_by_group(syn.repeat(g, 1, 1, 1), torch.arange(g).repeat_interleave(n), draws)
+            e_syn = self.embed(params, mine).view(g, n, -1)
+            w = weights[:, present].t()  # (G, N)
+            syn_mean = (w.unsqueeze(2) * e_syn).sum(1) / w.sum(1, keepdim=True)
+        else:  # class-major: the present classes' blocks of ipc images
+            per_class = n // k
+            blocks = syn.view(k, per_class, *syn.shape[1:])[present].flatten(0, 1)
+            mine = apply_by_group(blocks, torch.arange(g).repeat_interleave(per_class), draws)
+            syn_mean = self.embed(params, mine).view(g, per_class, -1).mean(1)
+        return ((real_mean - syn_mean) ** 2).sum()
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
