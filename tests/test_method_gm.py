@@ -106,6 +106,36 @@ def test_loss_is_the_matching_distance_and_its_image_gradient_is_right(blobs, au
         assert torch.autograd.gradcheck(f, (images,), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+def test_uneven_classes_a_missing_class_and_the_cap_give_the_class_by_class_loss(blobs):
+    model = models.build_model("MLP", 1, 8, 3, width=6)
+    method = Gm(model, SyntheticConfig(ipc=2, image_init="real"),
+                MethodConfig(augment="dsa", outer_loop=3, inner_steps=2, inner_lr=0.1, embed_batch=9))
+    learned = method.initial(_setup(model, blobs))
+    learned.images = learned.images.double()
+    y = blobs.train.y
+    keep = torch.cat([(y == 0).nonzero().squeeze(1)[:4], (y == 2).nonzero().squeeze(1)[:13]]).sort().values
+    real_x, real_y = blobs.train.x.double()[keep], y[keep]  # class 0: 4 images, 1: none, 2: 13 (9 read)
+    nets = {k: v.double() for k, v in fresh_nets(model, "xavier", 1.0, [3, 4], "cpu").items()}
+    state = copy.deepcopy(method.state_dict())
+    out = method.loss(learned, nets, real_x, real_y, total_nets=2)
+    seeds = torch.Generator()
+    seeds.set_state(state["generator"])
+    draws = {c: int(torch.randint(2**62, (1,), generator=seeds)) for c in (0, 2)}
+    expected = 0.0
+    for i in range(2):
+        w = {k: v[i] for k, v in nets.items()}
+        for c, seed in draws.items():
+            xr = dsa(real_x[real_y == c][:9], torch.Generator().manual_seed(seed))
+            xs = dsa(learned.images[0][learned.labels[0] == c].detach(), torch.Generator().manual_seed(seed))
+            grads = []
+            for x in (xr, xs):
+                p = {k: v.clone().requires_grad_() for k, v in w.items()}
+                loss = F.cross_entropy(functional_call(model, p, (x,)), torch.full((len(x),), c))
+                grads.append(torch.autograd.grad(loss, list(p.values())))
+            expected += _direct_distance(*grads)
+    assert float(out.value) == pytest.approx(expected / 2, rel=1e-10)
+
+
 def test_kept_network_is_trained_between_updates_and_replaced_every_outer_loop(blobs):
     model, method, learned, nets = _tiny_method(blobs, outer_loop=3, inner_steps=2)
     x, y = blobs.train.x.double(), blobs.train.y
@@ -197,4 +227,10 @@ def test_method_is_registered_and_the_preset_starts_from_herding_picks():
     assert build_config({"method": "gm", "model.init": "xavier"}).model.init == "xavier"
     config = build_config({"method": "gm", "methods.augment": "dsa"})
     method = Gm.from_config(config, models.build_model("MLP", 1, 8, 3), None)
-    assert method._augment is dsa and method._augment_training.keywords == {"siamese": False}
+    x = torch.randn(4, 1, 8, 8)  # its matching: one transform for the batch, DSA's draw from the generator
+    torch.testing.assert_close(method._augment(x, torch.Generator().manual_seed(1)),
+                               dsa(x, torch.Generator().manual_seed(1)))
+    # its own training draws a transform per image: two images alike stay alike only by chance
+    x = torch.randn(1, 1, 8, 8).expand(6, 1, 8, 8)
+    out = method._augment_training(x, torch.Generator().manual_seed(0))
+    assert not all(torch.equal(out[0], out[i]) for i in range(1, 6))
