@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ..augment import dsa_families
-from ..dsa import apply_by_group, sample_params
+from ..dsa import DsaParams, apply_by_group, sample_params
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..models import Params
@@ -145,14 +145,12 @@ class Dm(Method):
     def _matched_augmented(self, params: Params, syn: torch.Tensor, weights: torch.Tensor | None,
                            real_x: torch.Tensor, real_y: torch.Tensor, k: int) -> torch.Tensor:
         """As ``_matched``, each class's real and synthetic images through the same DSA transform,
-        one draw per class present (a seed from the method's stream, in class order; the draw is
-        ``sample_params`` of a generator so seeded). The classes' transforms run together
+        one draw per class present, in class order (``_draw``). The classes' transforms run together
         (``apply_by_group``) and each side is embedded in one pass: the same loss as class by
         class, in a handful of calls. With soft labels every synthetic image enters every class's
         mean, so all of them pass each class's transform."""
         classes = torch.unique(real_y).tolist()
-        draws = [sample_params(torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=self.generator))),
-                             self.families) for _ in classes]
+        draws = [self._draw() for _ in classes]
         group_of_class = torch.full((k,), -1, dtype=torch.long)
         group_of_class[classes] = torch.arange(len(classes))
         present = torch.tensor(classes, device=real_y.device)
@@ -171,6 +169,12 @@ class Dm(Method):
             mine = apply_by_group(blocks, torch.arange(g).repeat_interleave(per_class), draws)
             syn_mean = self.embed(params, mine).view(g, per_class, -1).mean(1)
         return ((real_mean - syn_mean) ** 2).sum()
+
+    def _draw(self) -> DsaParams:
+        """One DSA transform: a seed from the method's stream, then ``sample_params`` of a generator
+        so seeded."""
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=self.generator))
+        return sample_params(torch.Generator().manual_seed(seed), self.families)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
