@@ -1,0 +1,95 @@
+"""Seconds of one outer iteration of dm and of gm at the papers' shapes, on one device.
+
+- dm: one step of distribution matching with DSA without flips (the preset's): a fresh ConvNet,
+  ``--real_per_class`` real images of each of 10 classes and ``--ipc`` synthetic ones embedded, the
+  loss's backward to the images.
+- gm: one image update of gradient matching with DSA (the paper's), split into its two parts: the
+  kept network's ``--inner_steps`` SGD steps on the synthetic set, and the matching (each class's
+  real and synthetic gradients, the distance, its backward to the images).
+
+These are the iterations ``benchmarks/methods.py --paper`` runs 20000 (dm) and 10000 (gm) of; their
+time says what fits a device window. The images are noise of MNIST's shape (1 x 28 x 28): only the
+shapes matter. Prints the median over ``--steps`` iterations after two warm-up ones.
+
+    python benchmarks/method_steps.py [--device cuda] [--width 128] [--steps 30] [--real_per_class 256]
+                                      [--ipc 10] [--inner_steps 50] [--threads 2]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from datadistill.config import MethodConfig, SyntheticConfig
+from datadistill.methods.dm import Dm
+from datadistill.methods.gm import Gm
+from datadistill.models import build_model
+from datadistill.nets import fresh_nets
+from datadistill.synthetic import LearnableSet
+
+CLASSES = 10
+WARM_UP = 2
+
+
+def median_after_warm_up(seconds: list[float]) -> float:
+    return statistics.median(seconds[WARM_UP:])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--steps", type=int, default=30, help="timed iterations of each, after two warm-up ones")
+    p.add_argument("--real_per_class", type=int, default=256)
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--inner_steps", type=int, default=50, help="gm's network steps between image updates")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    generator = torch.Generator().manual_seed(0)
+    model = build_model("ConvNet", 1, 28, CLASSES, width=args.width).to(device)
+    real_x = torch.randn(CLASSES * args.real_per_class, 1, 28, 28, generator=generator).to(device)
+    real_y = torch.arange(CLASSES).repeat(args.real_per_class).to(device)
+    labels = torch.arange(CLASSES).repeat_interleave(args.ipc).unsqueeze(0)
+    learned = LearnableSet(torch.randn(1, CLASSES * args.ipc, 1, 28, 28, generator=generator), labels, None,
+                           CLASSES, (0.0,), (1.0,)).to(device)
+    n = WARM_UP + args.steps
+
+    dm = Dm(model, ipc=args.ipc, augment="dsa-noflip")
+    dm_seconds = []
+    for i in range(n):
+        sync()
+        start = time.perf_counter()
+        nets = fresh_nets(model, "default", 1.0, [i], device)
+        dm.loss(learned, nets, real_x, real_y, 1).objective.backward()
+        sync()
+        dm_seconds.append(time.perf_counter() - start)
+
+    gm = Gm(model, SyntheticConfig(ipc=args.ipc, image_init="real"),
+            MethodConfig(augment="dsa", inner_steps=args.inner_steps))
+    gm.kept = fresh_nets(model, "default", 1.0, [0], device)
+    inner, matching = [], []
+    for _ in range(n):
+        sync()
+        start = time.perf_counter()
+        gm.train_kept(learned)
+        sync()
+        middle = time.perf_counter()
+        gm.matching(learned, real_x, real_y).backward()
+        sync()
+        inner.append(middle - start)
+        matching.append(time.perf_counter() - middle)
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads"
+    print(f"{where}, torch {torch.__version__}; ConvNet width {args.width}, {args.real_per_class} real and "
+          f"{args.ipc} synthetic images a class; median of {args.steps}")
+    print(f"dm step: {median_after_warm_up(dm_seconds):.4f} s")
+    gm_inner, gm_matching = median_after_warm_up(inner), median_after_warm_up(matching)
+    print(f"gm update: {gm_inner + gm_matching:.4f} s = {args.inner_steps} inner steps {gm_inner:.4f} s "
+          f"+ matching {gm_matching:.4f} s")
+
+
+if __name__ == "__main__":
+    main()
