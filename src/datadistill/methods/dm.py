@@ -27,8 +27,8 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ..augment import dsa_families
-from ..dsa import DsaParams, apply_by_group, sample_params
 from ..config import RunConfig
+from ..dsa import DsaParams, apply_by_group, sample_params
 from ..errors import ConfigError
 from ..models import Params
 from ..runtime import Runtime
