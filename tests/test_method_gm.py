@@ -38,6 +38,16 @@ def _direct_distance(real, syn):
     return total
 
 
+def _class_distance(model, weights, real, syn, c):
+    """DC's distance of class c's mean-loss gradients on ``real`` and ``syn`` at ``weights``, directly."""
+    grads = []
+    for x in (real, syn):
+        p = {k: v.clone().requires_grad_() for k, v in weights.items()}
+        loss = F.cross_entropy(functional_call(model, p, (x,)), torch.full((len(x),), c))
+        grads.append(torch.autograd.grad(loss, list(p.values())))
+    return _direct_distance(*grads)
+
+
 def test_distance_is_dc_layerwise_cosine_distance():
     g = torch.Generator().manual_seed(0)
     shapes = [(4, 3, 3, 3), (4,), (5, 6), (5,), (2, 3, 4)]
@@ -79,12 +89,7 @@ def test_loss_is_the_matching_distance_and_its_image_gradient_is_right(blobs, au
         xr, xs = real_x[real_y == c], learned.images[0][learned.labels[0] == c].detach()
         if augment == "dsa":
             xr, xs = dsa(xr, torch.Generator().manual_seed(seed)), dsa(xs, torch.Generator().manual_seed(seed))
-        grads = []
-        for x in (xr, xs):
-            p = {k: v.clone().requires_grad_() for k, v in w.items()}
-            loss = F.cross_entropy(functional_call(model, p, (x,)), torch.full((len(x),), c))
-            grads.append(torch.autograd.grad(loss, list(p.values())))
-        expected += _direct_distance(*grads)
+        expected += _class_distance(model, w, xr, xs, c)
     assert float(out.value) == pytest.approx(expected / 2, rel=1e-10)
 
     # d loss / d images against finite differences, at a call that adopts a network and at one
@@ -127,12 +132,7 @@ def test_uneven_classes_a_missing_class_and_the_cap_give_the_class_by_class_loss
         for c, seed in draws.items():
             xr = dsa(real_x[real_y == c][:9], torch.Generator().manual_seed(seed))
             xs = dsa(learned.images[0][learned.labels[0] == c].detach(), torch.Generator().manual_seed(seed))
-            grads = []
-            for x in (xr, xs):
-                p = {k: v.clone().requires_grad_() for k, v in w.items()}
-                loss = F.cross_entropy(functional_call(model, p, (x,)), torch.full((len(x),), c))
-                grads.append(torch.autograd.grad(loss, list(p.values())))
-            expected += _direct_distance(*grads)
+            expected += _class_distance(model, w, xr, xs, c)
     assert float(out.value) == pytest.approx(expected / 2, rel=1e-10)
 
 
