@@ -31,7 +31,7 @@ from torch.func import functional_call
 
 from ..augment import augmenter
 from ..config import MethodConfig, RunConfig, SyntheticConfig
-from ..inner import summed_loss
+from ..inner import mean_loss_per_net_summed
 from ..models import Params
 from ..runtime import Runtime
 from ..synthetic import LearnableSet
@@ -107,12 +107,18 @@ class Gm(Method):
         self.count += 1
 
     def train_kept(self, learned: LearnableSet) -> None:
-        """``inner_steps`` SGD steps with momentum of every kept network on the detached set."""
+        """``inner_steps`` steps of ``torch.optim.SGD`` with momentum of every kept network on the
+        detached set, its momentum buffers carried over from the previous calls' steps."""
         x = learned.decoded().detach()[0]
         y = learned.targets().detach()[0]
         n = x.shape[0]
-        weights = {k: v.detach() for k, v in self.kept.items()}
-        buffers = self.momentum
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in self.kept.items()}
+        # SGD is elementwise, so one optimiser over the stacked weights is one SGD per network;
+        # on a GPU its default multi-tensor update is a few launches for all the weights
+        optimizer = torch.optim.SGD(list(leaves.values()), lr=self.config.inner_lr, momentum=INNER_MOMENTUM)
+        if self.momentum is not None:  # one SGD run across calls, as DC's network optimiser
+            for k, leaf in leaves.items():
+                optimizer.state[leaf]["momentum_buffer"] = self.momentum[k].clone()
         for _ in range(self.config.inner_steps):
             if n > INNER_BATCH:
                 idx = torch.randperm(n, generator=self.generator)[:INNER_BATCH].to(x.device)
@@ -121,15 +127,12 @@ class Gm(Method):
                 xb, yb = x, y
             if self._augment_training is not None:
                 xb = self._augment_training(xb, self.generator)
+            optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                leaves = {k: v.requires_grad_() for k, v in weights.items()}
-                # summed over networks, mean over images: each network's own mean-loss gradient
-                loss = summed_loss(self.model, leaves, xb, yb) / xb.shape[0]
-                grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
-            # torch.optim.SGD's momentum: b <- m b + g (b = g at the first step); w <- w - lr b
-            buffers = grads if buffers is None else {k: INNER_MOMENTUM * buffers[k] + grads[k] for k in grads}
-            weights = {k: (weights[k] - self.config.inner_lr * buffers[k]).detach() for k in weights}
-        self.kept, self.momentum = weights, buffers
+                mean_loss_per_net_summed(self.model, leaves, xb, yb).backward()
+            optimizer.step()
+        self.kept = {k: leaf.detach() for k, leaf in leaves.items()}
+        self.momentum = {k: optimizer.state[leaf]["momentum_buffer"] for k, leaf in leaves.items()}
 
     def matching(self, learned: LearnableSet, real_x: torch.Tensor, real_y: torch.Tensor) -> torch.Tensor:
         """Sum over the kept networks and the classes of the gradient-matching distance; its graph
