@@ -15,7 +15,9 @@ same stored pixels. A cell ``method:ipc:teacher`` runs them with ``--label_mode 
 labelled by a zoo of 5 networks (``train-zoo``, 2 epochs, 30 on digits; timed apart, once per
 dataset and init); its random real images are scored twice, with hard labels and with the same
 teachers' labels (``datadistill test --label_mode teacher``), so that what the images add is
-read apart from what the labels add.
+read apart from what the labels add. A cell ``method:ipc:init-NAME`` runs them with ``--init NAME``
+(the networks it distils against and is scored on; mtt's experts, trained once per dataset and
+init, start so too), where ``INITS`` gives each method's preset.
 
     python benchmarks/methods.py [--cells dm:10,dm:50,dm:1,gm:10,gm:50,gm:1,mtt:10,mtt:1,mtt:50,gm:1:f2,dm:1:teacher]
         [--datasets MNIST,digits] [--width 32] [--test_n_nets 10] [--threads 2] [--extra "--epochs 2"]
@@ -43,6 +45,7 @@ from _common import DATA, datadistill, require_mnist, timed
 
 from datadistill.config import OuterConfig
 from datadistill.config.presets import PRESETS
+from datadistill.config.sections import RANDOM_INITS
 from datadistill.data import batches_per_epoch, load_dataset
 
 # flags of each (method, ipc) beyond its preset; gm at one image per class takes DC's loops for it
@@ -172,21 +175,25 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
             flags += ["--syn_steps", MTT_SYN_STEPS[dataset]]
         if dataset in MTT_MAX_START_EPOCH:
             flags[flags.index("--max_start_epoch") + 1] = MTT_MAX_START_EPOCH[dataset]
+    init = INITS[method]
     for variant in variants:
         if variant.startswith("f") and variant[1:].isdigit():
             flags += ["--factor", variant[1:]]
         elif variant == "teacher":
             flags += ["--label_mode", "teacher"]
+        elif variant.startswith("init-") and variant[5:] in RANDOM_INITS:
+            init = variant[5:]
+            flags += ["--init", init]
         else:
-            raise SystemExit(f"unknown variant {variant!r} of cell {cell}; accepted: fK (a number K), teacher")
+            raise SystemExit(f"unknown variant {variant!r} of cell {cell}; accepted: fK (a number K), teacher, "
+                             f"init-NAME (NAME one of {', '.join(RANDOM_INITS)})")
     zoo = folder / "zoo"  # the experts and the teachers, shared by this dataset's cells
     extra = ["--zoo_dir", str(zoo)] if method == "mtt" or "teacher" in variants else []
-    if method == "mtt" and not any(zoo.glob("*-experts/zoo.pt")):
+    if method == "mtt" and not any(zoo.glob(f"*-{init}-train-experts/zoo.pt")):
         experts = PAPER_EXPERTS if args.paper else [*EXPERTS, "--epochs", MTT_EXPERT_EPOCHS.get(dataset, "4")]
-        seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, *experts, *extra,
+        seconds, _ = timed(datadistill("train-zoo", "--trajectories", *arch, "--init", init, *experts, *extra,
                                        "--results_dir", str(folder)), env=env)
-        print(f"{dataset} mtt experts: {seconds:.0f} s wall", flush=True)
-    init = INITS[method]
+        print(f"{dataset} mtt experts ({init} init): {seconds:.0f} s wall", flush=True)
     if "teacher" in variants and not any(zoo.glob(f"*-{init}-train/zoo.pt")):
         epochs = ["--epochs", TEACHER_EPOCHS.get(dataset, "2")]
         seconds, _ = timed(datadistill("train-zoo", *arch, "--init", init, *TEACHERS, *epochs, *extra,
@@ -235,9 +242,9 @@ def run_cell(dataset: str, cell: str, folder: Path, args, env: dict, root: str) 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cells", help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K and :teacher "
-                                    "for --label_mode teacher (default dm:10,gm:10,gm:1,mtt:10; with --paper "
-                                    "dm:10,gm:10,mtt:10)")
+    p.add_argument("--cells", help="method:ipc pairs of SETTINGS, each optionally :fK for --factor K, :teacher "
+                                    "for --label_mode teacher and :init-NAME for --init NAME (default "
+                                    "dm:10,gm:10,gm:1,mtt:10; with --paper dm:10,gm:10,mtt:10)")
     p.add_argument("--datasets", default="MNIST", help="comma-separated datasets; each runs every cell")
     p.add_argument("--width", default="32")
     p.add_argument("--test_n_nets", default="10")
