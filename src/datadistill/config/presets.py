@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, object]] = {
                      "attack_weight": 3.0},
     # matching training trajectories (--method mtt): real images, the experts' rate as the step size to
     # start from; image rate 0.05 of 0.01/0.05/0.2 on digits' validation split, and above 0.1 on
-    # MNIST's (95.83 against 94.71 with the flags of benchmarks/methods.py's mtt:10). 50 steps per segment
+    # MNIST's (benchmarks/methods.py's mtt:10 flags; figures in benchmarks/RESULTS.md). 50 steps per segment
     # above 30, 20 and 10 at about the same count of unrolled steps, and 70 above 50 at the same 128
     # segments, on MNIST's validation split (ConvNet width 32, 10 per class); one epoch of batches of
     # 428 is 128 segments on MNIST, sized to a 2-core CPU (more segments of 10 steps did not
