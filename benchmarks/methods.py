@@ -45,7 +45,7 @@ from _common import DATA, datadistill, require_mnist, timed
 
 from datadistill.config import OuterConfig
 from datadistill.config.presets import PRESETS
-from datadistill.config.sections import RANDOM_INITS
+from datadistill.config.sections import RANDOM_INITS, ModelConfig
 from datadistill.data import batches_per_epoch, load_dataset
 
 # flags of each (method, ipc) beyond its preset; gm at one image per class takes DC's loops for it
@@ -104,7 +104,8 @@ MTT_MAX_START_EPOCH = {"digits": "20"}  # others: SETTINGS' 3
 # epoch) need 30, a count chosen on digits' validation split
 TEACHERS = ["--n_nets", "5"]
 TEACHER_EPOCHS = {"digits": "30"}  # others: 2
-INITS = {"dm": "default", "gm": "default", "mtt": "xavier"}  # each preset's, which its teachers share
+# each preset's, which its teachers (and mtt's experts) share
+INITS = {m: PRESETS[m].get("model.init", ModelConfig.init) for m in ("dm", "gm", "mtt")}
 
 # --paper (issue 20's GPU rows, 10 per class; with --device cuda --width 128): the papers' iteration
 # counts and loop shapes on top of each method's preset, whose rates and scoring were chosen on

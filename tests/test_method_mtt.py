@@ -166,7 +166,7 @@ def test_experts_on_augmented_batches_live_apart_and_only_an_mtt_run_augmenting_
 
     def mtt_config(augment):
         return build_config({"method": "mtt", "data.dataset": "blobs", "model.arch": "MLP", "model.width": 16,
-                             "methods.augment": augment, "results_dir": str(tmp_path)})
+                             "model.init": "xavier", "methods.augment": augment, "results_dir": str(tmp_path)})
     read, _ = load_experts(mtt_config("dsa-noflip"), model)
     torch.testing.assert_close(read["net.1.weight"], experts.trajectories["net.1.weight"], rtol=0, atol=0)
     read, _ = load_experts(mtt_config("none"), model)
@@ -181,6 +181,20 @@ def test_experts_written_before_augmentation_was_recorded_still_match(tmp_path, 
     older = dataclasses.replace(experts, config={k: v for k, v in experts.config.items() if k != "augment"})
     artifacts.save_zoo(path, older)
     assert len(blobs_zoo(_zoo_config(tmp_path, 2), trajectories=True)[0]) == 2  # found, not refused
+
+
+def test_experts_start_from_the_mtt_presets_init_unless_init_says_otherwise(tmp_path):
+    """train-zoo --trajectories writes where an mtt run of the preset looks (its init in the folder
+    name); --init overrides it, and an ordinary zoo keeps the global default."""
+    common = ["train-zoo", "--dataset", "digits", "--arch", "MLP", "--width", "8", "--n_nets", "1", "--epochs", "1",
+              "--no_progress", "--zoo_dir", str(tmp_path)]
+    assert main([*common, "--trajectories"]) == 0
+    assert main([*common, "--trajectories", "--init", "xavier"]) == 0
+    assert main(common) == 0
+    preset_init = build_config({"method": "mtt"}).model.init
+    assert preset_init == "default" and build_config({"mode": "train"}, "train-zoo").model.init == "xavier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"digits-MLP-{preset_init}-train-experts", "digits-MLP-xavier-train", "digits-MLP-xavier-train-experts"]
 
 
 def test_train_zoo_refuses_augment_without_trajectories(tmp_path, capsys):
@@ -278,7 +292,7 @@ def test_missing_experts_say_how_to_train_them(tmp_path):
     zoo_dir = dataclasses.replace(config, zoo_dir=str(tmp_path / "z"))
     with pytest.raises(ArtifactError) as err:
         load_experts(zoo_dir, model)
-    assert str(err.value).endswith(f"--init xavier --zoo_dir {tmp_path / 'z'}") and "--results_dir" not in str(err.value)
+    assert str(err.value).endswith(f"--init default --zoo_dir {tmp_path / 'z'}") and "--results_dir" not in str(err.value)
 
 
 # -- end to end ----------------------------------------------------------------------------------
@@ -293,6 +307,8 @@ def test_mtt_on_digits_beats_random_real_images(tmp_path, capsys):
     assert main(["train-zoo", "--trajectories", "--n_nets", "2", "--epochs", "3", "--batch_size", "32",
                  "--no_progress", *zoo]) == 0
     assert "expert trajectories of 2 ConvNet networks" in capsys.readouterr().out
+    # from the mtt preset's init, which the run below looks its experts up by
+    assert (tmp_path / "zoo" / "digits-ConvNet-default-train-experts" / "zoo.pt").is_file()
     n_nets, seed, epochs = 4, 3, 100
     config = build_config({"method": "mtt", "data.dataset": "digits", "model.arch": "ConvNet", "model.width": 8,
                            "synthetic.ipc": 1, "methods.syn_steps": 10, "methods.expert_epochs": 2,
@@ -309,7 +325,8 @@ def test_mtt_on_digits_beats_random_real_images(tmp_path, capsys):
     # 2 expert epochs of batches of 32, beside the set's 10 steps
     assert result.metrics["mtt"]["expert_steps"] == 2 * (len(dataset.train) // 32)
     model = model_for(config, dataset)
-    nets = fresh_nets(model, "xavier", 1.0, eval_seeds(seed, n_nets), "cpu")  # the run's scoring networks
+    assert config.model.init == "default"
+    nets = fresh_nets(model, "default", 1.0, eval_seeds(seed, n_nets), "cpu")  # the run's scoring networks
 
     def scratch(images, labels):
         s = SyntheticSet(images, labels, torch.empty(0), dataset.mean, dataset.std, 10)

@@ -102,8 +102,10 @@ def add_data(p, source: bool = True, default: str = D.data.dataset) -> None:
 
 def add_model(p, zoo: bool = False) -> None:
     g = p.add_argument_group("model")
-    # a zoo trains under its own preset, which leaves the init at its default
-    init_note = f"default {D.model.init}" if zoo else preset_note("model.init")
+    # a zoo trains under its own preset, which leaves the init at its default; experts for mtt
+    # start as the mtt preset's networks do
+    init_note = (f"default {D.model.init}; with --trajectories {PRESETS['mtt']['model.init']}, as the mtt "
+                 "preset's networks" if zoo else preset_note("model.init"))
     g.add_argument("--width", type=int, help="ConvNet channels / MLP hidden units (default 128)")
     g.add_argument("--arch", help=f"LeNet, AlexCifarNet, ConvNet, MLP or AlexNet (default {D.model.arch})")
     g.add_argument("--init", help=f"one of: {', '.join(INITS)} ({init_note})")

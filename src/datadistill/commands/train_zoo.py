@@ -1,7 +1,7 @@
 """``datadistill train-zoo``: many networks trained from independent initialisations."""
 from __future__ import annotations
 
-from ..config import PHASES, build_config
+from ..config import PHASES, PRESETS, build_config
 from ..errors import ConfigError
 from ..zoo import EXPERT_LR
 from .flags import D, Parser, add_data, add_model, add_outer, add_run, add_world, given_fields, refuse
@@ -49,8 +49,10 @@ def run(args, argv: list[str], session) -> int:
     if "methods.augment" in given and not trajectories:
         raise ConfigError("--augment applies to train-zoo --trajectories only (expert trajectories for mtt)")
     if trajectories:
-        # MTT's experts: SGD at 0.01 unless --lr says otherwise (the preset's rate is Adam's)
+        # MTT's experts: SGD at 0.01 unless --lr says otherwise (the preset's rate is Adam's), from
+        # the init the mtt preset's runs look their zoo up by
         given.setdefault("outer.lr", EXPERT_LR)
+        given.setdefault("model.init", PRESETS["mtt"]["model.init"])
     config = build_config({**given, "mode": "train"}, "train-zoo")
     config, quiet = session.join(args, config)
     world = session.world

@@ -10,10 +10,11 @@ from .sections import PARAM_INITS, NetsConfig
 # settings per source of networks; the next four are the improvements, opt-in by name; the last,
 # the later methods' own. Their current figures (test and validation) and commands are in
 # benchmarks/RESULTS.md.
-# dm's and gm's networks keep PyTorch's own layer initialisation, as their papers' code does; on
-# MNIST's validation split (ConvNet width 32, 10 fresh networks from scratch) it scores random
-# real images and a dm set higher than xavier does. mtt keeps xavier: its experts' zoo is found
-# by the init it was trained with, and train-zoo trains with xavier.
+# The later methods' networks keep PyTorch's own layer initialisation, as their papers' code does;
+# on MNIST's validation split (ConvNet width 32, 10 fresh networks from scratch) it scores random
+# real images and a dm set higher than xavier does, and mtt's set from experts and scoring networks
+# so initialised validates above xavier's. mtt's experts' zoo is found by the init it was trained
+# with, so train-zoo --trajectories trains with this one unless --init says otherwise.
 _LATER = {"synthetic.image_init": "real", "model.init": "default"}
 _FRESH = {"outer.lr": 0.05, "outer.step_size_lr": 0.01, "outer.epochs": 3}
 # one network trained by a few steps swings by points of accuracy from epoch to epoch, so its runs
@@ -58,7 +59,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # (benchmarks/backends.py), so it pins mkldnn rather than the default native. The 70 steps stand
     # for the experts' 428 SGD steps in 2 epochs of MNIST; a dataset of few batches an epoch wants
     # fewer (metrics.json's mtt.expert_steps; digits, 8 expert steps: 20, benchmarks/methods.py)
-    "mtt": {"synthetic.image_init": "real", "synthetic.init_lr": 0.01, "outer.lr": 0.05, "outer.epochs": 1,
+    "mtt": {**_LATER, "synthetic.init_lr": 0.01, "outer.lr": 0.05, "outer.epochs": 1,
             "outer.batch_size": 428, "methods.syn_steps": 70, "evaluation.augment": "dsa-noflip",
             "evaluation.scratch_epochs": 1000, "conv_backend": "mkldnn"},
     # distribution matching (--method dm): real images to start from (the paper's); 40 of 10 / 40
