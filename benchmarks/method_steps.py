@@ -9,7 +9,10 @@
 
 These are the iterations ``benchmarks/methods.py --paper`` runs 20000 (dm) and 10000 (gm) of; their
 time says what fits a device window. The images are noise of MNIST's shape (1 x 28 x 28): only the
-shapes matter. Prints the median over ``--steps`` iterations after two warm-up ones.
+shapes matter. Prints the median over ``--steps`` iterations after two warm-up ones and, on a
+CUDA device, how many times one more iteration of each part made the host wait for the device
+(the synchronisations ``torch.cuda.set_sync_debug_mode`` reports): each one stops the host from
+queueing work ahead of the device, which is where a loop of small kernels loses its time.
 
     python benchmarks/method_steps.py [--device cuda] [--width 128] [--steps 30] [--real_per_class 256]
                                       [--ipc 10] [--inner_steps 50] [--threads 2]
@@ -17,6 +20,7 @@ shapes matter. Prints the median over ``--steps`` iterations after two warm-up o
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -33,6 +37,21 @@ WARM_UP = 2
 
 def median_after_warm_up(seconds: list[float]) -> float:
     return statistics.median(seconds[WARM_UP:])
+
+
+def host_waits(work, device: torch.device) -> int | None:
+    """How many times ``work()`` made the host wait for the CUDA device; None on other devices."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
 
 
 def main():
@@ -66,6 +85,8 @@ def main():
         dm.loss(learned, nets, real_x, real_y, 1).objective.backward()
         sync()
         dm_seconds.append(time.perf_counter() - start)
+    dm_waits = host_waits(lambda: dm.loss(learned, fresh_nets(model, "default", 1.0, [n], device), real_x, real_y,
+                                          1).objective.backward(), device)
 
     gm = Gm(model, SyntheticConfig(ipc=args.ipc, image_init="real"),
             MethodConfig(augment="dsa", inner_steps=args.inner_steps))
@@ -81,6 +102,8 @@ def main():
         sync()
         inner.append(middle - start)
         matching.append(time.perf_counter() - middle)
+    inner_waits = host_waits(lambda: gm.train_kept(learned), device)
+    matching_waits = host_waits(lambda: gm.matching(learned, real_x, real_y).backward(), device)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads"
     print(f"{where}, torch {torch.__version__}; ConvNet width {args.width}, {args.real_per_class} real and "
@@ -89,6 +112,9 @@ def main():
     gm_inner, gm_matching = median_after_warm_up(inner), median_after_warm_up(matching)
     print(f"gm update: {gm_inner + gm_matching:.4f} s = {args.inner_steps} inner steps {gm_inner:.4f} s "
           f"+ matching {gm_matching:.4f} s")
+    if dm_waits is not None:
+        print(f"host waits for the device: dm step {dm_waits}; gm update {inner_waits + matching_waits} = "
+              f"inner steps {inner_waits} + matching {matching_waits}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 from .datasets import (_DOWNLOADABLE, _LOADERS, canonical_name, check_source_flags,  # noqa: F401 (re-exported)
                        dataset_channels, dataset_names)
 from .errors import ConfigError, DatasetError
+from .transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator
     """One epoch of random batches of exactly ``batch_size`` (the remainder is dropped so every
     outer step costs the same; a split smaller than a batch gives one batch of all of it)."""
     n = len(split)
-    order = torch.randperm(n, generator=generator).to(split.x.device)
+    order = to_device(torch.randperm(n, generator=generator), split.x.device)
     size = min(batch_size, n)
     for start in range(0, n - size + 1, size):
         idx = order[start:start + size]

@@ -23,6 +23,10 @@ family mode (``aug_mode='S'``); u, v, w ~ U[0, 1) are an image's three uniforms:
 Scale and rotate resample bilinearly (``F.affine_grid`` / ``F.grid_sample``, zeros outside); crop,
 cutout and flip move or zero whole pixels (exact). Zero is the mean image of the data in
 normalised space, which is why zeros are what is shifted in and cut out.
+
+The uniforms are drawn on the host, from a CPU generator, so one seed gives one transform on any
+device; what a transform needs of them reaches the images' device through ``transfer.to_device``,
+which does not make a CUDA device's queue drain first (a transform runs at every training step).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .transfer import to_device
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 STRATEGY = "_".join(FAMILIES)  # the paper's 'color_crop_cutout_flip_scale_rotate'
@@ -81,7 +87,7 @@ def _pixels(u: torch.Tensor, low: int, high: int) -> torch.Tensor:
 
 def _column(u: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
     """Column i of u as (n, 1, 1, 1) in x's dtype and device, to broadcast over x's images."""
-    return u[:, i].to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    return to_device(u[:, i].to(x.dtype), x.device).view(-1, 1, 1, 1)
 
 
 def _color(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -96,7 +102,7 @@ def _crop(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """out[b, :, i, j] = x[b, :, i + ti_b, j + tj_b], zero where that falls outside."""
     b, _, h, w = x.shape
     sh, sw = int(h * CROP_PAD + 0.5), int(w * CROP_PAD + 0.5)
-    ti, tj = _pixels(u[:, 0], -sh, sh).to(x.device), _pixels(u[:, 1], -sw, sw).to(x.device)
+    ti, tj = to_device(_pixels(u[:, 0], -sh, sh), x.device), to_device(_pixels(u[:, 1], -sw, sw), x.device)
     rows = (torch.arange(h, device=x.device) + sh + ti[:, None]).expand(b, h)  # in the padded image
     cols = (torch.arange(w, device=x.device) + sw + tj[:, None]).expand(b, w)
     padded = F.pad(x, (sw, sw, sh, sh))
@@ -109,7 +115,7 @@ def _cutout(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     ch, cw = int(h * CUTOUT + 0.5), int(w * CUTOUT + 0.5)
     # the centre's range and the clipping of the paper's code
-    ci, cj = _pixels(u[:, 0], 0, h - ch % 2).to(x.device), _pixels(u[:, 1], 0, w - cw % 2).to(x.device)
+    ci, cj = to_device(_pixels(u[:, 0], 0, h - ch % 2), x.device), to_device(_pixels(u[:, 1], 0, w - cw % 2), x.device)
     i, j = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     rows = (i >= ci[:, None] - ch // 2) & (i < ci[:, None] - ch // 2 + ch)  # (n, H)
     cols = (j >= cj[:, None] - cw // 2) & (j < cj[:, None] - cw // 2 + cw)  # (n, W)
@@ -117,14 +123,14 @@ def _cutout(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _flip(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    flipped = (u[:, 0] < FLIP_PROB).to(x.device).view(-1, 1, 1, 1)
+    flipped = to_device(u[:, 0] < FLIP_PROB, x.device).view(-1, 1, 1, 1)
     return torch.where(flipped, x.flip(-1), x)
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Resample each image b at the points theta[b] @ (x, y, 1) of the output grid ([-1, 1]
     coordinates); theta (n, 2, 3) float64, n = 1 or B."""
-    t = theta.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 3)
+    t = to_device(theta.to(x.dtype), x.device).expand(x.shape[0], 2, 3)
     grid = F.affine_grid(t, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
@@ -165,11 +171,11 @@ def apply_by_group(x: torch.Tensor, groups: torch.Tensor, draws: Sequence[DsaPar
     parts, order = [], []
     for family in dict.fromkeys(d.family for d in draws):
         mine = torch.tensor([d.family == family for d in draws])[groups].nonzero().squeeze(1)  # (n_f,)
-        parts.append(_APPLY[family](x[mine.to(x.device)], rows[groups[mine]]))
+        parts.append(_APPLY[family](x[to_device(mine, x.device)], rows[groups[mine]]))
         order.append(mine)
     inverse = torch.empty(x.shape[0], dtype=torch.long)
     inverse[torch.cat(order)] = torch.arange(x.shape[0])
-    return torch.cat(parts)[inverse.to(x.device)].contiguous()
+    return torch.cat(parts)[to_device(inverse, x.device)].contiguous()
 
 
 def dsa(x: torch.Tensor, generator: torch.Generator | None = None, siamese: bool = True,

@@ -17,6 +17,7 @@ from .data import Split
 from .inner import batched_logits, batched_train, mean_loss_per_net_summed
 from .models import Params
 from .synthetic import SyntheticSet
+from .transfer import to_device
 from .weights import check_finite
 
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (B, C, H, W) -> same shape
@@ -104,8 +105,8 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     for epoch in range(epochs):
         if epoch == epochs // 2 and epochs > 1:
             optimizer = torch.optim.SGD(leaves, lr=lr * LR_DECAY, momentum=momentum, weight_decay=weight_decay)
-        order = (torch.arange(n) if batch_size is None
-                 else torch.randperm(n, generator=generator)).to(x.device)
+        order = to_device(torch.arange(n) if batch_size is None else torch.randperm(n, generator=generator),
+                          x.device)
         for start in range(0, n, size):
             idx = order[start:start + size]
             xb = x[idx] if augment is None else augment(x[idx], generator)

@@ -12,6 +12,8 @@ import torch.nn as nn
 from . import pretrained
 from .errors import ArtifactError, ConfigError
 from .models import Params, pretrained_archs
+from .transfer import to_device
+
 
 def _weight_init(scheme: str, gain: float) -> Callable[[torch.Tensor], None]:
     return {
@@ -58,7 +60,9 @@ def init_params(model: nn.Module, scheme: str, gain: float, seed: int,
             else:
                 raise ConfigError(f"no init rule for {type(module).__name__} parameters")
             for k, v in fresh.items():
-                params[f"{prefix}.{k}" if prefix else k] = v.to(device)
+                # drawn on the host, one seed one network on any device; copied without making
+                # the device's queue drain (fresh networks are drawn at every outer iteration)
+                params[f"{prefix}.{k}" if prefix else k] = to_device(v, device)
     return params
 
 

@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..models import Params
 from ..runtime import Runtime
 from ..synthetic import LearnableSet
+from ..transfer import to_device
 from . import register
 from .base import Method, MethodLoss, Setup, one_batch_start
 
@@ -153,7 +154,7 @@ class Dm(Method):
         draws = [self._draw() for _ in classes]
         group_of_class = torch.full((k,), -1, dtype=torch.long)
         group_of_class[classes] = torch.arange(len(classes))
-        present = torch.tensor(classes, device=real_y.device)
+        present = to_device(torch.tensor(classes), real_y.device)
         with torch.no_grad():
             real = apply_by_group(real_x, group_of_class[real_y.cpu()], draws)
             real_mean = class_means(self.embed(params, real), real_y, k)[0][present]  # (G, D)

@@ -35,6 +35,7 @@ from ..inner import mean_loss_per_net_summed
 from ..models import Params
 from ..runtime import Runtime
 from ..synthetic import LearnableSet
+from ..transfer import to_device
 from . import register
 from .base import Method, MethodLoss, Setup, one_batch_start
 
@@ -121,7 +122,7 @@ class Gm(Method):
                 optimizer.state[leaf]["momentum_buffer"] = self.momentum[k].clone()
         for _ in range(self.config.inner_steps):
             if n > INNER_BATCH:
-                idx = torch.randperm(n, generator=self.generator)[:INNER_BATCH].to(x.device)
+                idx = to_device(torch.randperm(n, generator=self.generator)[:INNER_BATCH], x.device)
                 xb, yb = x[idx], y[idx]
             else:
                 xb, yb = x, y
@@ -139,15 +140,19 @@ class Gm(Method):
         reaches the synthetic images (and learned labels) through the synthetic gradients."""
         images, targets, labels = learned.decoded()[0], learned.targets()[0], learned.decoded_labels()[0]
         n_nets = next(iter(self.kept.values())).shape[0]
+        # each class's rows found on the host from one copy of the labels: a mask of device
+        # tensors would make the host wait for the device at every class
+        real_labels, syn_labels = real_y.cpu(), labels.cpu()
         per_class = []
         for c in range(learned.num_classes):
-            real_c = real_x[real_y == c][:self.config.embed_batch]
-            syn = labels == c
-            if real_c.shape[0] == 0 or not bool(syn.any()):
+            real_rows = (real_labels == c).nonzero().squeeze(1)[:self.config.embed_batch]
+            syn_rows = (syn_labels == c).nonzero().squeeze(1)
+            if real_rows.numel() == 0 or syn_rows.numel() == 0:
                 per_class.append(None)
                 continue
             seed = int(torch.randint(2**62, (1,), generator=self.generator))
-            per_class.append((real_c, images[syn], targets[syn], seed))
+            real_rows, syn_rows = to_device(real_rows, real_x.device), to_device(syn_rows, images.device)
+            per_class.append((real_x[real_rows], images[syn_rows], targets[syn_rows], seed))
         total = images.new_zeros(())
         for i in range(n_nets):
             leaves = {k: v[i].detach().requires_grad_() for k, v in self.kept.items()}

@@ -35,6 +35,7 @@ from ..models import Params
 from ..nets import NetSource, fresh_nets
 from ..runtime import Runtime
 from ..synthetic import LearnableSet, SyntheticSet
+from ..transfer import to_device
 from ..world import World
 from . import register
 from .base import Method, MethodLoss, Setup, one_batch_start
@@ -83,7 +84,8 @@ class ExpertSegments(NetSource):
         return experts, starts
 
     def segment(self, experts: torch.Tensor, starts: torch.Tensor) -> dict[str, Params]:
-        at = lambda epochs: {k: v[experts, epochs].to(self.device) for k, v in self.trajectories.items()}  # noqa: E731
+        at = lambda epochs: {k: to_device(v[experts, epochs], self.device)  # noqa: E731
+                             for k, v in self.trajectories.items()}
         return {"start": at(starts), "target": at(starts + self.expert_epochs)}
 
     def sample(self, generator: torch.Generator) -> dict[str, Params]:
