@@ -19,5 +19,5 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     device = torch.device(device)
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
-    # contiguous first: a strided source would be gathered into a pageable temporary by the copy
+    # contiguous first, so that the copy reads the pinned block itself, not a gathered temporary
     return t.contiguous().pin_memory().to(device, non_blocking=True)
