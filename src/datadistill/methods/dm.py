@@ -67,7 +67,7 @@ class Embedder:
 def class_means(e: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class mean rows of ``e`` (B, D) with labels ``y`` (B,): (num_classes, D) and the
     count of each class (num_classes,); classes with no row get a zero mean."""
-    counts = torch.bincount(y, minlength=num_classes)
+    counts = nn.functional.one_hot(y, num_classes).sum(0)  # bincount would wait for the device's max of y
     sums = torch.zeros(num_classes, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, y, e)
     return sums / counts.clamp(min=1).unsqueeze(1).to(e.dtype), counts
 
@@ -116,47 +116,54 @@ class Dm(Method):
              total_nets: int) -> MethodLoss:
         syn = learned.decoded()[0]  # (ipc * factor ** 2 * K, C, H, W), class-major
         k = learned.num_classes
-        keep = first_per_class(real_y, k, self.embed_batch)
+        # the batch's classes, and the rows kept of each, decided on the host from one copy of the
+        # labels: masks and reductions of device tensors would each make the host wait for the device
+        labels = real_y.cpu()
+        keep = first_per_class(labels, k, self.embed_batch)
         if not bool(keep.all()):
-            real_x, real_y = real_x[keep], real_y[keep]
+            rows = to_device(keep.nonzero().squeeze(1), real_x.device)
+            real_x, real_y, labels = real_x[rows], real_y[rows], labels[keep]
+        present = torch.unique(labels)  # (G,) the classes in the batch, ascending
         # (N, K) class weights of the synthetic images with soft labels; None: class-major one-hot
         weights = None if learned.label_logits is None else learned.targets()[0]
         n = next(iter(nets.values())).shape[0]
         total = syn.new_zeros(())
         for i in range(n):
             params = {name: v[i].detach() for name, v in nets.items()}
-            total = total + (self._matched(params, syn, weights, real_x, real_y, k) if self.families is None
-                             else self._matched_augmented(params, syn, weights, real_x, real_y, k))
+            total = total + (self._matched(params, syn, weights, real_x, real_y, present, k) if self.families is None
+                             else self._matched_augmented(params, syn, weights, real_x, real_y, labels, present, k))
         objective = total / total_nets
         return MethodLoss(objective, objective.detach())
 
     def _matched(self, params: Params, syn: torch.Tensor, weights: torch.Tensor | None, real_x: torch.Tensor,
-                 real_y: torch.Tensor, k: int) -> torch.Tensor:
-        """sum over the batch's classes of ||mean real embedding - mean synthetic embedding||^2, all
-        classes in one pass of each batch through the network; ``weights`` (N, K), if given, weigh
-        the synthetic images into each class's mean."""
+                 real_y: torch.Tensor, present: torch.Tensor, k: int) -> torch.Tensor:
+        """sum over the batch's classes (``present``, on the host) of ||mean real embedding - mean
+        synthetic embedding||^2, all classes in one pass of each batch through the network;
+        ``weights`` (N, K), if given, weigh the synthetic images into each class's mean."""
         with torch.no_grad():
-            real_mean, counts = class_means(self.embed(params, real_x), real_y, k)
+            real_mean = class_means(self.embed(params, real_x), real_y, k)[0]
         e_syn = self.embed(params, syn)
         syn_mean = (e_syn.view(k, -1, e_syn.shape[1]).mean(1) if weights is None
                     else weights.t() @ e_syn / weights.sum(0).unsqueeze(1))  # (K, D)
-        present = counts > 0
+        present = to_device(present, syn.device)
         return ((real_mean[present] - syn_mean[present]) ** 2).sum()
 
     def _matched_augmented(self, params: Params, syn: torch.Tensor, weights: torch.Tensor | None,
-                           real_x: torch.Tensor, real_y: torch.Tensor, k: int) -> torch.Tensor:
+                           real_x: torch.Tensor, real_y: torch.Tensor, labels: torch.Tensor, present: torch.Tensor,
+                           k: int) -> torch.Tensor:
         """As ``_matched``, each class's real and synthetic images through the same DSA transform,
         one draw per class present, in class order (``_draw``). The classes' transforms run together
         (``apply_by_group``) and each side is embedded in one pass: the same loss as class by
         class, in a handful of calls. With soft labels every synthetic image enters every class's
-        mean, so all of them pass each class's transform."""
-        classes = torch.unique(real_y).tolist()
+        mean, so all of them pass each class's transform. ``labels``: real_y on the host; ``present``:
+        the classes in it, ascending."""
+        classes = present.tolist()
         draws = [self._draw() for _ in classes]
         group_of_class = torch.full((k,), -1, dtype=torch.long)
         group_of_class[classes] = torch.arange(len(classes))
-        present = to_device(torch.tensor(classes), real_y.device)
+        present = to_device(present, real_y.device)
         with torch.no_grad():
-            real = apply_by_group(real_x, group_of_class[real_y.cpu()], draws)
+            real = apply_by_group(real_x, group_of_class[labels], draws)
             real_mean = class_means(self.embed(params, real), real_y, k)[0][present]  # (G, D)
         n, g = syn.shape[0], len(classes)
         if weights is not None:  # (G * N) images: every synthetic image under each present class's transform
