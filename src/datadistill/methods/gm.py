@@ -142,7 +142,7 @@ class Gm(Method):
         n_nets = next(iter(self.kept.values())).shape[0]
         # each class's rows found on the host from one copy of the labels: a mask of device
         # tensors would make the host wait for the device at every class
-        real_labels, syn_labels = real_y.cpu(), labels.cpu()
+        real_labels, syn_labels = torch.cat([real_y, labels]).cpu().split([real_y.shape[0], labels.shape[0]])
         per_class = []
         for c in range(learned.num_classes):
             real_rows = (real_labels == c).nonzero().squeeze(1)[:self.config.embed_batch]
