@@ -255,6 +255,10 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     (["distill", "--method", "dm", "--dataset", "digits", "--conv_backend", "mkldnn"],
      "--conv_backend applies to --method wang2018 or mtt, not dm"),
     (["distill", "--method", "bogus", "--embed_batch", "3"], "unknown method 'bogus'; accepted: dm, gm, mtt, wang2018"),
+    # the paper's method scores unrolled: no network takes an ordinary training step to compile
+    (["distill", "--dataset", "digits", "--compile"], "--compile applies to --protocol from_scratch; this run scores "
+                                                      "unrolled"),
+    (["test", "--dataset", "digits", "--compile"], "--compile applies to --protocol from_scratch"),
 ])
 def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
     out = tmp_path / "r"

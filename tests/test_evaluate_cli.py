@@ -484,6 +484,12 @@ def test_from_scratch_flags_on_an_unrolled_score_are_refused(tmp_path, capsys, s
     assert "--scratch_epochs applies to --protocol from_scratch" in err and len(err.splitlines()) == 1
 
 
+def test_compile_on_an_unrolled_score_is_refused(tmp_path, capsys, saved):
+    assert main(["evaluate", str(saved), "--compile", "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--compile applies to --protocol from_scratch" in err and len(err.splitlines()) == 1
+
+
 def test_padding_keeps_the_images_and_borders_them_with_raw_zero():
     from datadistill.jobs.evaluate import pad_images, padding_for
     from datadistill.models import arch_class

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .data import Split
-from .inner import batched_logits, batched_train, mean_loss_per_net_summed
+from .inner import batched_logits, batched_train, training_loss
 from .models import Params
 from .synthetic import SyntheticSet
 from .transfer import to_device
@@ -80,7 +80,8 @@ def scratch_chunk(device: torch.device | str) -> int:
 def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: SyntheticSet, epochs: int,
                        lr: float, batch_size: int | None = 256, momentum: float = 0.9,
                        weight_decay: float = 5e-4, generator: torch.Generator | None = None,
-                       augment: Augment | None = None, on_epoch: Callable[[], None] | None = None) -> Params:
+                       augment: Augment | None = None, on_epoch: Callable[[], None] | None = None,
+                       compiled: bool = False) -> Params:
     """Train each stacked network with SGD on all of ``synthetic``'s images pooled into one set.
 
     The S * N images (S, N, C, H, W) are flattened to (S * N, C, H, W); its step sizes are ignored.
@@ -92,7 +93,8 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     At half of the epochs the learning rate drops to a tenth and the momentum restarts (the papers'
     code builds a new optimiser there: Zhao et al. 2021, ``evaluate_synset``), and
     ``augment(x, generator)``, when given, transforms each batch (DSA, a draw per image);
-    ``on_epoch()`` is told after every epoch (a progress bar).
+    ``on_epoch()`` is told after every epoch (a progress bar); ``compiled``: the loss through
+    ``torch.compile`` (``inner.training_loss``).
     """
     x = synthetic.images.detach().flatten(0, 1)  # (S * N, C, H, W)
     y = synthetic.labels.detach().flatten(0, 1)  # (S * N,), or (S * N, classes) if learned
@@ -102,6 +104,7 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
     leaves = [v.detach().clone().requires_grad_() for v in stacked_init.values()]
     params = dict(zip(stacked_init, leaves))
     optimizer = torch.optim.SGD(leaves, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    loss = training_loss(model, compiled)
     for epoch in range(epochs):
         if epoch == epochs // 2 and epochs > 1:
             optimizer = torch.optim.SGD(leaves, lr=lr * LR_DECAY, momentum=momentum, weight_decay=weight_decay)
@@ -112,7 +115,7 @@ def train_from_scratch(model: nn.Module, stacked_init: Params, synthetic: Synthe
             xb = x[idx] if augment is None else augment(x[idx], generator)
             optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                mean_loss_per_net_summed(model, params, xb, y[idx]).backward()
+                loss(params, xb, y[idx]).backward()
             optimizer.step()
         if on_epoch is not None:
             on_epoch()
@@ -123,19 +126,20 @@ def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_ini
                           test: Split, epochs: int, lr: float, batch_size: int | None = 256,
                           generator: torch.Generator | None = None, chunk_nets: int | None = None,
                           augment: Augment | None = None, on_epoch: Callable[[], None] | None = None,
-                          **sgd) -> EvalResult:
+                          compiled: bool = False, **sgd) -> EvalResult:
     """``train_from_scratch`` each network in ``stacked_init`` on ``synthetic``, score it on
     ``test``; ``chunk_nets`` networks at a time (None: ``scratch_chunk`` of the images' device;
     ``on_epoch`` is told ceil(n / chunk_nets) * epochs times). The networks of a chunk see the
-    same batches; each chunk draws its own from ``generator``. ``sgd`` passes momentum /
-    weight_decay on."""
+    same batches; each chunk draws its own from ``generator``. ``compiled`` and ``sgd`` (momentum,
+    weight_decay) pass on to ``train_from_scratch``."""
     n = next(iter(stacked_init.values())).shape[0]
     chunk_nets = chunk_nets or scratch_chunk(synthetic.images.device)
     accs = []
     for i in range(0, n, chunk_nets):
         part = {k: v[i:i + chunk_nets] for k, v in stacked_init.items()}
         trained = train_from_scratch(model, part, synthetic, epochs, lr, batch_size,
-                                     generator=generator, augment=augment, on_epoch=on_epoch, **sgd)
+                                     generator=generator, augment=augment, on_epoch=on_epoch, compiled=compiled,
+                                     **sgd)
         check_finite(trained, f"networks trained from scratch on the set diverged (weights NaN or infinite) at "
                               f"rate {lr:g}; try a smaller --scratch_lr")
         accs.append(accuracy(model, trained, test))
@@ -144,11 +148,12 @@ def evaluate_from_scratch(model: nn.Module, synthetic: SyntheticSet, stacked_ini
 
 def score_set(model: nn.Module, synthetic: SyntheticSet, stacked_init: Params, split: Split, protocol: str,
               scratch: tuple[int, float, int] = (300, 0.01, 256), seed: int = 0,
-              augment: Augment | None = None) -> EvalResult:
+              augment: Augment | None = None, compiled: bool = False) -> EvalResult:
     """``synthetic`` scored on ``split`` by the networks ``stacked_init`` under ``protocol``:
-    ``unrolled`` (its steps and step sizes) or ``from_scratch`` (``scratch`` = epochs, lr, batch)."""
+    ``unrolled`` (its steps and step sizes) or ``from_scratch`` (``scratch`` = epochs, lr, batch;
+    ``compiled``: its loss through ``torch.compile``)."""
     if protocol == "unrolled":
         return evaluate_synthetic(model, synthetic, stacked_init, split)
     epochs, lr, batch = scratch
     return evaluate_from_scratch(model, synthetic, stacked_init, split, epochs, lr, batch,
-                                 generator=torch.Generator().manual_seed(seed), augment=augment)
+                                 generator=torch.Generator().manual_seed(seed), augment=augment, compiled=compiled)

@@ -136,6 +136,22 @@ def mean_loss_per_net_summed(model: nn.Module, stacked: Params, x: torch.Tensor,
     return summed_loss(model, stacked, x, y) / x.shape[0]
 
 
+def training_loss(model: nn.Module, compiled: bool = False) -> Callable[[Params, torch.Tensor, torch.Tensor],
+                                                                      torch.Tensor]:
+    """``mean_loss_per_net_summed`` of ``model`` as a function of (stacked, x, y): the loss of every
+    first-order training step (from-scratch scoring, gm's network steps, zoos and experts).
+
+    ``compiled``: through ``torch.compile`` (inductor), so its forward and backward run as generated
+    kernels that fuse each layer's elementwise work (norm, activation, pooling: one pass over
+    memory, and on a GPU one launch, instead of several). The first call with each new batch shape,
+    network or label kind traces and compiles (seconds on a CPU; inductor keeps the kernels on
+    disk for later runs). Its numbers agree with the plain function's up to float rounding, not
+    bit for bit, which is why it is a switch (``--compile``) and not the default.
+    """
+    loss = partial(mean_loss_per_net_summed, model)
+    return torch.compile(loss, dynamic=False) if compiled else loss
+
+
 @torch.no_grad()
 def batched_logits(model: nn.Module, stacked: Params, x: torch.Tensor, images: int = 2048) -> torch.Tensor:
     """Logits (n_nets, B, classes) of each stacked network on x (B, C, H, W), in chunks of about

@@ -80,10 +80,12 @@ def selection_batches(val: Split, batch_size: int, n: int, generator: torch.Gene
 
 
 def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfig,
-          nets: Params | None, split: Split, scratch: EvalConfig | None = None, seed: int = 0) -> torch.Tensor:
+          nets: Params | None, split: Split, scratch: EvalConfig | None = None, seed: int = 0,
+          compiled: bool = False) -> torch.Tensor:
     """Accuracies on ``split``: one per network after training on ``candidate`` (its steps, or
     from scratch when ``scratch.protocol`` says so; ``seed`` seeds its batch order and
-    augmentation), or (nearest neighbour) the single accuracy of the candidate's images as
+    augmentation; ``compiled``: its loss through ``torch.compile``), or (nearest neighbour) the
+    single accuracy of the candidate's images as
     memory, shape (n,)."""
     if test.lrs == "nearest_neighbor":
         memory_x = candidate.images.flatten(0, 1)  # (S * N, C, H, W): every step's images
@@ -93,7 +95,7 @@ def score(model: nn.Module | None, candidate: SyntheticSet, test: TestPhaseConfi
     if scratch is not None and scratch.protocol == "from_scratch":
         result = score_set(model, candidate, nets, split, "from_scratch",
                            (scratch.scratch_epochs, scratch.scratch_lr, scratch.scratch_batch_size), seed,
-                           augmenter(scratch.augment or "none", siamese=False))
+                           augmenter(scratch.augment or "none", siamese=False), compiled)
     else:
         result = evaluate_synthetic(model, candidate, nets, split)
     return torch.tensor(result.accuracies, dtype=torch.float64)
@@ -109,7 +111,7 @@ class Selection:
 
 def test_optimize(model: nn.Module | None, candidates: Callable[[int], SyntheticSet], n_candidates: int,
                   keep: int, test: TestPhaseConfig, nets: list[Params | None], batches: list[Split],
-                  scratch: EvalConfig | None = None) -> Selection:
+                  scratch: EvalConfig | None = None, compiled: bool = False) -> Selection:
     """Score ``n_candidates`` candidates on validation ``batches`` (batch i with networks
     ``nets[i]``), keep the ``keep`` best; ties go to the earlier draw.
 
@@ -118,7 +120,8 @@ def test_optimize(model: nn.Module | None, candidates: Callable[[int], Synthetic
     scores = []
     for i in range(n_candidates):
         candidate = candidates(i)
-        per_batch = [score(model, candidate, test, n, b, scratch).mean() for n, b in zip(nets, batches)]
+        per_batch = [score(model, candidate, test, n, b, scratch, compiled=compiled).mean()
+                     for n, b in zip(nets, batches)]
         scores.append(float(torch.stack(per_batch).mean()))
     order = sorted(range(n_candidates), key=lambda i: (-scores[i], i))
     return Selection(order[:keep], scores)
@@ -153,6 +156,7 @@ class TestPhaseInputs:
     progress: Callable[[str], None] = lambda what: None  # told before each long part
     # --label_mode teacher: each candidate's labels replaced (by the teachers') before it is scored
     relabel: Callable[[SyntheticSet], SyntheticSet] | None = None
+    compiled: bool = False  # from-scratch training's loss through torch.compile (--compile)
 
 
 def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
@@ -192,14 +196,15 @@ def run_test_phase(test: TestPhaseConfig, inputs: TestPhaseInputs) -> dict:
         nets = inputs.optimize_nets if inputs.optimize_nets is not None else [None] * test.niter
         inputs.progress(f"choosing {test.n_runs} of {test.optimize_n_runs} candidates on the validation split")
         selection = test_optimize(model, candidate, test.optimize_n_runs, test.n_runs, test, nets, batches,
-                                  inputs.scratch)
+                                  inputs.scratch, inputs.compiled)
         kept = selection.kept
     per_run = []
     for run, index in enumerate(kept):
         inputs.progress(f"scoring {test.images} run {run + 1} of {len(kept)}")
         nets = None if test.lrs == "nearest_neighbor" else inputs.test_nets(run)
         split = data.test if test.score_on == "test" else data.val
-        per_run.append(score(model, candidate(index), test, nets, split, inputs.scratch, run_seed))
+        per_run.append(score(model, candidate(index), test, nets, split, inputs.scratch, run_seed,
+                             inputs.compiled))
     accs = torch.stack(per_run)  # (runs, nets)
     result = EvalResult(tuple(accs.flatten().tolist()))
     knn = test.lrs == "nearest_neighbor"  # a memory, whatever the protocol: no training to name

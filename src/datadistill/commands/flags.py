@@ -47,7 +47,7 @@ FIELDS = {
     "embed_batch": "methods.embed_batch", "protocol": "evaluation.protocol",
     "scratch_epochs": "evaluation.scratch_epochs", "scratch_lr": "evaluation.scratch_lr",
     "scratch_batch_size": "evaluation.scratch_batch_size", "eval_augment": "evaluation.augment",
-    "skip_test": "skip_test",
+    "skip_test": "skip_test", "compile": "compile",
 }
 
 # flags only some methods read: flag -> those methods
@@ -151,7 +151,14 @@ def add_run(p, seed: bool = True) -> None:
     g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu; cuda:LOCAL_RANK when launched on GPUs)")
     g.add_argument("--device_id", type=int, help="the original's device flag: N for cuda:N, negative for CPU")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    g.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     return g
+
+
+COMPILE_HELP = ("the loss of the networks' SGD steps (from_scratch scoring; gm's network steps; train-zoo) "
+                "through torch.compile: fused kernels, faster after a compile of seconds a batch shape; the "
+                "same numbers up to float rounding, not bit for bit (default off; needs a C++ compiler on a "
+                "CPU, triton on a GPU)")
 
 
 def add_world(p) -> None:
@@ -217,7 +224,7 @@ def refuse(args, flag: str, why: str) -> None:
         raise ConfigError(f"--{flag} {why}")
 
 
-SCRATCH_FLAGS = ("scratch_epochs", "scratch_lr", "scratch_batch_size", "eval_augment")
+SCRATCH_FLAGS = ("scratch_epochs", "scratch_lr", "scratch_batch_size", "eval_augment", "compile")
 
 
 def refuse_scratch_flags(args, protocol: str) -> None:

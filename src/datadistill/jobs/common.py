@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,6 +36,19 @@ def resolve_device(device: str) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {device} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
     return dev
+
+
+def check_compile(device: torch.device) -> None:
+    """Fail before any work where ``--compile`` cannot build its kernels on ``device``: inductor
+    writes C++ for a CPU (a compiler: $CXX, g++, clang++ or c++) and triton kernels for a GPU."""
+    if device.type == "cpu":
+        names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+        if not any(shutil.which(name) for name in names):
+            raise ConfigError(f"--compile on a CPU needs a C++ compiler on PATH ({', '.join(names)}), and none "
+                              f"is there; install one or drop --compile")
+    elif importlib.util.find_spec("triton") is None:
+        raise ConfigError("--compile on a GPU needs the triton package, which is not installed; install it "
+                          "or drop --compile")
 
 
 def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
@@ -75,7 +90,9 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
             raise ConfigError(f"--source_dataset {source} is the --dataset itself; adaptation distils for networks "
                               f"of another dataset (e.g. --dataset USPS --source_dataset MNIST); for networks "
                               f"trained on {dataset}, use --mode distill_basic --train_nets_type loaded")
-    resolve_device(config.device)
+    device = resolve_device(config.device)
+    if config.compile:
+        check_compile(device)
     if config.zoo_dir and os.path.exists(config.zoo_dir) and not os.path.isdir(config.zoo_dir):
         raise ConfigError(f"--zoo_dir {config.zoo_dir} is a file; give a folder")
     if config.model.init == "imagenet_pretrained":  # all before minutes of image loading

@@ -103,7 +103,7 @@ def distill(config: RunConfig, callbacks: list[Callback] = (), resume: bool = Fa
             return relabelled(synthetic, model, teachers, config.synthetic.label_temperature)
 
         def scored(synthetic: SyntheticSet, split, nets: Params) -> EvalResult:
-            mine = score_set(model, synthetic, nets, split, protocol, scratch, config.seed, augment)
+            mine = score_set(model, synthetic, nets, split, protocol, scratch, config.seed, augment, config.compile)
             return EvalResult(tuple(world.gather(list(mine.accuracies))))
 
         # with a train zoo, held-out networks of it validate (neither trained against nor the test

@@ -20,7 +20,7 @@ from ..models import arch_class, build_model, check_image_size, check_takes_widt
 from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
-from .common import check_writable_folder, resolve_device
+from .common import check_compile, check_writable_folder, resolve_device
 
 PROTOCOLS = ("unrolled", "from_scratch")
 NETS = ("fixed", "fresh")
@@ -53,6 +53,7 @@ class EvaluateConfig:
     seed: int | None = None  # the run's seed, else 0: the run's own evaluation networks
     results_dir: str | None = None
     device: str = "cpu"
+    compile: bool = False  # from-scratch training's loss through torch.compile (inner.training_loss)
 
     def __post_init__(self):
         if self.protocol is not None:
@@ -106,6 +107,8 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     when given, is called once before the networks train and returns a callback told once per unit
     of ``total`` (from-scratch epochs of each chunk of networks; unrolled: once, at the end)."""
     device = resolve_device(cfg.device)
+    if cfg.compile:
+        check_compile(device)
     synthetic = artifacts.load_distilled(cfg.distilled)
     meta = synthetic.meta
     if cfg.dataset is None and not meta.get("dataset"):
@@ -126,6 +129,9 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         if stray:
             raise ConfigError(f"--{stray[0]} applies to --protocol from_scratch; this set is scored unrolled "
                               f"(add --protocol from_scratch)")
+        if given.compile:
+            raise ConfigError("--compile applies to --protocol from_scratch (networks trained by SGD steps); this "
+                              "set is scored unrolled (add --protocol from_scratch)")
     fixed = meta.get("init_params")
     file_width = meta.get("config", {}).get("model", {}).get("width")
     nets_kind = cfg.nets or ("fixed" if fixed is not None and same_nets and cfg.width == file_width else "fresh")
@@ -184,7 +190,7 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
         result = evaluate_from_scratch(model, synthetic, nets, dataset.test, cfg.scratch_epochs, cfg.scratch_lr,
                                        cfg.scratch_batch_size, generator=torch.Generator().manual_seed(cfg.seed),
                                        chunk_nets=chunk_nets, augment=augmenter(cfg.eval_augment, siamese=False),
-                                       on_epoch=on_epoch)
+                                       on_epoch=on_epoch, compiled=cfg.compile)
     return result, {"dataset": dataset.name, "arch": arch_cls.__name__, "init": init, "nets": nets_kind,
                     "settings": asdict(cfg)}
 

@@ -161,7 +161,7 @@ def test_phase(config: RunConfig, command: str | None = None, dataset: Dataset |
         relabel = lambda s: relabelled(s, model, teachers, config.synthetic.label_temperature)  # noqa: E731
     row = run_test_phase(test, TestPhaseInputs(model, dataset, steps, per_class, epochs, loaded, test_nets,
                                                optimize_nets, config.seed, config.outer.batch_size,
-                                               config.evaluation, progress, relabel))
+                                               config.evaluation, progress, relabel, config.compile))
     results = {
         "command": command,
         "dataset": dataset.name,

@@ -31,7 +31,7 @@ from torch.func import functional_call
 
 from ..augment import augmenter
 from ..config import MethodConfig, RunConfig, SyntheticConfig
-from ..inner import mean_loss_per_net_summed
+from ..inner import training_loss
 from ..models import Params
 from ..runtime import Runtime
 from ..synthetic import LearnableSet
@@ -64,12 +64,14 @@ def match_distance(real: Sequence[torch.Tensor], syn: Sequence[torch.Tensor]) ->
 class Gm(Method):
     protocol = "from_scratch"
 
-    def __init__(self, model: nn.Module, synthetic: SyntheticConfig, methods: MethodConfig, seed: int = 0):
+    def __init__(self, model: nn.Module, synthetic: SyntheticConfig, methods: MethodConfig, seed: int = 0,
+                 compiled: bool = False):
         self.model, self.synthetic, self.config = model, synthetic, methods
         self.ipc = synthetic.ipc or DEFAULT_IPC
         self._augment = augmenter(methods.augment)  # the matching: one draw for real and synthetic
         # the network's own training on the set: a draw per image, as when any network trains
         self._augment_training = augmenter(methods.augment, siamese=False)
+        self._training_loss = training_loss(model, compiled)  # --compile: through torch.compile
         self.generator = torch.Generator().manual_seed(seed)  # reseeded from the run's stream by initial
         self.count = 0  # loss calls so far
         self.kept: Params | None = None  # the current networks (k, ...)
@@ -78,7 +80,7 @@ class Gm(Method):
 
     @classmethod
     def from_config(cls, config: RunConfig, model: nn.Module, runtime: Runtime) -> "Gm":
-        return cls(model, config.synthetic, config.methods, config.seed)
+        return cls(model, config.synthetic, config.methods, config.seed, config.compile)
 
     def initial(self, setup: Setup) -> LearnableSet:
         images, labels = one_batch_start(setup, self.ipc, self.synthetic.image_init, self.synthetic.factor,
@@ -130,7 +132,7 @@ class Gm(Method):
                 xb = self._augment_training(xb, self.generator)
             optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                mean_loss_per_net_summed(self.model, leaves, xb, yb).backward()
+                self._training_loss(leaves, xb, yb).backward()
             optimizer.step()
         self.kept = {k: leaf.detach() for k, leaf in leaves.items()}
         self.momentum = {k: optimizer.state[leaf]["momentum_buffer"] for k, leaf in leaves.items()}

@@ -1,0 +1,68 @@
+"""``--compile``: the loss of ordinary training steps through torch.compile gives the networks the
+plain loss gives, up to float rounding, and is refused where it cannot run or would do nothing."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from datadistill import inner
+from datadistill.augment import augmenter
+from datadistill.commands import main
+from datadistill.evaluate import train_from_scratch
+from datadistill.models import build_model
+from datadistill.nets import fresh_nets
+from datadistill.synthetic import SyntheticSet
+
+has_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ([os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"])),
+    reason="torch.compile on a CPU needs a C++ compiler")
+
+
+@has_compiler
+@pytest.mark.parametrize("n_nets, soft", [(1, False), pytest.param(2, True, marks=pytest.mark.slow)])
+def test_compiled_training_gives_the_plain_loss_networks(n_nets, soft):
+    # one network (the CPU's from-scratch scoring) and two stacked under vmap (a GPU's), hard
+    # labels and target vectors (learned labels); DSA drawn per image, as scoring trains. Each
+    # case compiles for half a minute on 2 cores: the second runs with the slow tests
+    g = torch.Generator().manual_seed(0)
+    model = build_model("ConvNet", 1, 28, 10, width=4)
+    nets = fresh_nets(model, "default", 1.0, list(range(n_nets)), "cpu")
+    labels = (torch.arange(16) % 10).view(1, 16)
+    if soft:
+        labels = torch.softmax(3 * torch.randn(1, 16, 10, generator=g), -1)
+    synthetic = SyntheticSet(torch.randn(1, 16, 1, 28, 28, generator=g), labels, torch.ones(1), (0.0,), (1.0,), 10)
+    trained = {}
+    for compiled in (False, True):
+        trained[compiled] = train_from_scratch(model, nets, synthetic, 4, 0.05, 8,
+                                               generator=torch.Generator().manual_seed(1),
+                                               augment=augmenter("dsa", siamese=False), compiled=compiled)
+    for k, v in trained[False].items():
+        assert not torch.equal(v, nets[k])  # the networks trained
+        torch.testing.assert_close(trained[True][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+@has_compiler
+def test_compiled_loss_and_gradient_equal_the_plain_ones():
+    # the shapes of the training test's steps: inductor's kernels on disk serve both
+    g = torch.Generator().manual_seed(0)
+    model = build_model("ConvNet", 1, 28, 10, width=4)
+    stacked = {k: v.requires_grad_() for k, v in fresh_nets(model, "xavier", 1.0, [0], "cpu").items()}
+    x, y = torch.randn(8, 1, 28, 28, generator=g), torch.arange(8) % 10
+    plain, compiled = inner.training_loss(model), inner.training_loss(model, compiled=True)
+    assert torch.equal(plain(stacked, x, y), inner.mean_loss_per_net_summed(model, stacked, x, y))
+    torch.testing.assert_close(compiled(stacked, x, y), plain(stacked, x, y), rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(compiled(stacked, x, y), list(stacked.values())),
+                    torch.autograd.grad(plain(stacked, x, y), list(stacked.values()))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    zoo = tmp_path / "z"
+    code = main(["train-zoo", "--dataset", "digits", "--zoo_dir", str(zoo), "--n_nets", "1", "--compile",
+                 "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--compile on a CPU needs a C++ compiler on PATH" in err and "drop --compile" in err
+    assert not zoo.exists()
