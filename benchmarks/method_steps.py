@@ -14,8 +14,11 @@ CUDA device, how many times one more iteration of each part made the host wait f
 (the synchronisations ``torch.cuda.set_sync_debug_mode`` reports): each one stops the host from
 queueing work ahead of the device, which is where a loop of small kernels loses its time.
 
+``--compile``: gm's network steps with their loss through ``torch.compile``, as ``--compile`` runs
+them (the compile happens in the warm-up).
+
     python benchmarks/method_steps.py [--device cuda] [--width 128] [--steps 30] [--real_per_class 256]
-                                      [--ipc 10] [--inner_steps 50] [--threads 2]
+                                      [--ipc 10] [--inner_steps 50] [--threads 2] [--compile]
 """
 import argparse
 import statistics
@@ -63,6 +66,7 @@ def main():
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--inner_steps", type=int, default=50, help="gm's network steps between image updates")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--compile", action="store_true", help="gm's network steps through torch.compile")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -89,7 +93,7 @@ def main():
                                           1).objective.backward(), device)
 
     gm = Gm(model, SyntheticConfig(ipc=args.ipc, image_init="real"),
-            MethodConfig(augment="dsa", inner_steps=args.inner_steps))
+            MethodConfig(augment="dsa", inner_steps=args.inner_steps), compiled=args.compile)
     gm.kept = fresh_nets(model, "default", 1.0, [0], device)
     inner, matching = [], []
     for _ in range(n):
@@ -110,7 +114,8 @@ def main():
           f"{args.ipc} synthetic images a class; median of {args.steps}")
     print(f"dm step: {median_after_warm_up(dm_seconds):.4f} s")
     gm_inner, gm_matching = median_after_warm_up(inner), median_after_warm_up(matching)
-    print(f"gm update: {gm_inner + gm_matching:.4f} s = {args.inner_steps} inner steps {gm_inner:.4f} s "
+    print(f"gm update{' (compiled network steps)' if args.compile else ''}: {gm_inner + gm_matching:.4f} s = "
+          f"{args.inner_steps} inner steps {gm_inner:.4f} s "
           f"+ matching {gm_matching:.4f} s")
     if dm_waits is not None:
         print(f"host waits for the device: dm step {dm_waits}; gm update {inner_waits + matching_waits} = "

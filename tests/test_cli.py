@@ -259,6 +259,7 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, capsys, flags, message):
     (["distill", "--dataset", "digits", "--compile"], "--compile applies to --protocol from_scratch; this run scores "
                                                       "unrolled"),
     (["test", "--dataset", "digits", "--compile"], "--compile applies to --protocol from_scratch"),
+    (["train-zoo", "--dataset", "digits", "--compile"], "--compile does not apply to `datadistill train-zoo`"),
 ])
 def test_commands_refuse_flags_not_theirs(tmp_path, capsys, switches, argv, message):
     out = tmp_path / "r"

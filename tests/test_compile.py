@@ -59,10 +59,10 @@ def test_compiled_loss_and_gradient_equal_the_plain_ones():
 
 def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    zoo = tmp_path / "z"
-    code = main(["train-zoo", "--dataset", "digits", "--zoo_dir", str(zoo), "--n_nets", "1", "--compile",
+    out = tmp_path / "r"
+    code = main(["distill", "--method", "gm", "--dataset", "digits", "--results_dir", str(out), "--compile",
                  "--no_progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "--compile on a CPU needs a C++ compiler on PATH" in err and "drop --compile" in err
-    assert not zoo.exists()
+    assert not out.exists()

@@ -138,8 +138,8 @@ def mean_loss_per_net_summed(model: nn.Module, stacked: Params, x: torch.Tensor,
 
 def training_loss(model: nn.Module, compiled: bool = False) -> Callable[[Params, torch.Tensor, torch.Tensor],
                                                                       torch.Tensor]:
-    """``mean_loss_per_net_summed`` of ``model`` as a function of (stacked, x, y): the loss of every
-    first-order training step (from-scratch scoring, gm's network steps, zoos and experts).
+    """``mean_loss_per_net_summed`` of ``model`` as a function of (stacked, x, y): the loss of the
+    networks' SGD steps on a synthetic set (from-scratch scoring, gm's network steps).
 
     ``compiled``: through ``torch.compile`` (inductor), so its forward and backward run as generated
     kernels that fuse each layer's elementwise work (norm, activation, pooling: one pass over

@@ -27,7 +27,7 @@ from .augment import Augment
 from .config import OuterConfig
 from .data import Split, batches_per_epoch, shuffled_batches
 from .errors import ArtifactError
-from .inner import training_loss
+from .inner import mean_loss_per_net_summed
 from .models import Params
 
 FORMAT = "datadistill.zoo/1"
@@ -118,9 +118,8 @@ class Zoo:
 
 
 def train_networks(model: nn.Module, stacked: Params, train: Split, outer: OuterConfig,
-                   generator: torch.Generator, compiled: bool = False) -> Params:
-    """Train the stacked networks with Adam for ``outer.epochs`` passes over ``train``; ``compiled``:
-    the loss through ``torch.compile`` (``inner.training_loss``).
+                   generator: torch.Generator) -> Params:
+    """Train the stacked networks with Adam for ``outer.epochs`` passes over ``train``.
 
     All networks see the same batches (one forward over a stacked batch is what makes training
     many at once cheap); they differ in their initialisation. Adam is elementwise, so one optimiser
@@ -130,11 +129,10 @@ def train_networks(model: nn.Module, stacked: Params, train: Split, outer: Outer
     optimizer = torch.optim.Adam(leaves.values(), lr=outer.lr)
     per_epoch = batches_per_epoch(len(train), outer.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: outer.lr_factor(it, per_epoch))
-    loss = training_loss(model, compiled)
     for _ in range(outer.epochs):
         for x, y in shuffled_batches(train, outer.batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
-            loss(leaves, x, y).backward()
+            mean_loss_per_net_summed(model, leaves, x, y).backward()
             optimizer.step()
             scheduler.step()
     return {k: v.detach() for k, v in leaves.items()}
@@ -142,13 +140,12 @@ def train_networks(model: nn.Module, stacked: Params, train: Split, outer: Outer
 
 def train_trajectories(model: nn.Module, stacked: Params, train: Split, epochs: int, batch_size: int,
                        generator: torch.Generator, lr: float = EXPERT_LR, momentum: float = 0.0,
-                       augment: Augment | None = None, augment_generator: torch.Generator | None = None,
-                       compiled: bool = False) -> tuple[Params, Params]:
+                       augment: Augment | None = None, augment_generator: torch.Generator | None = None
+                       ) -> tuple[Params, Params]:
     """Train the stacked networks as MTT's experts: plain SGD at a constant ``lr`` (no momentum by
     default, no weight decay) for ``epochs`` passes over ``train`` in batches of ``batch_size``.
     ``augment``: each batch is transformed first (one draw per image from ``augment_generator``),
-    as MTT trains its experts with the DSA its synthetic steps see. ``compiled``: the loss through
-    ``torch.compile`` (``inner.training_loss``).
+    as MTT trains its experts with the DSA its synthetic steps see.
 
     Returns (trained weights (n, ...), trajectories (n, epochs + 1, ...)): entry 0 of a trajectory
     is the network's initial weights, entry e its weights after epoch e, so the last is the
@@ -157,13 +154,12 @@ def train_trajectories(model: nn.Module, stacked: Params, train: Split, epochs: 
     leaves = {k: v.detach().clone().requires_grad_() for k, v in stacked.items()}
     optimizer = torch.optim.SGD(leaves.values(), lr=lr, momentum=momentum)
     snapshots = [{k: v.detach().cpu().clone() for k, v in leaves.items()}]
-    loss = training_loss(model, compiled)
     for _ in range(epochs):
         for x, y in shuffled_batches(train, batch_size, generator):
             if augment is not None:
                 x = augment(x, augment_generator)
             optimizer.zero_grad(set_to_none=True)
-            loss(leaves, x, y).backward()
+            mean_loss_per_net_summed(model, leaves, x, y).backward()
             optimizer.step()
         snapshots.append({k: v.detach().cpu().clone() for k, v in leaves.items()})
     trajectories = {k: torch.stack([s[k] for s in snapshots], dim=1) for k in leaves}

@@ -142,7 +142,7 @@ def add_outer(p, zoo: bool = False) -> None:
     return g
 
 
-def add_run(p, seed: bool = True) -> None:
+def add_run(p, seed: bool = True, compile: bool = True) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--results_dir", help=f"where files go (default {D.results_dir})")
     if seed:
@@ -151,14 +151,15 @@ def add_run(p, seed: bool = True) -> None:
     g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu; cuda:LOCAL_RANK when launched on GPUs)")
     g.add_argument("--device_id", type=int, help="the original's device flag: N for cuda:N, negative for CPU")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
-    g.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    if compile:
+        g.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     return g
 
 
-COMPILE_HELP = ("the loss of the networks' SGD steps (from_scratch scoring; gm's network steps; train-zoo) "
-                "through torch.compile: fused kernels, faster after a compile of seconds a batch shape; the "
-                "same numbers up to float rounding, not bit for bit (default off; needs a C++ compiler on a "
-                "CPU, triton on a GPU)")
+COMPILE_HELP = ("the loss of the networks' SGD steps on a synthetic set (from_scratch scoring; gm's network "
+                "steps) through torch.compile: fused kernels, faster after a compile of seconds a batch shape; "
+                "the same numbers up to float rounding, not bit for bit (default off; needs a C++ compiler on "
+                "a CPU, triton on a GPU)")
 
 
 def add_world(p) -> None:

@@ -27,7 +27,9 @@ def build_parser(prog: str = "datadistill train-zoo") -> Parser:
                                      "batches augmented per image, as MTT's experts are; an mtt run with the "
                                      "same --augment reads them (folder ...-experts-<augment>) (default none)")
     add_outer(p, zoo=True)
-    add_run(p, seed=False)
+    # no --compile: on a CPU the compiled loss of ten stacked networks on real batches is slower
+    # (benchmarks/RESULTS.md)
+    add_run(p, seed=False, compile=False)
     add_world(p)
     return p
 

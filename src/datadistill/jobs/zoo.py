@@ -102,10 +102,9 @@ def train_zoo(config: RunConfig, progress: Callable[[int, int], None] | None = N
                 # with and without them
                 trained, trajectory = train_trajectories(
                     model, init, dataset.train, config.outer.epochs, config.outer.batch_size, generator,
-                    config.outer.lr, augment=augment, augment_generator=torch.Generator().manual_seed(chunk_seed),
-                    compiled=config.compile)
+                    config.outer.lr, augment=augment, augment_generator=torch.Generator().manual_seed(chunk_seed))
             else:
-                trained = train_networks(model, init, dataset.train, config.outer, generator, config.compile)
+                trained = train_networks(model, init, dataset.train, config.outer, generator)
             check_finite(trained, f"zoo networks diverged (weights NaN or infinite) at --lr {config.outer.lr:g}; "
                                   f"try a smaller --lr")
             part = Zoo({k: v.cpu() for k, v in trained.items()}, accuracy(model, trained, dataset.test).cpu(),
