@@ -66,3 +66,29 @@ def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, capsys,
     assert code == 2 and err.count("\n") == 1
     assert "--compile on a CPU needs a C++ compiler on PATH" in err and "drop --compile" in err
     assert not out.exists()
+
+
+@has_compiler
+@pytest.mark.slow
+def test_compiled_dm_embeddings_give_the_plain_loss_and_image_gradient():
+    # DSA groups the images by family, so the embedded batches change size from step to step
+    from datadistill.methods.dm import Dm
+    from datadistill.synthetic import LearnableSet, class_major_labels
+
+    g = torch.Generator().manual_seed(0)
+    model = build_model("ConvNet", 1, 28, 3, width=4)
+    real_x, real_y = torch.randn(12, 1, 28, 28, generator=g), torch.arange(12) % 3
+    start = torch.randn(1, 6, 1, 28, 28, generator=g)
+    plain, compiled = Dm(model, ipc=2, augment="dsa", seed=3), Dm(model, ipc=2, augment="dsa", seed=3, compiled=True)
+    for step in range(4):
+        nets = fresh_nets(model, "default", 1.0, [step], "cpu")
+        results = []
+        for method in (plain, compiled):
+            learned = LearnableSet(start.clone(), class_major_labels(1, 2, 3), None, 3, (0.0,), (1.0,))
+            out = method.loss(learned, nets, real_x, real_y, 1)
+            out.objective.backward()
+            results.append((out.value, learned.images.grad))
+        (value, grad), (value_c, grad_c) = results
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(value_c, value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grad_c, grad, rtol=1e-3, atol=1e-6)

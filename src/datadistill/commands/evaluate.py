@@ -4,7 +4,7 @@ from __future__ import annotations
 import shlex
 
 from ..config import AUGMENTS, INITS, EvalConfig
-from .flags import COMPILE_HELP, Parser
+from .flags import Parser
 
 E = EvalConfig()  # the from-scratch defaults a file without its run's settings falls back to
 
@@ -50,7 +50,10 @@ def build_parser(prog: str = "datadistill evaluate") -> Parser:
     p.add_argument("--results_dir", help=f"write {RESULTS} here (default: none)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar while the networks train")
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--compile", action="store_true",
+                   help="from_scratch: the networks' SGD steps through torch.compile: fused kernels, faster after a "
+                        "compile of seconds; the same numbers up to float rounding, not bit for bit (default off; "
+                        "needs a C++ compiler on a CPU, triton on a GPU)")
     return p
 
 

@@ -156,10 +156,10 @@ def add_run(p, seed: bool = True, compile: bool = True) -> None:
     return g
 
 
-COMPILE_HELP = ("the loss of the networks' SGD steps on a synthetic set (from_scratch scoring; gm's network "
-                "steps) through torch.compile: fused kernels, faster after a compile of seconds a batch shape; "
-                "the same numbers up to float rounding, not bit for bit (default off; needs a C++ compiler on "
-                "a CPU, triton on a GPU)")
+COMPILE_HELP = ("the networks' SGD steps on a synthetic set (from_scratch scoring; gm's network steps) and "
+                "dm's embeddings through torch.compile: fused kernels, faster after a compile of seconds a batch "
+                "shape; the same numbers up to float rounding, not bit for bit (default off; needs a C++ compiler "
+                "on a CPU, triton on a GPU)")
 
 
 def add_world(p) -> None:

@@ -41,7 +41,7 @@ class RunConfig:
     attack_weight: float = 1.0  # distill_attack: weight of attack_class images in the outer loss (1: the paper's)
     zoo_dir: str | None = None  # None: <results_dir>/zoo
     conv_backend: str = "native"  # CPU convolutions of the unrolled steps; auto: timed on the first step
-    compile: bool = False  # first-order training steps' loss through torch.compile (inner.training_loss)
+    compile: bool = False  # torch.compile for training steps on a set and dm's embeddings (inner.training_loss)
 
     def __post_init__(self):
         _choice("mode", self.mode, MODES)

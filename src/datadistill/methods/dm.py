@@ -47,9 +47,11 @@ class Embedder:
     ``fc3``, MLP ``net.5``, AlexCifarNet ``classifier.4``, AlexNet ``classifier.6``), the last
     ``nn.Linear`` it registers; a copy of the template with that layer replaced by the identity
     runs everything before it: ``features(x).flatten(1)`` for ConvNet, ``relu(fc2(...))`` for LeNet.
+    ``compiled`` (``--compile``): through ``torch.compile``, shapes left to it, as a step's class
+    groups change size from batch to batch (a second size compiles a graph for any).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, compiled: bool = False):
         linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:
             raise ConfigError(f"dm needs a network that ends in a linear layer; {type(model).__name__} has none")
@@ -58,10 +60,14 @@ class Embedder:
         parent, _, child = self.head.rpartition(".")
         setattr(self.headless.get_submodule(parent) if parent else self.headless, child, nn.Identity())
         self.names = {name for name, _ in self.headless.named_parameters()}
+        self._embed = torch.compile(self._plain) if compiled else self._plain
+
+    def _plain(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.headless, {k: v for k, v in params.items() if k in self.names}, (x,)).flatten(1)
 
     def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """(B, D) embeddings of x (B, C, H, W) under one network's weights ``params``."""
-        return functional_call(self.headless, {k: v for k, v in params.items() if k in self.names}, (x,)).flatten(1)
+        return self._embed(params, x)
 
 
 def class_means(e: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,18 +91,19 @@ class Dm(Method):
     ``learn_labels``: soft labels learned through the weighted class means (module docstring);
     ``embed_batch``: at most this many real images per class of each batch are embedded;
     ``seed``: the stream of DSA transforms (checkpointed with ``state_dict``); ``factor``: stored
-    images in multi-formation (``factorize``), matched through their decoded training images."""
+    images in multi-formation (``factorize``), matched through their decoded training images;
+    ``compiled``: the embeddings through ``torch.compile`` (``Embedder``)."""
 
     protocol = "from_scratch"
 
     def __init__(self, model: nn.Module, ipc: int = DEFAULT_IPC, image_init: str = "real", augment: str = "none",
                  embed_batch: int = 256, seed: int = 0, learn_labels: bool = False, factor: int = 1,
-                 init_from: str | None = None):
+                 init_from: str | None = None, compiled: bool = False):
         self.model, self.ipc, self.image_init, self.learn_labels = model, ipc, image_init, learn_labels
         self.factor, self.init_from = factor, init_from
         self.embed_batch = embed_batch
         self.families = dsa_families(augment)  # None: no augmentation
-        self.embed = Embedder(model)
+        self.embed = Embedder(model, compiled)
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -105,7 +112,7 @@ class Dm(Method):
         seed = config.seed * 1_000 + runtime.world.rank
         return cls(model, config.synthetic.ipc or DEFAULT_IPC, config.synthetic.image_init, config.methods.augment,
                    config.methods.embed_batch, seed, config.synthetic.learn_labels, config.synthetic.factor,
-                   config.synthetic.init_from)
+                   config.synthetic.init_from, config.compile)
 
     def initial(self, setup: Setup) -> LearnableSet:
         images, labels = one_batch_start(setup, self.ipc, self.image_init, self.factor, self.init_from)
