@@ -92,3 +92,22 @@ def test_compiled_dm_embeddings_give_the_plain_loss_and_image_gradient():
         assert grad.abs().sum() > 0
         torch.testing.assert_close(value_c, value, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(grad_c, grad, rtol=1e-3, atol=1e-6)
+
+
+@has_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dm", "gm"])
+def test_a_compiled_run_scores_as_the_plain_one(tmp_path, method):
+    # the flag reaches the method and the scoring: both runs distil and score alike
+    import json
+
+    flags = ["distill", "--method", method, "--dataset", "digits", "--arch", "ConvNet", "--width", "4", "--ipc", "1",
+             "--epochs", "1", "--test_n_nets", "2", "--scratch_epochs", "5", "--no_progress"]
+    metrics = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        assert main([*flags, "--results_dir", str(out), *(["--compile"] if compiled else [])]) == 0
+        metrics[compiled] = json.loads((out / "metrics.json").read_text())
+    assert (metrics[False]["config"]["compile"], metrics[True]["config"]["compile"]) == (False, True)
+    for split in ("validation", "final_accuracy"):
+        assert metrics[True][split]["mean"] == pytest.approx(metrics[False][split]["mean"], abs=0.02)
