@@ -47,8 +47,8 @@ class Embedder:
     ``fc3``, MLP ``net.5``, AlexCifarNet ``classifier.4``, AlexNet ``classifier.6``), the last
     ``nn.Linear`` it registers; a copy of the template with that layer replaced by the identity
     runs everything before it: ``features(x).flatten(1)`` for ConvNet, ``relu(fc2(...))`` for LeNet.
-    ``compiled`` (``--compile``): through ``torch.compile``, shapes left to it, as a step's class
-    groups change size from batch to batch (a second size compiles a graph for any).
+    ``compiled`` (``--compile``): through ``torch.compile``; a step's class groups change size from
+    batch to batch, and a second size compiles one graph for any.
     """
 
     def __init__(self, model: nn.Module, compiled: bool = False):

@@ -71,9 +71,7 @@ class Gm(Method):
         self._augment = augmenter(methods.augment)  # the matching: one draw for real and synthetic
         # the network's own training on the set: a draw per image, as when any network trains
         self._augment_training = augmenter(methods.augment, siamese=False)
-        # the network's training steps and the real side of the matching (both first order):
-        # through torch.compile with --compile
-        self._training_loss = training_loss(model, compiled)
+        self._training_loss = training_loss(model, compiled)  # --compile: through torch.compile
         self.generator = torch.Generator().manual_seed(seed)  # reseeded from the run's stream by initial
         self.count = 0  # loss calls so far
         self.kept: Params | None = None  # the current networks (k, ...)
@@ -161,7 +159,6 @@ class Gm(Method):
         for i in range(n_nets):
             leaves = {k: v[i].detach().requires_grad_() for k, v in self.kept.items()}
             names = list(leaves)
-            one = {k: v[i:i + 1].detach().requires_grad_() for k, v in self.kept.items()}  # (1, ...): stacked
             for c, item in enumerate(per_class):
                 if item is None:
                     continue
@@ -171,9 +168,8 @@ class Gm(Method):
                     syn_c = self._augment(syn_c, torch.Generator().manual_seed(seed))
                 with torch.enable_grad():
                     real_y_c = torch.full((real_c.shape[0],), c, dtype=torch.long, device=real_c.device)
-                    # the real gradient is a constant: first order, as a training step's
-                    real_loss = self._training_loss(one, real_c, real_y_c)
-                    g_real = [g[0] for g in torch.autograd.grad(real_loss, [one[k] for k in names])]
+                    real_loss = F.cross_entropy(functional_call(self.model, leaves, (real_c,)), real_y_c)
+                    g_real = [g.detach() for g in torch.autograd.grad(real_loss, [leaves[k] for k in names])]
                     syn_loss = F.cross_entropy(functional_call(self.model, leaves, (syn_c,)), syn_t)
                     g_syn = torch.autograd.grad(syn_loss, [leaves[k] for k in names], create_graph=True)
                     total = total + match_distance(g_real, g_syn)
