@@ -66,7 +66,8 @@ def main():
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--inner_steps", type=int, default=50, help="gm's network steps between image updates")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--compile", action="store_true", help="dm's embeddings and gm's network steps through torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="dm's embeddings and gm's network steps through torch.compile")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -1,7 +1,6 @@
 """``--compile``: training steps on a set and dm's embeddings through torch.compile give what the
 plain functions give, up to float rounding; the flag is refused where it cannot run."""
-import os
-import shutil
+import json
 
 import pytest
 import torch
@@ -9,14 +8,23 @@ import torch
 from datadistill import inner
 from datadistill.augment import augmenter
 from datadistill.commands import main
+from datadistill.errors import ConfigError
 from datadistill.evaluate import train_from_scratch
+from datadistill.jobs.common import check_compile
 from datadistill.models import build_model
 from datadistill.nets import fresh_nets
 from datadistill.synthetic import SyntheticSet
 
-has_compiler = pytest.mark.skipif(
-    not any(shutil.which(c) for c in ([os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"])),
-    reason="torch.compile on a CPU needs a C++ compiler")
+def _compiler_missing() -> bool:
+    """What ``--compile`` itself checks before a CPU run: a C++ compiler on PATH."""
+    try:
+        check_compile(torch.device("cpu"))
+    except ConfigError:
+        return True
+    return False
+
+
+has_compiler = pytest.mark.skipif(_compiler_missing(), reason="torch.compile on a CPU needs a C++ compiler")
 
 
 @has_compiler
@@ -99,8 +107,6 @@ def test_compiled_dm_embeddings_give_the_plain_loss_and_image_gradient():
 @pytest.mark.parametrize("method", ["dm", "gm"])
 def test_a_compiled_run_scores_as_the_plain_one(tmp_path, method):
     # the flag reaches the method and the scoring: both runs distil and score alike
-    import json
-
     flags = ["distill", "--method", method, "--dataset", "digits", "--arch", "ConvNet", "--width", "4", "--ipc", "1",
              "--epochs", "1", "--test_n_nets", "2", "--scratch_epochs", "5", "--no_progress"]
     metrics = {}
