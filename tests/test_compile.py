@@ -117,28 +117,3 @@ def test_a_compiled_run_scores_as_the_plain_one(tmp_path, method):
     assert (metrics[False]["config"]["compile"], metrics[True]["config"]["compile"]) == (False, True)
     for split in ("validation", "final_accuracy"):
         assert metrics[True][split]["mean"] == pytest.approx(metrics[False][split]["mean"], abs=0.02)
-
-
-def test_real_rows_are_padded_to_a_power_of_two_at_most_the_cap():
-    from datadistill.methods.gm import padded_size
-
-    assert [padded_size(n, 256) for n in (1, 2, 3, 200, 255, 256)] == [1, 2, 4, 256, 256, 256]
-    assert [padded_size(n, 9) for n in (5, 8, 9)] == [8, 8, 9]
-
-
-@has_compiler
-@pytest.mark.slow
-def test_compiled_real_gradient_of_padded_classes_equals_the_plain_one():
-    # ConvNet: its norm must keep the zero-weight padding rows out of the real rows' gradient; counts
-    # of 3, 5 and 8 images pad to 4, 8 and 8 rows: two graphs for three classes
-    from datadistill.methods.gm import RealGradient
-
-    g = torch.Generator().manual_seed(0)
-    model = build_model("ConvNet", 1, 28, 10, width=4)
-    one = {k: v.requires_grad_() for k, v in fresh_nets(model, "default", 1.0, [0], "cpu").items()}
-    plain, compiled = RealGradient(model, cap=8), RealGradient(model, cap=8, compiled=True)
-    for n, c in ((3, 2), (5, 7), (8, 0)):
-        x = torch.randn(n, 1, 28, 28, generator=g)
-        for a, b in zip(compiled(one, x, c), plain(one, x, c), strict=True):
-            assert b.abs().sum() > 0
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

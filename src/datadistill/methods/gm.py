@@ -22,7 +22,6 @@ the call count and the method's random stream (inner shuffles, DSA draws) are it
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import torch
@@ -32,7 +31,7 @@ from torch.func import functional_call
 
 from ..augment import augmenter
 from ..config import MethodConfig, RunConfig, SyntheticConfig
-from ..inner import summed_loss, training_loss
+from ..inner import training_loss
 from ..models import Params
 from ..runtime import Runtime
 from ..synthetic import LearnableSet
@@ -61,44 +60,6 @@ def match_distance(real: Sequence[torch.Tensor], syn: Sequence[torch.Tensor]) ->
     return sum((layer_distance(r, s) for r, s in zip(real, syn, strict=True)), syn[0].new_zeros(()))
 
 
-def padded_size(n: int, cap: int) -> int:
-    """The rows a class of n real images (n <= cap) is padded to for the compiled gradient: the next
-    power of two, at most ``cap``. A run's classes then come in a few sizes, each compiled once,
-    where their own counts (which vary from batch to batch) would exceed dynamo's recompile limit."""
-    return min(cap, 1 << (n - 1).bit_length())
-
-
-class RealGradient:
-    """grad_w of the mean cross-entropy of one class's real images at a network's weights: the
-    matching's constant side, first order. Called with ``one`` (weights stacked as (1, ...)),
-    x (n, C, H, W) all of class c, and c; returns the gradients (1, ...) in ``one``'s order, detached.
-
-    ``compiled`` (``--compile``): the loss through ``torch.compile`` at static shapes, so that its
-    forward and backward run as generated kernels: x is padded with zero images to
-    ``padded_size(n, cap)`` rows of weight 0 (the real rows weigh 1 / n). A padded row adds exactly
-    zero to every gradient (its loss's weight is 0, and every registered network treats images
-    independently: ConvNet's norm is per image), so the gradient is the unpadded one up to rounding.
-    """
-
-    def __init__(self, model: nn.Module, cap: int, compiled: bool = False):
-        self.model, self.cap, self.compiled = model, cap, compiled
-        self._loss = torch.compile(partial(summed_loss, model), dynamic=False) if compiled else None
-
-    def __call__(self, one: Params, x: torch.Tensor, c: int) -> list[torch.Tensor]:
-        n = x.shape[0]
-        with torch.enable_grad():
-            if self._loss is None:
-                y = torch.full((n,), c, dtype=torch.long, device=x.device)
-                loss = summed_loss(self.model, one, x, y) / n
-            else:
-                size = padded_size(n, self.cap)
-                x = torch.cat([x, x.new_zeros(size - n, *x.shape[1:])])
-                y = torch.full((size,), c, dtype=torch.long, device=x.device)
-                weights = torch.cat([x.new_full((n,), 1 / n), x.new_zeros(size - n)])
-                loss = self._loss(one, x, y, weights)
-            return list(torch.autograd.grad(loss, list(one.values())))
-
-
 @register("gm")
 class Gm(Method):
     protocol = "from_scratch"
@@ -111,7 +72,6 @@ class Gm(Method):
         # the network's own training on the set: a draw per image, as when any network trains
         self._augment_training = augmenter(methods.augment, siamese=False)
         self._training_loss = training_loss(model, compiled)  # --compile: through torch.compile
-        self._real_gradient = RealGradient(model, methods.embed_batch, compiled)
         self.generator = torch.Generator().manual_seed(seed)  # reseeded from the run's stream by initial
         self.count = 0  # loss calls so far
         self.kept: Params | None = None  # the current networks (k, ...)
@@ -199,7 +159,6 @@ class Gm(Method):
         for i in range(n_nets):
             leaves = {k: v[i].detach().requires_grad_() for k, v in self.kept.items()}
             names = list(leaves)
-            one = {k: v[i:i + 1].detach().requires_grad_() for k, v in self.kept.items()}  # (1, ...)
             for c, item in enumerate(per_class):
                 if item is None:
                     continue
@@ -207,8 +166,10 @@ class Gm(Method):
                 if self._augment is not None:  # the same draw for both sides: Siamese
                     real_c = self._augment(real_c, torch.Generator().manual_seed(seed))
                     syn_c = self._augment(syn_c, torch.Generator().manual_seed(seed))
-                g_real = [g[0] for g in self._real_gradient(one, real_c, c)]
                 with torch.enable_grad():
+                    real_y_c = torch.full((real_c.shape[0],), c, dtype=torch.long, device=real_c.device)
+                    real_loss = F.cross_entropy(functional_call(self.model, leaves, (real_c,)), real_y_c)
+                    g_real = [g.detach() for g in torch.autograd.grad(real_loss, [leaves[k] for k in names])]
                     syn_loss = F.cross_entropy(functional_call(self.model, leaves, (syn_c,)), syn_t)
                     g_syn = torch.autograd.grad(syn_loss, [leaves[k] for k in names], create_graph=True)
                     total = total + match_distance(g_real, g_syn)
