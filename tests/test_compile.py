@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from datadistill import inner
 from datadistill.augment import augmenter
@@ -60,6 +61,12 @@ def test_compiled_loss_and_gradient_equal_the_plain_ones():
     plain, compiled = inner.training_loss(model), inner.training_loss(model, compiled=True)
     assert torch.equal(plain(stacked, x, y), inner.mean_loss_per_net_summed(model, stacked, x, y))
     torch.testing.assert_close(compiled(stacked, x, y), plain(stacked, x, y), rtol=1e-5, atol=1e-6)
+    graphs = counters["stats"]["unique_graphs"]
+    # the same images with channels-last strides (as DSA's crop leaves them) reuse the graph
+    x_channels_last = torch.empty(8, 28, 28, 1).copy_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert x_channels_last.stride() != x.stride() and torch.equal(x_channels_last, x)
+    torch.testing.assert_close(compiled(stacked, x_channels_last, y), plain(stacked, x, y), rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == graphs
     for a, b in zip(torch.autograd.grad(compiled(stacked, x, y), list(stacked.values())),
                     torch.autograd.grad(plain(stacked, x, y), list(stacked.values()))):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
