@@ -11,7 +11,7 @@ from datadistill.augment import augmenter
 from datadistill.commands import main
 from datadistill.errors import ConfigError
 from datadistill.evaluate import train_from_scratch
-from datadistill.jobs.common import check_compile
+from datadistill.jobs.common import prepare_compile
 from datadistill.models import build_model
 from datadistill.nets import fresh_nets
 from datadistill.synthetic import SyntheticSet
@@ -19,7 +19,7 @@ from datadistill.synthetic import SyntheticSet
 def _compiler_missing() -> bool:
     """What ``--compile`` itself checks before a CPU run: a C++ compiler on PATH."""
     try:
-        check_compile(torch.device("cpu"))
+        prepare_compile(torch.device("cpu"))
     except ConfigError:
         return True
     return False
@@ -124,3 +124,20 @@ def test_a_compiled_run_scores_as_the_plain_one(tmp_path, method):
     assert (metrics[False]["config"]["compile"], metrics[True]["config"]["compile"]) == (False, True)
     for split in ("validation", "final_accuracy"):
         assert metrics[True][split]["mean"] == pytest.approx(metrics[False][split]["mean"], abs=0.02)
+
+
+
+@has_compiler
+def test_prepared_compile_keeps_compiling_past_dynamos_default_of_eight_graphs(monkeypatch):
+    # every compiled partial shares one cache: at dynamo's default the ninth shape ran uncompiled
+    import functools
+
+    import torch._dynamo.config
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    prepare_compile(torch.device("cpu"))
+    compiled = torch.compile(functools.partial(torch.mul, other=2.0), backend="eager", dynamic=False)
+    graphs = counters["stats"]["unique_graphs"]
+    for n in range(1, 13):
+        assert torch.equal(compiled(torch.ones(n)), torch.full((n,), 2.0))
+    assert counters["stats"]["unique_graphs"] == graphs + 12

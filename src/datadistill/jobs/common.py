@@ -39,9 +39,17 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def check_compile(device: torch.device) -> None:
+RECOMPILE_LIMIT = 64  # graphs per compiled function (prepare_compile)
+
+
+def prepare_compile(device: torch.device) -> None:
     """Fail before any work where ``--compile`` cannot build its kernels on ``device``: inductor
-    writes C++ for a CPU (a compiler: $CXX, g++, clang++ or c++) and triton kernels for a GPU."""
+    writes C++ for a CPU (a compiler: $CXX, g++, clang++ or c++) and triton kernels for a GPU.
+    Then set what compiling needs process-wide: dynamo keeps one cache for every compiled
+    ``functools.partial`` (``torch.compile`` wraps them all in one function), with a graph per
+    architecture and batch shape, and past its default of 8 graphs it runs the rest uncompiled,
+    with one warning; a multi-architecture ``evaluate`` reaches 8 (4 architectures, a full and a
+    last batch), so the limit is raised to ``RECOMPILE_LIMIT``."""
     if device.type == "cpu":
         # inductor's C++ build looks for CUDA and warns that this machine has none: not news on a CPU run
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -52,6 +60,9 @@ def check_compile(device: torch.device) -> None:
     elif importlib.util.find_spec("triton") is None:
         raise ConfigError("--compile on a GPU needs the triton package, which is not installed; install it "
                           "or drop --compile")
+    import torch._dynamo.config
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
 
 def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
@@ -95,7 +106,7 @@ def normalise_config(config: RunConfig, dataset_given: bool = False) -> RunConfi
                               f"trained on {dataset}, use --mode distill_basic --train_nets_type loaded")
     device = resolve_device(config.device)
     if config.compile:
-        check_compile(device)
+        prepare_compile(device)
     if config.zoo_dir and os.path.exists(config.zoo_dir) and not os.path.isdir(config.zoo_dir):
         raise ConfigError(f"--zoo_dir {config.zoo_dir} is a file; give a folder")
     if config.model.init == "imagenet_pretrained":  # all before minutes of image loading

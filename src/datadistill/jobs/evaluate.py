@@ -20,7 +20,7 @@ from ..models import arch_class, build_model, check_image_size, check_takes_widt
 from ..methods import METHODS, method_class
 from ..nets import eval_seeds, fresh_nets
 from ..synthetic import SyntheticSet
-from .common import check_compile, check_writable_folder, resolve_device
+from .common import check_writable_folder, prepare_compile, resolve_device
 
 PROTOCOLS = ("unrolled", "from_scratch")
 NETS = ("fixed", "fresh")
@@ -108,7 +108,7 @@ def evaluate_file(cfg: EvaluateConfig, progress: Progress = None) -> tuple[EvalR
     of ``total`` (from-scratch epochs of each chunk of networks; unrolled: once, at the end)."""
     device = resolve_device(cfg.device)
     if cfg.compile:
-        check_compile(device)
+        prepare_compile(device)
     synthetic = artifacts.load_distilled(cfg.distilled)
     meta = synthetic.meta
     if cfg.dataset is None and not meta.get("dataset"):
