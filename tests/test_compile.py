@@ -1,9 +1,11 @@
 """``--compile``: training steps on a set and dm's embeddings through torch.compile give what the
 plain functions give, up to float rounding; the flag is refused where it cannot run."""
+import functools
 import json
 
 import pytest
 import torch
+import torch._dynamo.config
 from torch._dynamo.utils import counters
 
 from datadistill import inner
@@ -15,6 +17,7 @@ from datadistill.jobs.common import prepare_compile
 from datadistill.models import build_model
 from datadistill.nets import fresh_nets
 from datadistill.synthetic import SyntheticSet
+
 
 def _compiler_missing() -> bool:
     """What ``--compile`` itself checks before a CPU run: a C++ compiler on PATH."""
@@ -126,14 +129,9 @@ def test_a_compiled_run_scores_as_the_plain_one(tmp_path, method):
         assert metrics[True][split]["mean"] == pytest.approx(metrics[False][split]["mean"], abs=0.02)
 
 
-
 @has_compiler
 def test_prepared_compile_keeps_compiling_past_dynamos_default_of_eight_graphs(monkeypatch):
     # every compiled partial shares one cache: at dynamo's default the ninth shape ran uncompiled
-    import functools
-
-    import torch._dynamo.config
-
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     prepare_compile(torch.device("cpu"))
     compiled = torch.compile(functools.partial(torch.mul, other=2.0), backend="eager", dynamic=False)
